@@ -1,0 +1,29 @@
+"""Backends by URL: `memory://` (embedded default) or `redis://host:port/db`."""
+
+from __future__ import annotations
+
+from ..config import Settings
+from .base import Backend, EventListener, Position, PublishRequest, ReadResult, StoredEvent
+from .memory import MemoryBackend
+
+__all__ = [
+    "Backend",
+    "EventListener",
+    "MemoryBackend",
+    "Position",
+    "PublishRequest",
+    "ReadResult",
+    "StoredEvent",
+    "create_backend",
+]
+
+
+def create_backend(settings: Settings) -> Backend:
+    url = settings.backend
+    if url in ("memory", "memory://") or url.startswith("memory://"):
+        return MemoryBackend(settings)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis import RedisBackend  # imported lazily: redis is an optional dependency
+
+        return RedisBackend(url, settings)
+    raise ValueError(f"unknown backend URL {url!r}: use memory:// or redis://host:port/db")

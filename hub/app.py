@@ -1,0 +1,76 @@
+"""`create_app(settings, backend, catalog)`: the ASGI app, built from explicit pieces."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from . import http_api
+from .backends import create_backend
+from .backends.base import Backend
+from .catalog import EventCatalog
+from .config import Settings
+from .core import Hub
+from .errors import HubError
+from .ws_endpoint import websocket_endpoint
+
+__all__ = ["LifespanHook", "create_app"]
+
+logger = logging.getLogger("hub")
+
+# Runs inside the app's lifespan with the started Hub (services start their workers here).
+LifespanHook = Callable[[Hub], AbstractAsyncContextManager[None]]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    catalog: EventCatalog | None = None,
+    routes: Sequence[BaseRoute] = (),
+    lifespan_hooks: Sequence[LifespanHook] = (),
+) -> Starlette:
+    settings = settings or Settings()
+    catalog = catalog or EventCatalog(strict=settings.strict_types)
+    backend = backend or create_backend(settings)
+    hub = Hub(settings, backend, catalog)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for hook in lifespan_hooks:
+                    await stack.enter_async_context(hook(hub))
+                yield
+        finally:
+            await hub.stop()
+
+    project_routes: list[BaseRoute] = [
+        WebSocketRoute("/v1/projects/{project}/ws", websocket_endpoint),
+        Route("/v1/projects/{project}/events", http_api.publish, methods=["POST"]),
+        Route("/v1/projects/{project}/events", http_api.history, methods=["GET"]),
+        Route("/v1/projects/{project}/snapshot", http_api.snapshot, methods=["GET"]),
+        Route("/v1/schema", http_api.schema, methods=["GET"]),
+        Route("/healthz", http_api.healthz, methods=["GET"]),
+        Route("/readyz", http_api.readyz, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=[*project_routes, *routes],
+        lifespan=lifespan,
+        exception_handlers={HubError: _hub_error_handler},
+    )
+    app.state.hub = hub
+    return app
+
+
+async def _hub_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HubError)
+    return http_api.error_response(exc)

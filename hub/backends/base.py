@@ -1,0 +1,94 @@
+"""The Backend interface: where seqs are assigned, events retained and snapshots kept.
+
+Two implementations stand behind it: `memory` (embedded default) and `redis` (Streams, for
+several hub instances). Both pass the same contract tests (tests/test_backend_contract.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from ..errors import BackendUnavailable
+
+__all__ = [
+    "Backend",
+    "BackendUnavailable",
+    "EventListener",
+    "Position",
+    "PublishRequest",
+    "ReadResult",
+    "StoredEvent",
+]
+
+
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """One published event, with its wire frame encoded once for every subscriber."""
+
+    seq: int
+    type: str
+    key: str | None
+    ts: int  # publish time, ms since the Unix epoch
+    frame: bytes  # the encoded EventFrame JSON object
+
+
+class Position(msgspec.Struct, frozen=True):
+    """Where a project's sequence stands: `oldest` is head + 1 when nothing is retained."""
+
+    epoch: str
+    oldest: int
+    head: int
+
+
+class PublishRequest(msgspec.Struct, frozen=True):
+    """One event to publish; `data` is already-validated, already-encoded JSON."""
+
+    type: str
+    data: msgspec.Raw
+    key: str | None = None
+    id: str | None = None  # idempotency id: same id within retention -> same seq
+
+
+class ReadResult(msgspec.Struct, frozen=True):
+    position: Position
+    events: list[StoredEvent]
+
+
+# Called with (project, epoch, events in seq order) for every project being watched.
+EventListener = Callable[[str, str, Sequence[StoredEvent]], None]
+
+
+class Backend(Protocol):
+    """What the hub needs from a store of sequenced events."""
+
+    name: str
+
+    async def start(self, listener: EventListener) -> None:
+        """Begin delivering watched projects' new events to `listener`."""
+
+    async def close(self) -> None: ...
+
+    async def ready(self) -> bool:
+        """True when publishes and reads can succeed now."""
+
+    async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
+        """Assign seqs (contiguous per project), retain, update the snapshot; return the seqs.
+
+        A request whose `id` was seen within retention returns its first seq and adds nothing.
+        """
+
+    async def position(self, project: str) -> Position: ...
+
+    async def read(self, project: str, since: int, limit: int) -> ReadResult:
+        """Retained events with seq > since, oldest first, at most `limit` of them."""
+
+    async def snapshot(self, project: str) -> tuple[Position, list[StoredEvent]]:
+        """The latest retained-or-not event per key, and the position it was taken at."""
+
+    async def watch(self, project: str) -> None:
+        """Start delivering `project`'s events to the listener (idempotent, reference counted
+        by the caller: the ConnectionManager calls it once per project it serves)."""
+
+    async def unwatch(self, project: str) -> None: ...

@@ -1,0 +1,101 @@
+"""Registry of typed events: validation on every publish path and JSON Schema for clients.
+
+The hub core registers no domain types itself; services call `register()` with their
+msgspec Structs. Unknown-but-well-formed types pass through unless `strict` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .errors import EventValidationError
+from .protocol import is_valid_event_type
+
+__all__ = ["EventCatalog"]
+
+_encoder = msgspec.json.Encoder()
+
+
+class EventCatalog:
+    def __init__(self, *, strict: bool = False) -> None:
+        self.strict = strict
+        self._payloads: dict[str, type[msgspec.Struct]] = {}
+        self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+
+    def register(self, event_type: str, payload: type[msgspec.Struct]) -> None:
+        if not is_valid_event_type(event_type):
+            raise ValueError(f"invalid event type name {event_type!r}")
+        known = self._payloads.get(event_type)
+        if known is not None and known is not payload:
+            raise ValueError(f"{event_type} is already registered with {known.__name__}")
+        self._payloads[event_type] = payload
+        self._decoders[event_type] = msgspec.json.Decoder(payload)
+
+    def __contains__(self, event_type: object) -> bool:
+        return event_type in self._payloads
+
+    def types(self) -> list[str]:
+        return sorted(self._payloads)
+
+    def payload_type(self, event_type: str) -> type[msgspec.Struct] | None:
+        return self._payloads.get(event_type)
+
+    def check_type(self, event_type: str) -> None:
+        if not is_valid_event_type(event_type):
+            raise EventValidationError(
+                f"invalid event type {event_type[:80]!r}: expected dot-separated lowercase "
+                "names such as 'ingest.job.updated' - at `$.type`"
+            )
+        if self.strict and event_type not in self._payloads:
+            raise EventValidationError(
+                f"unknown event type {event_type!r} (the hub runs with strict types) - at `$.type`"
+            )
+
+    def validate_json(self, event_type: str, data: bytes, path: str = "$.data") -> None:
+        """Check already-encoded `data` against its registered type, if any."""
+        self.check_type(event_type)
+        decoder = self._decoders.get(event_type)
+        if decoder is None:
+            return
+        try:
+            decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise EventValidationError(f"invalid {event_type}: {_rebase(str(exc), path)}") from None
+
+    def encode_data(self, event_type: str, data: Any) -> bytes:
+        """Encode in-process `data` (a Struct, a dict, ...) and validate it; return JSON bytes."""
+        self.check_type(event_type)
+        payload = self._payloads.get(event_type)
+        if payload is not None and isinstance(data, msgspec.Struct):
+            if not isinstance(data, payload):
+                raise EventValidationError(
+                    f"invalid {event_type}: expected {payload.__name__}, "
+                    f"got {type(data).__name__} - at `$.data`"
+                )
+        try:
+            encoded = _encoder.encode(data)
+        except (TypeError, msgspec.EncodeError) as exc:
+            raise EventValidationError(f"invalid {event_type}: data is not JSON: {exc}") from None
+        # Structs are validated on construction only for types; decode checks constraints too.
+        self.validate_json(event_type, encoded)
+        return encoded
+
+    def json_schema(self) -> dict[str, Any]:
+        """JSON Schema of every registered payload, keyed by event type."""
+        names = self.types()
+        schemas, components = msgspec.json.schema_components(
+            [self._payloads[n] for n in names], ref_template="#/$defs/{name}"
+        )
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "hub event catalog",
+            "events": dict(zip(names, schemas, strict=True)),
+            "$defs": components,
+        }
+
+
+def _rebase(message: str, path: str) -> str:
+    """Put msgspec's `$...` path under the event's data path, e.g. `$.data.progress`."""
+    return message.replace("`$", f"`{path}", 1)

@@ -1,0 +1,117 @@
+"""The `hub` command: `serve`, `tail`, and subcommands other packages register.
+
+Packages add subcommands through the entry-point group `hub.commands`: each entry point is
+`register(subparsers)`, which adds a parser and sets `func` (sync or async, taking the args).
+That is how `hub demo` comes from `services/` without the hub depending on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+from .config import Settings
+
+__all__ = ["add_settings_arguments", "build_parser", "main", "settings_from_args"]
+
+logger = logging.getLogger("hub")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that runs a hub (serve, demo)."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    parser.add_argument("--backend", help="memory:// (default) or redis://HOST:PORT/DB")
+    parser.add_argument("--retention", type=int, dest="retention_events",
+                        help="events retained per project (default 10000)")
+    parser.add_argument("--heartbeat", type=float, dest="heartbeat_s",
+                        help="ping interval in seconds (default 20)")
+    parser.add_argument("--max-connections", type=int, dest="max_connections")
+    parser.add_argument("--queue-events", type=int, dest="queue_events",
+                        help="per-connection outbound queue bound, in events")
+    parser.add_argument("--strict-types", action="store_true", default=None, dest="strict_types",
+                        help="refuse event types that are not in the catalog")
+    parser.add_argument("--log-level", default="info")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    names = ("backend", "retention_events", "heartbeat_s", "max_connections", "queue_events",
+             "strict_types")
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from .app import create_app
+    from .server import serve
+
+    settings = settings_from_args(args)
+    app = create_app(settings)
+    await serve(app, args.host, args.port, settings)
+
+
+async def _tail(args: argparse.Namespace) -> None:
+    from .client import HubClient
+    from .protocol import EventFrame, GapFrame, SnapshotFrame
+
+    types = args.types.split(",") if args.types else None
+    async with HubClient(args.url, args.project, types=types, since=args.since,
+                         token=args.token) as client:
+        async for frame in client:
+            if isinstance(frame, EventFrame):
+                data = frame.data.decode() if hasattr(frame.data, "decode") else frame.data
+                print(f"{frame.seq:>7} {frame.type:<28} {frame.key or '-':<34} {data}", flush=True)
+            elif isinstance(frame, GapFrame):
+                print(f"--- gap ({frame.reason}): since {frame.since}, oldest {frame.oldest}",
+                      flush=True)
+            elif isinstance(frame, SnapshotFrame):
+                print(f"--- snapshot at head {frame.head}: {len(frame.events)} keys", flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub", description="Real-time event hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the hub")
+    add_settings_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    tail = sub.add_parser("tail", help="print a project's events as they arrive")
+    tail.add_argument("--url", default="http://127.0.0.1:8080", help="hub base URL")
+    tail.add_argument("--project", default="demo")
+    tail.add_argument("--types", help="comma-separated type patterns, e.g. 'agent.*,*.failed'")
+    tail.add_argument("--since", type=int, help="replay everything after this seq first")
+    tail.add_argument("--token", help="access token (or HUB_TOKEN)")
+    tail.add_argument("--log-level", default="warning")
+    tail.set_defaults(func=_tail)
+
+    for entry in entry_points(group="hub.commands"):
+        try:
+            entry.load()(sub)
+        except Exception as exc:  # a broken plugin must not take the core commands down
+            print(f"hub: cannot load command {entry.name!r}: {exc}", file=sys.stderr)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Any = args.func
+    try:
+        if inspect.iscoroutinefunction(func):
+            asyncio.run(func(args))
+        else:
+            func(args)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

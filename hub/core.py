@@ -1,0 +1,84 @@
+"""The Hub: settings, backend, catalog and ConnectionManager wired together.
+
+Service code in the hub's process publishes through `await hub.publish(...)`; the HTTP
+publish route goes through the same `publish_requests`, so validation is identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from .backends.base import Backend, PublishRequest
+from .catalog import EventCatalog
+from .config import Settings
+from .errors import BadRequest
+from .manager import ConnectionManager
+from .protocol import CloseCode, is_valid_project
+
+__all__ = ["Hub"]
+
+
+class Hub:
+    def __init__(self, settings: Settings, backend: Backend, catalog: EventCatalog) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.catalog = catalog
+        self.manager = ConnectionManager(backend)
+        self.started = False
+
+    async def start(self) -> None:
+        await self.backend.start(self.manager.dispatch)
+        self.started = True
+
+    async def stop(self) -> None:
+        self.drain()
+        await self.backend.close()
+        self.started = False
+
+    def drain(self) -> int:
+        """Tell every subscriber the hub is going away (1001: reconnect with since)."""
+        return self.manager.close_all(
+            CloseCode.GOING_AWAY, "shutting_down", "hub shutting down; reconnect with since"
+        )
+
+    def check_project(self, project: str) -> None:
+        if not is_valid_project(project):
+            raise BadRequest(
+                f"invalid project id {project[:80]!r}: use letters, digits, '.', '_' and '-' "
+                "(1-128 characters, starting with a letter or digit)"
+            )
+
+    def check_request(self, request: PublishRequest, path: str = "$") -> None:
+        """Validate one publish request's envelope and, for known types, its data."""
+        self.check_envelope(request, path)
+        self.catalog.validate_json(request.type, request.data, path=f"{path}.data")
+
+    def check_envelope(self, request: PublishRequest, path: str = "$") -> None:
+        settings = self.settings
+        if request.key is not None and not 0 < len(request.key) <= settings.max_key_length:
+            raise BadRequest(f"key must be 1-{settings.max_key_length} characters - at `{path}.key`")
+        if request.id is not None and not 0 < len(request.id) <= settings.max_id_length:
+            raise BadRequest(f"id must be 1-{settings.max_id_length} characters - at `{path}.id`")
+
+    async def publish(
+        self, project: str, type: str, data: Any = None, *, key: str | None = None,
+        id: str | None = None,
+    ) -> int:
+        """Publish one event from service code; returns its seq (the first one, on retry)."""
+        encoded = self.catalog.encode_data(type, data)
+        request = PublishRequest(type, msgspec.Raw(encoded), key, id)
+        self.check_envelope(request)
+        seqs = await self.publish_requests(project, [request], validated=True)
+        return seqs[0]
+
+    async def publish_requests(
+        self, project: str, requests: Sequence[PublishRequest], *, validated: bool = False
+    ) -> list[int]:
+        self.check_project(project)
+        if not validated:
+            for i, request in enumerate(requests):
+                self.check_request(request, f"$[{i}]" if len(requests) > 1 else "$")
+        return await self.backend.publish(project, requests)

@@ -1,0 +1,154 @@
+"""HTTP routes: publish, history page, snapshot, schema, health and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .backends.base import PublishRequest
+from .core import Hub
+from .errors import BadRequest, EventValidationError, HubError, PayloadTooLarge
+from .subscription import parse_since
+from .topics import TypeFilter, parse_types_param
+
+__all__ = [
+    "error_response",
+    "healthz",
+    "history",
+    "json_response",
+    "publish",
+    "readyz",
+    "schema",
+    "snapshot",
+]
+
+_encoder = msgspec.json.Encoder()
+_body_decoder = msgspec.json.Decoder(PublishRequest | list[PublishRequest])
+
+
+def json_response(content: Any, status_code: int = 200) -> Response:
+    body = content if isinstance(content, bytes) else _encoder.encode(content)
+    return Response(body, status_code, media_type="application/json")
+
+
+def error_response(exc: HubError) -> Response:
+    body = {"error": {"code": exc.code, "message": exc.message, "retryable": exc.retryable}}
+    return json_response(body, exc.http_status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_publish_body(body: bytes, max_batch: int) -> list[PublishRequest]:
+    if not body.strip():
+        raise EventValidationError("empty body: expected an event object or an array of them")
+    try:
+        decoded = _body_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise EventValidationError(f"invalid event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise EventValidationError(f"malformed JSON: {exc}") from None
+    requests = decoded if isinstance(decoded, list) else [decoded]
+    if not requests:
+        raise EventValidationError("empty array: nothing to publish")
+    if len(requests) > max_batch:
+        raise PayloadTooLarge(f"{len(requests)} events in one request; the limit is {max_batch}")
+    return requests
+
+
+async def publish(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    project = request.path_params["project"]
+    hub.check_project(project)
+    body = await _read_body(request, hub.settings.max_publish_body)
+    requests = _decode_publish_body(body, hub.settings.max_publish_batch)
+    seqs = await hub.publish_requests(project, requests)
+    return json_response({"seqs": seqs}, 202)
+
+
+def _parse_limit(raw: str | None, maximum: int) -> int:
+    if raw is None or raw == "":
+        return maximum
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise BadRequest(f"invalid limit {raw[:40]!r}: expected an integer >= 1")
+    return min(int(raw), maximum)
+
+
+async def history(request: Request) -> Response:
+    """A page of retained events after `since`; `next` is where the following page starts."""
+    hub: Hub = request.app.state.hub
+    project = request.path_params["project"]
+    hub.check_project(project)
+    settings = hub.settings
+    since = parse_since(request.query_params.get("since")) or 0
+    limit = _parse_limit(request.query_params.get("limit"), settings.history_max_limit)
+    type_filter = TypeFilter(
+        parse_types_param(
+            request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
+        )
+    )
+    result = await hub.backend.read(project, since, limit)
+    position = result.position
+    events = result.events
+    frames = [e.frame for e in events if type_filter.matches(e.type)]
+    next_since = events[-1].seq if events else max(since, position.oldest - 1)
+    gap = since < position.oldest - 1
+    head = b'{"epoch":%s,"head":%d,"oldest":%d,"next":%d,"more":%s,"gap":%s,"events":[' % (
+        _encoder.encode(position.epoch),
+        position.head,
+        position.oldest,
+        next_since,
+        b"true" if next_since < position.head else b"false",
+        b"true" if gap else b"false",
+    )
+    return json_response(head + b",".join(frames) + b"]}")
+
+
+async def snapshot(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    project = request.path_params["project"]
+    hub.check_project(project)
+    settings = hub.settings
+    type_filter = TypeFilter(
+        parse_types_param(
+            request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
+        )
+    )
+    position, events = await hub.backend.snapshot(project)
+    frames = [e.frame for e in events if type_filter.matches(e.type)]
+    head = b'{"epoch":%s,"head":%d,"oldest":%d,"events":[' % (
+        _encoder.encode(position.epoch),
+        position.head,
+        position.oldest,
+    )
+    return json_response(head + b",".join(frames) + b"]}")
+
+
+async def schema(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    return json_response(hub.catalog.json_schema())
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    ready = hub.started and await hub.backend.ready()
+    body = {"status": "ready" if ready else "not ready", "backend": hub.backend.name}
+    return json_response(body, 200 if ready else 503)

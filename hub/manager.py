@@ -1,0 +1,205 @@
+"""ConnectionManager: project -> connections, and the fan-out path.
+
+Events arrive from the backend's listener (synchronously, in seq order). They are collected
+per project and flushed once per loop tick: for each group of connections sharing a type
+filter, the matching events are joined into one array frame, framed once, and the same
+bytes are offered to every connection of the group. Nothing here awaits a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+from .backends.base import Backend, StoredEvent
+from .connection import Connection
+from .protocol import CloseCode, encode_batch
+from .topics import TypeFilter
+from .uvicorn_ws import text_frame
+
+__all__ = ["ConnectionManager", "ManagerStats"]
+
+logger = logging.getLogger("hub.manager")
+
+
+class ManagerStats:
+    __slots__ = ("delivered", "events", "flushes", "frames_built", "slow_closes")
+
+    def __init__(self) -> None:
+        self.events = 0  # events received from the backend
+        self.delivered = 0  # (event, connection) deliveries offered
+        self.flushes = 0
+        self.frames_built = 0
+        self.slow_closes = 0
+
+
+class _Group:
+    """Connections of one project with the same filter: they get byte-identical frames."""
+
+    __slots__ = ("connections", "filter")
+
+    def __init__(self, type_filter: TypeFilter) -> None:
+        self.filter = type_filter
+        self.connections: dict[Connection, None] = {}  # insertion-ordered set
+
+
+class _Project:
+    __slots__ = ("epoch", "groups", "pending", "size")
+
+    def __init__(self) -> None:
+        self.groups: dict[TypeFilter, _Group] = {}
+        self.pending: list[StoredEvent] = []
+        self.size = 0
+        self.epoch: str | None = None
+
+
+class ConnectionManager:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._projects: dict[str, _Project] = {}
+        self._dirty: list[_Project] = []
+        self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = ManagerStats()
+        self.on_epoch_change: Callable[[str, str], None] | None = None
+
+    # --- membership ----------------------------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        return sum(p.size for p in self._projects.values())
+
+    def project_connection_count(self, project: str) -> int:
+        entry = self._projects.get(project)
+        return entry.size if entry else 0
+
+    def connections(self, project: str | None = None) -> list[Connection]:
+        projects = [self._projects[project]] if project in self._projects else []
+        if project is None:
+            projects = list(self._projects.values())
+        return [c for p in projects for g in p.groups.values() for c in g.connections]
+
+    async def add(self, connection: Connection) -> None:
+        """Register before reading history, so nothing published meanwhile is missed."""
+        entry = self._projects.get(connection.project)
+        if entry is None:
+            entry = self._projects[connection.project] = _Project()
+            await self._backend.watch(connection.project)
+            # the await may have let another connection of the same project in first
+            entry = self._projects.setdefault(connection.project, entry)
+        self._join(entry, connection)
+        entry.size += 1
+
+    async def remove(self, connection: Connection) -> None:
+        entry = self._projects.get(connection.project)
+        if entry is None or not self._leave(entry, connection):
+            return
+        entry.size -= 1
+        if entry.size == 0:
+            del self._projects[connection.project]
+            await self._backend.unwatch(connection.project)
+
+    def set_filter(self, connection: Connection, type_filter: TypeFilter) -> None:
+        entry = self._projects.get(connection.project)
+        if entry is None or not self._leave(entry, connection):
+            connection.filter = type_filter
+            return
+        connection.filter = type_filter
+        self._join(entry, connection)
+
+    def note_epoch(self, project: str, epoch: str) -> None:
+        entry = self._projects.get(project)
+        if entry is not None and entry.epoch is None:
+            entry.epoch = epoch
+
+    @staticmethod
+    def _join(entry: _Project, connection: Connection) -> None:
+        group = entry.groups.get(connection.filter)
+        if group is None:
+            group = entry.groups[connection.filter] = _Group(connection.filter)
+        group.connections[connection] = None
+
+    @staticmethod
+    def _leave(entry: _Project, connection: Connection) -> bool:
+        group = entry.groups.get(connection.filter)
+        if group is None or connection not in group.connections:
+            return False
+        del group.connections[connection]
+        if not group.connections:
+            del entry.groups[connection.filter]
+        return True
+
+    # --- fan-out -------------------------------------------------------------------------
+
+    def dispatch(self, project: str, epoch: str, events: Sequence[StoredEvent]) -> None:
+        """Backend listener: queue `events` for this tick's flush (never awaits)."""
+        entry = self._projects.get(project)
+        if entry is None or not events:
+            return
+        if entry.epoch is not None and entry.epoch != epoch:
+            self._epoch_changed(project, entry, epoch)
+            return
+        entry.epoch = epoch
+        self.stats.events += len(events)
+        if not entry.pending:
+            self._dirty.append(entry)
+        entry.pending.extend(events)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every project's pending events to its connections, one frame per group."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        stats = self.stats
+        stats.flushes += 1
+        for entry in dirty:
+            pending, entry.pending = entry.pending, []
+            for group in list(entry.groups.values()):
+                if group.filter.match_all:
+                    matched = pending
+                else:
+                    matches = group.filter.matches
+                    matched = [e for e in pending if matches(e.type)]
+                    if not matched:
+                        continue
+                payload = encode_batch([e.frame for e in matched])
+                frame = text_frame(payload)
+                stats.frames_built += 1
+                stats.delivered += len(matched) * len(group.connections)
+                for connection in list(group.connections):
+                    connection.deliver(matched, payload, frame)
+
+    def _epoch_changed(self, project: str, entry: _Project, epoch: str) -> None:
+        """The backend's sequence restarted (data lost): every seq our clients hold is void.
+
+        Closing with 1001 makes them reconnect with since+epoch and get `gap` + `snapshot`.
+        """
+        logger.warning("project %s: epoch changed %s -> %s", project, entry.epoch, epoch)
+        entry.epoch = epoch
+        entry.pending = []
+        for group in entry.groups.values():
+            for connection in list(group.connections):
+                connection.close(
+                    CloseCode.GOING_AWAY,
+                    "epoch_changed",
+                    "the project's sequence restarted; reconnect with since and epoch",
+                    retryable=True,
+                )
+        if self.on_epoch_change is not None:
+            self.on_epoch_change(project, epoch)
+
+    def close_all(self, code: int, error_code: str, message: str) -> int:
+        """Close every connection (shutdown drain); returns how many were open."""
+        count = 0
+        for entry in list(self._projects.values()):
+            for group in list(entry.groups.values()):
+                for connection in list(group.connections):
+                    if not connection.closed:
+                        count += 1
+                    connection.close(code, error_code, message, retryable=True)
+        return count

@@ -1,0 +1,145 @@
+"""uvicorn WebSocket protocol with a non-blocking send exposed to the app as an ASGI extension.
+
+ASGI's `await send()` costs a coroutine and an await per message per connection; fan-out to
+thousands of sockets is dominated by that. This subclass of uvicorn's sans-I/O protocol lets
+the hub write a pre-framed message straight to the transport (as `websockets.broadcast()`
+does) and tells it when a congested socket drains. Select it with `uvicorn --ws
+hub.uvicorn_ws:HubWebSocketProtocol` (hub.server does so). Apps see it in
+`scope["extensions"]["hub.direct_send"]`; without it the hub falls back to plain ASGI sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+from .protocol import CloseCode, ErrorFrame, close_reason, encode
+
+__all__ = ["EXTENSION", "DirectChannel", "HubWebSocketProtocol", "text_frame"]
+
+EXTENSION = "hub.direct_send"
+logger = logging.getLogger("hub.ws")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final, uncompressed server-to-client text frame around `payload`."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+class DirectChannel:
+    """What the app may do with the socket without awaiting: write, close, watch drains."""
+
+    __slots__ = ("_proto", "on_writable")
+
+    def __init__(self, proto: HubWebSocketProtocol) -> None:
+        self._proto = proto
+        self.on_writable: Callable[[], None] | None = None
+
+    @property
+    def framed(self) -> bool:
+        """True when `write_frame` may take bytes built by `text_frame` (no extension)."""
+        return not self._proto.conn.extensions
+
+    def open(self) -> bool:
+        p = self._proto
+        return p.handshake_complete and not p.close_sent and not p.transport.is_closing()
+
+    def writable(self) -> bool:
+        """Open and not congested: the transport's buffer is under its high-water mark."""
+        return self.open() and self._proto.writable.is_set()
+
+    async def wait_writable(self) -> None:
+        await self._proto.writable.wait()
+
+    def write_frame(self, frame: bytes) -> None:
+        """Write bytes made by `text_frame` (only when `framed`)."""
+        self._proto.transport.write(frame)
+
+    def write_text(self, payload: bytes) -> None:
+        p = self._proto
+        if p.conn.extensions:
+            p.conn.send_text(payload)
+            p.transport.write(b"".join(p.conn.data_to_send()))
+        else:
+            p.transport.write(text_frame(payload))
+
+    def close(self, code: int, reason: str) -> None:
+        self._proto.close_now(code, reason)
+
+
+class HubWebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.channel = DirectChannel(self)
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the app task starts later, so it sees the extension
+            scope["extensions"][EXTENSION] = {"channel": self.channel}
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        callback = self.channel.on_writable
+        if callback is not None and not self.close_sent:
+            callback()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        if self.conn.parser_exc is not None:
+            self._fail_with_error_frame()
+            return
+        self.handle_events()
+
+    def _fail_with_error_frame(self) -> None:
+        """The parser refused a frame (too big, bad UTF-8, protocol error): say why first."""
+        sent = self.conn.close_sent
+        code = sent.code if sent is not None else int(CloseCode.INTERNAL_ERROR)
+        reason = sent.reason if sent is not None else ""
+        names = {1009: "frame_too_large", 1007: "invalid_utf8", 1002: "protocol_error"}
+        frame = ErrorFrame(names.get(code, "protocol_error"), reason or "protocol error", close=code)
+        if self.handshake_complete and not self.close_sent:
+            self.transport.write(text_frame(encode(frame)))
+        logger.info("closing websocket %s with %d: %s", self.client, code, reason)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn logs a traceback for every invalid UTF-8 text frame; a hostile client could
+        # flood the log that way. Check here and close with 1007 and one line instead.
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                self.conn.fail(1007, "invalid UTF-8 in text frame")
+                self._fail_with_error_frame()
+                return
+        super().send_receive_event_to_app()
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Send a close frame without awaiting (as the ASGI `websocket.close` branch does)."""
+        if self.close_sent or self.transport.is_closing() or self.conn.state is not State.OPEN:
+            return
+        reason = close_reason(reason)
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)

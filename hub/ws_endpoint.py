@@ -1,0 +1,233 @@
+"""`GET /v1/projects/{project}/ws`: one subscriber's session.
+
+Order on connect (PROTOCOL.md): register (live events queue up), `welcome`, then replay or
+`gap` + `snapshot`, then the queued live events with seq above what was replayed, then live.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .backends.base import StoredEvent
+from .connection import AsgiSink, Connection, DirectSink, Sink
+from .core import Hub
+from .errors import BadRequest, HubError
+from .protocol import (
+    CloseCode,
+    ErrorFrame,
+    FrameError,
+    GapFrame,
+    PingOp,
+    PongFrame,
+    ReplayedFrame,
+    SubscribedFrame,
+    SubscribeOp,
+    WelcomeFrame,
+    close_reason,
+    decode_client_frame,
+    encode,
+    encode_batch,
+    resume_plan,
+)
+from .subscription import SubscriptionParams, parse_subscription
+from .topics import TypeFilter, validate_pattern
+from .uvicorn_ws import EXTENSION
+
+__all__ = ["websocket_endpoint"]
+
+logger = logging.getLogger("hub.ws")
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    hub: Hub = websocket.app.state.hub
+    settings = hub.settings
+    try:
+        params = parse_subscription(
+            websocket.path_params["project"], websocket.query_params, settings
+        )
+        if hub.manager.connection_count >= settings.max_connections:
+            raise _TryLater(f"connection limit reached ({settings.max_connections})")
+    except HubError as exc:
+        # Accept, then close with the code: a refused handshake is a bare HTTP status.
+        await websocket.accept()
+        await _refuse(websocket, exc)
+        return
+
+    await websocket.accept()
+    sink = _make_sink(websocket)
+    connection = Connection(
+        params.project,
+        sink,
+        TypeFilter(params.types),
+        queue_events=settings.queue_events,
+        queue_bytes=settings.queue_bytes,
+        max_frame_bytes=settings.max_frame_bytes,
+    )
+    await hub.manager.add(connection)
+    sink.start(connection)
+    try:
+        await _start_stream(hub, connection, sink, params)
+        await _serve_ops(hub, websocket, connection, sink, params)
+    except WebSocketDisconnect:
+        pass
+    except HubError as exc:  # e.g. the backend went away while replaying
+        connection.close(exc.close_code, exc.code, exc.message, retryable=exc.retryable)
+    finally:
+        connection.closed = True
+        await hub.manager.remove(connection)
+        await sink.stop()
+
+
+class _TryLater(HubError):
+    code = "over_capacity"
+    http_status = 503
+    close_code = CloseCode.TRY_AGAIN_LATER
+    retryable = True
+
+
+async def _refuse(websocket: WebSocket, exc: HubError) -> None:
+    frame = ErrorFrame(exc.code, exc.message, retryable=exc.retryable, close=int(exc.close_code))
+    try:
+        await websocket.send_text(encode(frame).decode())
+        await websocket.close(int(exc.close_code), close_reason(exc.message))
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+
+
+def _make_sink(websocket: WebSocket) -> Sink:
+    extension = websocket.scope.get("extensions", {}).get(EXTENSION)
+    if extension is not None:
+        return DirectSink(extension["channel"])
+    return AsgiSink(websocket.send)
+
+
+async def _start_stream(
+    hub: Hub, connection: Connection, sink: Sink, params: SubscriptionParams
+) -> None:
+    backend, settings = hub.backend, hub.settings
+    position = await backend.position(params.project)
+    hub.manager.note_epoch(params.project, position.epoch)
+    welcome = WelcomeFrame(
+        params.project, position.epoch, position.head, position.oldest, settings.heartbeat_s
+    )
+    await sink.send(encode(welcome))
+    plan = resume_plan(
+        params.since, params.epoch, position.epoch, position.oldest, position.head
+    )
+    if plan.action == "live":
+        connection.go_live(position.head)
+        return
+    if plan.action == "replay":
+        replayed_up_to, count = await _replay(hub, connection, sink, plan.since)
+        await sink.send(encode(ReplayedFrame(count, replayed_up_to)))
+        connection.go_live(replayed_up_to)
+        return
+    assert plan.reason is not None
+    await sink.send(encode(GapFrame(plan.reason, plan.since, position.oldest, position.head)))
+    snap_position, events = await backend.snapshot(params.project)
+    matched = [e.frame for e in events if connection.filter.matches(e.type)]
+    await sink.send(
+        b'{"op":"snapshot","head":%d,"events":[%s]}' % (snap_position.head, b",".join(matched))
+    )
+    connection.go_live(snap_position.head)
+
+
+async def _replay(hub: Hub, connection: Connection, sink: Sink, since: int) -> tuple[int, int]:
+    """Send retained events after `since` until none are left; return (last seq, count)."""
+    backend, settings = hub.backend, hub.settings
+    cursor, count = since, 0
+    chunk = min(settings.history_max_limit, 1000)
+    while True:
+        result = await backend.read(connection.project, cursor, chunk)
+        events: list[StoredEvent] = result.events
+        if events and events[0].seq != cursor + 1:
+            # retention moved past the cursor while we replayed: the client must be told
+            raise _ReplayOverrun(f"events after {cursor} were evicted during replay")
+        matched = [e for e in events if connection.filter.matches(e.type)]
+        batch: list[bytes] = []
+        size = 0
+        for event in matched:
+            batch.append(event.frame)
+            size += len(event.frame)
+            if size >= settings.max_frame_bytes:
+                await sink.send(encode_batch(batch))
+                batch, size = [], 0
+        if batch:
+            await sink.send(encode_batch(batch))
+        count += len(matched)
+        if events:
+            cursor = events[-1].seq
+        if len(events) < chunk:
+            return cursor, count
+
+
+class _ReplayOverrun(HubError):
+    code = "replay_overrun"
+    close_code = CloseCode.SLOW_CONSUMER
+    retryable = True
+
+
+async def _serve_ops(
+    hub: Hub,
+    websocket: WebSocket,
+    connection: Connection,
+    sink: Sink,
+    params: SubscriptionParams,
+) -> None:
+    settings = hub.settings
+    patterns = list(params.types)
+    implicit_default = not params.explicit_types
+    errors = 0
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            connection.close(
+                CloseCode.UNSUPPORTED_DATA, "binary_frame", "binary frames are not accepted"
+            )
+            return
+        try:
+            op = decode_client_frame(text)
+            if isinstance(op, PingOp):
+                reply = encode(PongFrame(op.id))
+            else:
+                new = [validate_pattern(p, settings.max_pattern_length) for p in op.types]
+                if isinstance(op, SubscribeOp):
+                    # A client that connected without `types` got `*`; its first subscribe
+                    # says what it actually wants.
+                    base = [] if implicit_default else patterns
+                    merged = base + [p for p in new if p not in base]
+                    if len(merged) > settings.max_patterns:
+                        raise BadRequest(
+                            f"too many type patterns: {len(merged)} > {settings.max_patterns}"
+                        )
+                    patterns = merged
+                else:
+                    patterns = [p for p in patterns if p not in new]
+                implicit_default = False
+                hub.manager.set_filter(connection, TypeFilter(patterns))
+                reply = encode(SubscribedFrame(op.id, patterns))
+        except (FrameError, BadRequest) as exc:
+            errors += 1
+            frame_id = exc.frame_id if isinstance(exc, FrameError) else _id_of(text)
+            reply = encode(ErrorFrame(exc.code, exc.message, id=frame_id))
+            if errors > settings.error_budget:
+                connection.close(
+                    CloseCode.POLICY_VIOLATION,
+                    "too_many_errors",
+                    f"more than {settings.error_budget} invalid frames",
+                )
+                return
+        await sink.send(reply)
+
+
+def _id_of(text: str) -> int | str | None:
+    try:
+        op = decode_client_frame(text)
+    except FrameError as exc:
+        return exc.frame_id
+    return op.id
