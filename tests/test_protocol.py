@@ -206,7 +206,7 @@ def test_unknown_op_message_names_the_op_and_echoes_the_id() -> None:
 
 
 def test_unknown_op_name_is_trimmed_in_the_message() -> None:
-    error = _frame_error('{"op":"%s"}' % ("x" * 500))
+    error = _frame_error('{"op":"' + "x" * 500 + '"}')
     assert error.message == f"unknown op {'x' * 40!r}"
 
 
@@ -245,7 +245,7 @@ def test_extra_field_is_refused_with_its_name() -> None:
 
 @pytest.mark.parametrize(("raw_id", "expected"), [("7", 7), ('"abc"', "abc"), ("null", None)])
 def test_error_echoes_int_string_and_null_ids(raw_id: str, expected: object) -> None:
-    error = _frame_error('{"op":"nope","id":%s}' % raw_id)
+    error = _frame_error('{"op":"nope","id":' + raw_id + "}")
     assert error.frame_id == expected
 
 
