@@ -1,0 +1,190 @@
+"""The agent service: answers a question over a project's corpus, step by visible step.
+
+A run plans, searches the full-text index, reads the best chunks, summarises them, then
+streams its answer as `agent.message.appended` deltas. Each step is an `agent.step.updated`
+entity (running, then succeeded/failed/cancelled); the run is tracked as `agent.run.*`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from services.emitters import Emitter
+from services.events import AgentMessageAppended, AgentRun, AgentStep, Usage
+from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, track
+from services.model import ExtractiveModel, Model, Passage
+from services.store import SearchHit, Store
+from services.tasks import TaskTable
+
+__all__ = ["AgentService", "excerpt"]
+
+MESSAGE_ID = "answer"
+
+
+def excerpt(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Steps:
+    """Emits one `agent.step.updated` entity per step of a run."""
+
+    def __init__(self, emitter: Emitter, run: Tracker[AgentRun]) -> None:
+        self.emitter = emitter
+        self.run = run
+        self.count = 0
+        self.planned = 0  # for progress: steps expected in total
+
+    @contextlib.asynccontextmanager
+    async def step(self, name: str, tool: str | None, input_text: str) -> AsyncIterator[AgentStep]:
+        step = AgentStep(
+            run_id=self.run.state.run_id,
+            index=self.count,
+            name=name,
+            tool=tool,
+            status="running",
+            input_excerpt=excerpt(input_text),
+        )
+        self.count += 1
+        started = time.monotonic()
+        await self._emit(step)
+        try:
+            yield step  # the body sets step.output_excerpt
+        except BaseException as exc:
+            step.status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+            step.error = error_info(exc)
+            step.duration_ms = int((time.monotonic() - started) * 1000)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._emit(step))
+            raise
+        step.status = "succeeded"
+        step.duration_ms = int((time.monotonic() - started) * 1000)
+        await self._emit(step)
+        await self.run.update(steps=self.count, progress=self.count / max(self.planned, 1))
+
+    async def _emit(self, step: AgentStep) -> None:
+        await self.emitter.emit("agent.step.updated", step, key=step.key)
+
+
+class AgentService:
+    def __init__(
+        self,
+        store: Store,
+        emitter_for: Callable[[str], Emitter],
+        model: Model | None = None,
+        *,
+        top_k: int = 3,
+        min_interval: float = DEFAULT_MIN_INTERVAL,
+        agent_name: str = "researcher",
+    ) -> None:
+        self.store = store
+        self.emitter_for = emitter_for
+        self.model: Model = model or ExtractiveModel()
+        self.top_k = top_k
+        self.min_interval = min_interval
+        self.agent_name = agent_name
+        self.runs: TaskTable[AgentRun] = TaskTable()
+        self.answers: dict[str, str] = {}  # run id -> answer so far (inspection API)
+
+    def new_run(
+        self, project: str, question: str, *, run_id: str | None = None, agent: str | None = None
+    ) -> AgentRun:
+        question = question.strip()
+        if not question:
+            raise ValueError("question must not be empty")
+        state = AgentRun(
+            run_id=run_id or uuid.uuid4().hex[:12],
+            agent=agent or self.agent_name,
+            input=question[:4000],
+            model=self.model.name,
+        )
+        self.runs.add(state.run_id, project, state)
+        return state
+
+    def start(
+        self, project: str, question: str, *, run_id: str | None = None, agent: str | None = None
+    ) -> AgentRun:
+        state = self.new_run(project, question, run_id=run_id, agent=agent)
+        self.runs.start(state.run_id, self.run(project, state))
+        return state
+
+    def cancel(self, project: str, run_id: str) -> bool | None:
+        return self.runs.cancel(project, run_id)
+
+    async def ask(self, project: str, question: str, **kwargs: Any) -> tuple[AgentRun, str]:
+        """Run to the end here; returns the final run state and the answer."""
+        state = self.new_run(project, question, **kwargs)
+        await self.run(project, state)
+        return state, self.answers[state.run_id]
+
+    async def run(self, project: str, state: AgentRun) -> AgentRun:
+        emitter = self.emitter_for(project)
+        model = self.model
+        question = state.input
+        async with track(emitter, state, min_interval=self.min_interval) as run:
+            steps = _Steps(emitter, run)
+            steps.planned = 4 + self.top_k  # plan, search, reads, summarise, answer
+            usage = Usage(prompt_tokens=model.count_tokens(question))
+
+            async with steps.step("plan", None, question) as step:
+                queries = model.plan(question)
+                step.output_excerpt = excerpt("; ".join(queries) or "(no search terms)")
+
+            async with steps.step("search", "full_text_search", " | ".join(queries)) as step:
+                hits = await self._search(project, queries)
+                step.output_excerpt = excerpt(
+                    "; ".join(f"#{h.chunk_id} {h.title}: {h.snippet}" for h in hits) or "no matches"
+                )
+            steps.planned = 4 + len(hits)
+
+            passages: list[Passage] = []
+            for hit in hits:
+                async with steps.step("read", "read_chunk", f"chunk {hit.chunk_id}") as step:
+                    chunk = await self.store.read_chunk(project, hit.chunk_id)
+                    if chunk is not None:
+                        passages.append(Passage(chunk.id, chunk.name, chunk.title, chunk.text))
+                        usage.prompt_tokens += model.count_tokens(chunk.text)
+                    step.output_excerpt = excerpt(chunk.text if chunk else "(chunk gone)")
+
+            async with steps.step("summarise", "summarise", f"{len(passages)} passages") as step:
+                notes = "".join([d async for d in model.stream("summarise", question, passages)])
+                usage.completion_tokens += model.count_tokens(notes)
+                step.output_excerpt = excerpt(notes or "(nothing relevant)")
+
+            async with steps.step("answer", None, question) as step:
+                answer = await self._stream_answer(emitter, state, passages)
+                usage.completion_tokens += model.count_tokens(answer)
+                step.output_excerpt = excerpt(answer)
+            run.set(usage=usage, output_summary=excerpt(answer, 500))
+        return state
+
+    async def _search(self, project: str, queries: list[str]) -> list[SearchHit]:
+        hits: dict[int, SearchHit] = {}
+        for query in queries:
+            for hit in await self.store.search(project, query, limit=self.top_k):
+                hits.setdefault(hit.chunk_id, hit)
+        return sorted(hits.values(), key=lambda h: (h.score, h.chunk_id))[: self.top_k]
+
+    async def _stream_answer(
+        self, emitter: Emitter, state: AgentRun, passages: list[Passage]
+    ) -> str:
+        parts: list[str] = []
+        self.answers[state.run_id] = ""
+        async for delta in self.model.stream("answer", state.input, passages):
+            message = AgentMessageAppended(
+                run_id=state.run_id, message_id=MESSAGE_ID, index=len(parts), delta=delta
+            )
+            parts.append(delta)
+            self.answers[state.run_id] += delta
+            await emitter.emit("agent.message.appended", message, key=message.key)
+        text = "".join(parts)
+        done = AgentMessageAppended(
+            run_id=state.run_id, message_id=MESSAGE_ID, index=len(parts), done=True, text=text
+        )
+        await emitter.emit("agent.message.appended", done, key=done.key)
+        return text

@@ -1,0 +1,261 @@
+"""HTTP API of the services, mounted in the hub app: start, inspect and cancel work.
+
+Under `/v1/projects/{project}/`:
+    POST ingest/jobs                  {"folder": "..."} or {"documents": [{"name", "text" |
+                                      "content_base64"}]}, optional "on_error": skip|fail
+    POST ingest/uploads?name=F        the raw file as the body (e.g. curl --data-binary @F)
+    GET  ingest/jobs, ingest/jobs/{id}; POST ingest/jobs/{id}/cancel
+    GET  ingest/search?q=...&limit=5, ingest/documents
+    POST agent/runs                   {"question": "...", "agent": "..."}
+    GET  agent/runs, agent/runs/{id}; POST agent/runs/{id}/cancel
+    POST workflows/runs               a WorkflowSpec: {"name", "max_concurrency", "nodes": [...]}
+    GET  workflows/runs, workflows/runs/{id}; POST workflows/runs/{id}/cancel
+Starting answers 202 with the entity and its event `key`; follow it on the WebSocket.
+Errors use the hub's shape: {"error": {"code", "message", "retryable"}}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from hub.errors import BadRequest, Forbidden, PayloadTooLarge
+from hub.protocol import is_valid_project
+from services.ingest import Upload
+from services.workflow import WorkflowSpec, WorkflowSpecError
+
+if TYPE_CHECKING:
+    from services.runtime import Services
+
+__all__ = ["MAX_UPLOAD_BYTES", "service_routes"]
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+_encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+
+
+class DocumentIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    text: str | None = None
+    content_base64: bytes | None = None  # msgspec decodes base64 into bytes
+
+
+class IngestRequest(msgspec.Struct, forbid_unknown_fields=True):
+    folder: str | None = None
+    documents: list[DocumentIn] | None = None
+    on_error: Literal["skip", "fail"] | None = None
+
+
+class AgentRequest(msgspec.Struct, forbid_unknown_fields=True):
+    question: str
+    agent: str | None = None
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(content), status, media_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return _json({"error": {"code": code, "message": message, "retryable": False}}, status)
+
+
+def _project(request: Request) -> str:
+    project: str = request.path_params["project"]
+    if not is_valid_project(project):
+        raise BadRequest(f"invalid project id {project[:80]!r}")
+    return project
+
+
+async def _body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_UPLOAD_BYTES:
+            raise PayloadTooLarge(f"body is over the {MAX_UPLOAD_BYTES} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _decode(request: Request, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(await _body(request), type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise BadRequest(f"invalid request body: {exc}") from None
+
+
+def _started(name: str, state: Any) -> Response:
+    return _json({name: state, "key": state.key}, 202)
+
+
+def _cancelled(result: bool | None, what: str) -> Response:
+    if result is None:
+        return _error(404, "not_found", f"no such {what}")
+    if not result:
+        return _error(409, "finished", f"{what} already finished")
+    return _json({"cancelling": True}, 202)
+
+
+Handler = Callable[["Services", Request], Awaitable[Response]]
+
+
+# --- ingest ------------------------------------------------------------------------------
+
+
+async def start_ingest(services: Services, request: Request) -> Response:
+    project = _project(request)
+    body = await _decode(request, IngestRequest)
+    if (body.folder is None) == (body.documents is None):
+        raise BadRequest("give exactly one of 'folder' or 'documents'")
+    if body.folder is not None:
+        try:
+            folder = services.resolve_folder(body.folder)
+        except PermissionError as exc:
+            raise Forbidden(str(exc)) from None
+        job = services.ingest.start_folder(project, folder, on_error=body.on_error)
+        return _started("job", job)
+    uploads = []
+    for doc in body.documents or []:
+        if (doc.text is None) == (doc.content_base64 is None):
+            raise BadRequest(f"document {doc.name!r}: give exactly one of 'text', 'content_base64'")
+        uploads.append(Upload(doc.name, doc.content_base64 or (doc.text or "").encode()))
+    if not uploads:
+        raise BadRequest("'documents' is empty")
+    return _started("job", services.ingest.start_uploads(project, uploads, on_error=body.on_error))
+
+
+async def upload(services: Services, request: Request) -> Response:
+    project = _project(request)
+    name = request.query_params.get("name", "")
+    if not name:
+        raise BadRequest("the 'name' query parameter (a file name with its extension) is required")
+    on_error = request.query_params.get("on_error")
+    if on_error not in (None, "skip", "fail"):
+        raise BadRequest("on_error must be 'skip' or 'fail'")
+    job = services.ingest.start_uploads(
+        project, [Upload(name, await _body(request))], on_error=on_error
+    )  # type: ignore[arg-type]
+    return _started("job", job)
+
+
+async def list_jobs(services: Services, request: Request) -> Response:
+    return _json({"jobs": services.ingest.jobs.list(_project(request))})
+
+
+async def get_job(services: Services, request: Request) -> Response:
+    job = services.ingest.jobs.get(_project(request), request.path_params["id"])
+    return _json({"job": job}) if job else _error(404, "not_found", "no such job")
+
+
+async def cancel_job(services: Services, request: Request) -> Response:
+    return _cancelled(services.ingest.cancel(_project(request), request.path_params["id"]), "job")
+
+
+async def search(services: Services, request: Request) -> Response:
+    query = request.query_params.get("q", "")
+    try:
+        limit = max(1, min(50, int(request.query_params.get("limit", "5"))))
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    return _json({"hits": await services.store.search(_project(request), query, limit)})
+
+
+async def list_documents(services: Services, request: Request) -> Response:
+    return _json({"documents": await services.store.documents(_project(request))})
+
+
+# --- agent -------------------------------------------------------------------------------
+
+
+async def start_run(services: Services, request: Request) -> Response:
+    project = _project(request)
+    body = await _decode(request, AgentRequest)
+    try:
+        run = services.agent.start(project, body.question, agent=body.agent)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return _started("run", run)
+
+
+async def list_runs(services: Services, request: Request) -> Response:
+    return _json({"runs": services.agent.runs.list(_project(request))})
+
+
+async def get_run(services: Services, request: Request) -> Response:
+    run_id = request.path_params["id"]
+    run = services.agent.runs.get(_project(request), run_id)
+    if run is None:
+        return _error(404, "not_found", "no such run")
+    return _json({"run": run, "answer": services.agent.answers.get(run_id, "")})
+
+
+async def cancel_run(services: Services, request: Request) -> Response:
+    return _cancelled(services.agent.cancel(_project(request), request.path_params["id"]), "run")
+
+
+# --- workflows ---------------------------------------------------------------------------
+
+
+async def start_workflow(services: Services, request: Request) -> Response:
+    project = _project(request)
+    spec = await _decode(request, WorkflowSpec)
+    for node in spec.nodes:
+        if node.kind == "ingest" and "folder" in node.params:
+            try:
+                services.resolve_folder(str(node.params["folder"]))
+            except PermissionError as exc:
+                raise Forbidden(f"node {node.id!r}: {exc}") from None
+    try:
+        run = services.workflows.start(project, spec)
+    except WorkflowSpecError as exc:
+        raise BadRequest(str(exc)) from None
+    return _started("run", run)
+
+
+async def list_workflows(services: Services, request: Request) -> Response:
+    return _json({"runs": services.workflows.runs.list(_project(request))})
+
+
+async def get_workflow(services: Services, request: Request) -> Response:
+    run_id = request.path_params["id"]
+    run = services.workflows.runs.get(_project(request), run_id)
+    if run is None:
+        return _error(404, "not_found", "no such workflow run")
+    return _json({"run": run, "nodes": list(services.workflows.nodes.get(run_id, {}).values())})
+
+
+async def cancel_workflow(services: Services, request: Request) -> Response:
+    result = services.workflows.cancel(_project(request), request.path_params["id"])
+    return _cancelled(result, "workflow run")
+
+
+def service_routes(services: Services) -> list[BaseRoute]:
+    def bind(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await handler(services, request)
+
+        return endpoint
+
+    base = "/v1/projects/{project}"
+    table: list[tuple[str, Handler, str]] = [
+        ("/ingest/jobs", start_ingest, "POST"),
+        ("/ingest/jobs", list_jobs, "GET"),
+        ("/ingest/uploads", upload, "POST"),
+        ("/ingest/jobs/{id}", get_job, "GET"),
+        ("/ingest/jobs/{id}/cancel", cancel_job, "POST"),
+        ("/ingest/search", search, "GET"),
+        ("/ingest/documents", list_documents, "GET"),
+        ("/agent/runs", start_run, "POST"),
+        ("/agent/runs", list_runs, "GET"),
+        ("/agent/runs/{id}", get_run, "GET"),
+        ("/agent/runs/{id}/cancel", cancel_run, "POST"),
+        ("/workflows/runs", start_workflow, "POST"),
+        ("/workflows/runs", list_workflows, "GET"),
+        ("/workflows/runs/{id}", get_workflow, "GET"),
+        ("/workflows/runs/{id}/cancel", cancel_workflow, "POST"),
+    ]
+    return [Route(base + path, bind(handler), methods=[method]) for path, handler, method in table]

@@ -1,0 +1,86 @@
+"""A table of a service's jobs: current state by id, the task doing the work, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any, Generic, TypeVar
+
+__all__ = ["TaskTable"]
+
+S = TypeVar("S")
+
+
+class _Entry(Generic[S]):
+    __slots__ = ("project", "state", "task")
+
+    def __init__(self, project: str, state: S) -> None:
+        self.project = project
+        self.state = state
+        self.task: asyncio.Task[Any] | None = None
+
+
+class TaskTable(Generic[S]):
+    """Jobs by id. Finished ones are forgotten oldest first beyond `keep` (bounded memory)."""
+
+    def __init__(self, keep: int = 500) -> None:
+        self.keep = keep
+        self._entries: OrderedDict[str, _Entry[S]] = OrderedDict()
+
+    def add(self, entity_id: str, project: str, state: S) -> None:
+        self._forget_finished()
+        self._entries[entity_id] = _Entry(project, state)
+
+    def start(self, entity_id: str, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `work` as the job's task; its exceptions are already reported as events."""
+        task = asyncio.create_task(work, name=f"job-{entity_id}")
+        task.add_done_callback(_consume_result)
+        self._entries[entity_id].task = task
+        return task
+
+    def get(self, project: str, entity_id: str) -> S | None:
+        entry = self._entries.get(entity_id)
+        return entry.state if entry is not None and entry.project == project else None
+
+    def list(self, project: str) -> list[S]:
+        return [e.state for e in self._entries.values() if e.project == project]
+
+    def task(self, entity_id: str) -> asyncio.Task[Any] | None:
+        entry = self._entries.get(entity_id)
+        return entry.task if entry is not None else None
+
+    def cancel(self, project: str, entity_id: str) -> bool | None:
+        """Cancel a running job: None if unknown, False if it had already finished."""
+        entry = self._entries.get(entity_id)
+        if entry is None or entry.project != project:
+            return None
+        if entry.task is None or entry.task.done():
+            return False
+        entry.task.cancel()
+        return True
+
+    async def aclose(self) -> None:
+        """Cancel every running job and wait for them (their cancelled events go out)."""
+        tasks = [e.task for e in self._entries.values() if e.task is not None and not e.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _forget_finished(self) -> None:
+        excess = len(self._entries) + 1 - self.keep
+        if excess <= 0:
+            return
+        for entity_id in [k for k, e in self._entries.items() if e.task is None or e.task.done()]:
+            if excess <= 0:
+                break
+            del self._entries[entity_id]
+            excess -= 1
+
+
+def _consume_result(task: asyncio.Task[Any]) -> None:
+    # Failures were reported as `failed` events; reading them here avoids "never retrieved".
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
