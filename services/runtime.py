@@ -52,6 +52,7 @@ class Services:
         allowed_roots: Sequence[str | Path] = (SAMPLE_DOCS,),
         node_kinds: dict[str, NodeFn] | None = None,
     ) -> None:
+        self._owns_store = store is None
         self.store = store or Store()
         self.hub: Hub | None = None
         self._emitter_for = emitter_for
@@ -98,8 +99,11 @@ class Services:
             await self.aclose()
 
     async def aclose(self) -> None:
+        """Cancel running work (its `cancelled` events go out); close the store if ours."""
         await self.workflows.runs.aclose()
         await asyncio.gather(self.ingest.jobs.aclose(), self.agent.runs.aclose())
+        if self._owns_store:
+            self.store.close()
 
     def resolve_folder(self, folder: str) -> Path:
         """A folder to ingest, relative to the first allowed root, inside an allowed root."""
