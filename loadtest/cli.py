@@ -1,0 +1,191 @@
+"""`python -m loadtest SCENARIO` / `hub-loadtest SCENARIO`: run, report, write JSON and PNGs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .report import LiveProgress, ratio_table, runs_table
+from .results import compare, write_json
+from .runner import run_once
+from .scenarios import SCENARIOS, default_params
+from .servers import TARGETS
+from .system import NotLoopback, loopback_address, raise_nofile_limit
+
+__all__ = ["build_parser", "main"]
+
+FD_HEADROOM = 200  # files, pipes and listening sockets besides the subscribers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hub-loadtest",
+        description="Load the hub (or the naive baseline) on loopback: N WebSocket subscribers "
+        "across worker processes, every seq checked, latency from each event's ts.",
+    )
+    parser.add_argument("scenario", choices=SCENARIOS)
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--target",
+        choices=(*TARGETS, "both"),
+        default="hub",
+        help="what to start and load; 'both' runs baseline then hub (default hub)",
+    )
+    target.add_argument("--url", help="load an already running server on loopback instead")
+    target.add_argument(
+        "--server-pid",
+        type=int,
+        help="pid of the --url server, for RSS/CPU (default: found from the listening port)",
+    )
+    target.add_argument(
+        "--hub-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `hub serve`, repeatable (e.g. --hub-arg=--retention=50000)",
+    )
+    load = parser.add_argument_group("load (defaults depend on the scenario)")
+    load.add_argument("-n", "--connections", type=int, help="subscribers in total")
+    load.add_argument("--projects", type=int, help="projects the subscribers are spread over")
+    load.add_argument("--events", type=int, help="events to publish in total")
+    load.add_argument("--rate", type=float, help="events/s; 0 = as fast as acknowledged")
+    load.add_argument("--duration", type=float, help="publishing stops after this many seconds")
+    load.add_argument("--batch", type=int, help="most events per publish request (default 1)")
+    load.add_argument("--publishers", type=int, help="publish requests in flight (default 1)")
+    load.add_argument("--pad", type=int, help="padding bytes per event (default 64)")
+    load.add_argument("--types", help="subscription filter, e.g. 'bench.*'")
+    load.add_argument("--slow", type=int, help="slow-consumer: subscribers that stop reading")
+    load.add_argument("--stall", type=float, help="slow-consumer: seconds they stop reading")
+    load.add_argument("--storm-at", type=float, help="reconnect-storm: seconds before the drop")
+    load.add_argument("--jitter", type=float, help="reconnect-storm: reconnect spread, seconds")
+    gen = parser.add_argument_group("generator")
+    gen.add_argument("--workers", type=int, help="subscriber processes (default: one per core)")
+    gen.add_argument("--connect-concurrency", type=int, help="handshakes in flight per worker")
+    gen.add_argument("--connect-timeout", type=float, help="seconds per connection attempt")
+    gen.add_argument("--drain-timeout", type=float, help="seconds allowed for delivery to finish")
+    gen.add_argument("--repeat", type=int, default=1, help="runs per target (medians reported)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, default=Path("loadtest-results"), help="result directory")
+    out.add_argument("--name", help="file name prefix (default: time, scenario, N)")
+    out.add_argument("--no-plots", action="store_true")
+    out.add_argument("--no-live", action="store_true", help="no live display")
+    return parser
+
+
+_PARAM_OPTIONS = (
+    "connections",
+    "projects",
+    "events",
+    "rate",
+    "duration",
+    "batch",
+    "publishers",
+    "pad",
+    "types",
+    "slow",
+    "stall",
+    "storm_at",
+    "jitter",
+    "workers",
+    "connect_concurrency",
+    "connect_timeout",
+    "drain_timeout",
+)
+
+
+async def _run_all(
+    args: argparse.Namespace, targets: list[str], params: Any, prefix: str, console: Console
+) -> list[dict[str, Any]]:
+    runs = []
+    for repeat in range(args.repeat):
+        for target in targets:
+            name = f"{prefix}-{target}" + (f"-{repeat + 1}" if args.repeat > 1 else "")
+            with LiveProgress(console, not args.no_live and console.is_terminal) as progress:
+                result = await run_once(
+                    target,
+                    params,
+                    args.out,
+                    name,
+                    progress,
+                    url=args.url,
+                    server_pid=args.server_pid,
+                    server_args=args.hub_arg,
+                )
+            result.update(repeat=repeat, repeats=args.repeat)
+            path = args.out / f"{name}.json"
+            write_json(path, result)
+            result["file"] = str(path)
+            runs.append(result)
+            console.print(
+                f"[bold]{target}[/]: {result['delivery']['per_second'] or 0:,.0f} "
+                f"deliveries/s, p99 {result['latency_ms']['p99']} ms, "
+                f"missing {result['loss']['missing']}, "
+                f"duplicates {result['loss']['duplicates']}, ok={result['ok']} "
+                f"-> {path}"
+            )
+    return runs
+
+
+def _check_fd_budget(params: Any, limit: int, console: Console) -> None:
+    per_worker = math.ceil(params.connections / params.workers) + FD_HEADROOM
+    if per_worker > limit or params.connections + FD_HEADROOM > limit:
+        console.print(
+            f"[yellow]warning:[/] RLIMIT_NOFILE is {limit}; {params.connections} "
+            f"connections need about {per_worker} per worker and "
+            f"{params.connections + FD_HEADROOM} in the server. Add --workers."
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if args.url is not None:
+        if args.target == "both":
+            console.print("[red]--url names one running server: pick --target hub or baseline")
+            return 2
+        try:
+            loopback_address(args.url)
+        except NotLoopback as exc:
+            console.print(f"[red]{exc}")
+            return 2
+    try:
+        params = default_params(args.scenario, **{k: getattr(args, k) for k in _PARAM_OPTIONS})
+    except (TypeError, ValueError) as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    _check_fd_budget(params, raise_nofile_limit(), console)
+    targets = ["baseline", "hub"] if args.target == "both" else [args.target]
+    args.out.mkdir(parents=True, exist_ok=True)
+    prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{args.scenario}-{params.connections}"
+    runs = asyncio.run(_run_all(args, targets, params, prefix, console))
+
+    console.print(runs_table(runs))
+    summary: dict[str, Any] = {
+        "scenario": args.scenario,
+        "params": params.to_json(),
+        "runs": [r["file"] for r in runs],
+    }
+    if len(targets) == 2:
+        summary["comparison"] = compare(runs)
+        console.print(ratio_table(summary["comparison"]))
+    if not args.no_plots:
+        from .plots import plot_runs  # matplotlib is slow to import: only when plotting
+
+        summary["plots"] = [str(p) for p in plot_runs(runs, args.out / prefix)]
+        console.print("plots: " + ", ".join(summary["plots"]))
+    write_json(args.out / f"{prefix}-summary.json", summary)
+    failed = [r["target"] for r in runs if not r["ok"]]
+    if failed:
+        console.print(f"[red]not ok (loss, duplicates, errors or timeout): {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
