@@ -157,7 +157,8 @@ watch it:
   dashboard: {base}/
   state:     curl {base}/v1/projects/{args.project}/snapshot
 ask your own question:
-  curl -X POST {base}/v1/projects/{args.project}/agent/runs -d '{{"question": "How do swarms start?"}}'
+  curl -X POST {base}/v1/projects/{args.project}/agent/runs \\
+       -d '{{"question": "How do swarms start?"}}'
 """,
         flush=True,
     )
