@@ -17,7 +17,7 @@ Errors use the hub's shape: {"error": {"code", "message", "retryable"}}.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import msgspec
 from starlette.requests import Request
@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from hub.errors import BadRequest, Forbidden, PayloadTooLarge
 from hub.protocol import is_valid_project
-from services.ingest import Upload
+from services.ingest import OnError, Upload
 from services.workflow import WorkflowSpec, WorkflowSpecError
 
 if TYPE_CHECKING:
@@ -137,8 +137,8 @@ async def upload(services: Services, request: Request) -> Response:
     if on_error not in (None, "skip", "fail"):
         raise BadRequest("on_error must be 'skip' or 'fail'")
     job = services.ingest.start_uploads(
-        project, [Upload(name, await _body(request))], on_error=on_error
-    )  # type: ignore[arg-type]
+        project, [Upload(name, await _body(request))], on_error=cast(OnError | None, on_error)
+    )
     return _started("job", job)
 
 

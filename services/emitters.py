@@ -39,12 +39,15 @@ class Emitter(Protocol):
     async def emit(
         self,
         type: str,
-        data: msgspec.Struct | dict[str, Any],
+        data: Any,  # a msgspec Struct or a dict
         *,
         key: str | None = None,
         id: str | None = None,
     ) -> int:
-        """Publish one event and return the seq the hub assigned."""
+        """Publish one event and return the seq the hub assigned.
+
+        `data` must be encoded before the first await: callers may change it afterwards.
+        """
 
 
 def new_event_id() -> str:
@@ -81,7 +84,7 @@ class InProcessEmitter:
     async def emit(
         self,
         type: str,
-        data: msgspec.Struct | dict[str, Any],
+        data: Any,  # a msgspec Struct or a dict
         *,
         key: str | None = None,
         id: str | None = None,
@@ -137,7 +140,7 @@ class HttpEmitter:
     async def emit(
         self,
         type: str,
-        data: msgspec.Struct | dict[str, Any],
+        data: Any,  # a msgspec Struct or a dict
         *,
         key: str | None = None,
         id: str | None = None,

@@ -10,8 +10,9 @@ A missing folder fails the job (`SourceNotFound`), and so does a folder with no 
 Duplicates (same normalised text as a stored document of the project, or earlier in the same
 job) are never errors: they are counted in `skipped_duplicates`. Hidden files and folders
 (names starting with ".") are ignored. Files are read in sorted path order, in batches; each
-batch is one transaction followed by one progress update, and cancellation takes effect
-between batches (batches already stored stay).
+batch is one transaction followed by one progress update. Cancellation takes effect between
+batches: batches already stored stay (a batch whose write is under way when the cancel lands
+may still be stored, without being counted on the job).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "IngestOptions",
     "IngestService",
     "NoReadableDocuments",
+    "OnError",
     "SourceNotFound",
     "Upload",
     "list_folder",
@@ -84,6 +86,10 @@ def list_folder(folder: Path) -> list[Path]:
 
 # A file to ingest: its name, and how to get its bytes (read lazily, in a worker thread).
 _Source = tuple[str, Callable[[], bytes]]
+
+
+def _reader(content: bytes) -> Callable[[], bytes]:
+    return lambda: content
 
 
 class IngestService:
@@ -162,7 +168,7 @@ class IngestService:
         state = state or self.new_job(project, "upload", None)
 
         async def sources() -> list[_Source]:
-            return [(u.name, (lambda u=u: u.content)) for u in uploads]
+            return [(u.name, _reader(u.content)) for u in uploads]
 
         return await self._run(project, state, sources, on_error or self.options.on_error)
 

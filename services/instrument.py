@@ -106,11 +106,18 @@ class Tracker(Generic[S]):
             setattr(self.state, name, value)
 
     async def open(self) -> None:
-        """Emit `created` with the initial status."""
+        """Emit `created` with the initial status; if that fails, raise (nothing was done)."""
         self.set(**{self.lifecycle.status_field: self.lifecycle.initial_status})
         if not self.state.timings.created_ms:
             self.state.timings.created_ms = now_ms()
-        await self._emit(self.lifecycle.created, swallow=False)
+        try:
+            await self._emit(self.lifecycle.created, swallow=False)
+        except Exception as exc:
+            # The state stays inspectable (HTTP API) and must not claim to be running.
+            self.finished = True
+            self.state.error = error_info(exc)
+            setattr(self.state, self.lifecycle.status_field, self.lifecycle.failed_status)
+            raise
 
     async def update(self, **changes: Any) -> None:
         """Apply changes and emit `updated`, coalesced to one per `min_interval`."""

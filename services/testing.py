@@ -34,7 +34,7 @@ class RecordingEmitter:
     async def emit(
         self,
         type: str,
-        data: msgspec.Struct | dict[str, Any],
+        data: Any,  # a msgspec Struct or a dict
         *,
         key: str | None = None,
         id: str | None = None,

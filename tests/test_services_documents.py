@@ -128,7 +128,10 @@ async def test_store_skips_duplicates_and_finds_chunks_by_stemmed_terms() -> Non
 
 
 def test_sentences_skip_headings_and_keep_long_rows() -> None:
-    text = "Treatment\n\n- Oxalic acid in December. Formic acid in summer!\nhive: RB-01; kg: 21; notes: a b c"
+    text = (
+        "Treatment\n\n- Oxalic acid in December. Formic acid in summer!\n"
+        "hive: RB-01; kg: 21; notes: a b c"
+    )
     assert split_sentences(text) == [
         "Oxalic acid in December.",
         "Formic acid in summer!",

@@ -42,6 +42,11 @@ class Event(msgspec.Struct, frozen=True):
     data: dict[str, Any]
 
 
+def data_of(frame: EventFrame) -> dict[str, Any]:
+    data = frame.data
+    return msgspec.json.decode(data) if isinstance(data, msgspec.Raw) else dict(data)
+
+
 class Subscriber:
     """A raw WebSocket subscriber that keeps every event it receives, decoded."""
 
@@ -54,7 +59,7 @@ class Subscriber:
         async for message in self.ws:
             for frame in decode_server_frames(message):
                 if isinstance(frame, EventFrame):
-                    self.events.append(Event(frame.seq, frame.type, frame.key, frame.data))
+                    self.events.append(Event(frame.seq, frame.type, frame.key, data_of(frame)))
                 elif isinstance(frame, WelcomeFrame):
                     self.welcome = frame
 

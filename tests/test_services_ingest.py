@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from services.documents import UnsupportedDocument
 from services.ingest import (
     IngestOptions,
     IngestService,
@@ -94,7 +95,7 @@ async def test_policy_fail_fails_the_job_on_the_first_bad_file(
     service: IngestService, emitter: RecordingEmitter, tmp_path: Path
 ) -> None:
     write(tmp_path, {"a.txt": b"Fine text here.", "b.xlsx": b"PK"})
-    with pytest.raises(Exception, match="b.xlsx: unsupported file type '.xlsx'"):
+    with pytest.raises(UnsupportedDocument, match=r"b\.xlsx: unsupported file type '\.xlsx'"):
         await service.run_folder("p", tmp_path, on_error="fail")
     assert emitter.types() == ["ingest.job.created", "ingest.job.failed"]
     error = emitter.events[-1].data["error"]

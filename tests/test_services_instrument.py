@@ -123,9 +123,12 @@ async def test_task_cancellation_emits_cancelled_and_propagates() -> None:
 async def test_hub_outage_fails_created_but_not_the_work_after_it() -> None:
     emitter = RecordingEmitter()
     emitter.fail_with = PublishFailed("hub down")
+    never = IngestJob(job_id="j1", source="s")
     with pytest.raises(PublishFailed):
-        async with track(emitter, IngestJob(job_id="j1", source="s")):
+        async with track(emitter, never):
             pass
+    assert never.status == "failed"  # what the HTTP API shows for it
+    assert never.error is not None and never.error.message == "hub down"
     emitter.fail_with = None
     async with track(emitter, IngestJob(job_id="j2", source="s"), min_interval=0) as job:
         emitter.fail_with = PublishFailed("hub down")

@@ -1,0 +1,82 @@
+"""`hub demo` as a new user runs it: a real process that prints where to watch, live events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import sys
+
+from websockets.asyncio.client import connect
+
+from hub.protocol import EventFrame, decode_server_frames
+from services.demo import register
+from services.runtime import SAMPLE_DOCS
+
+from .test_services_hub import data_of
+
+
+def test_demo_command_registers_with_its_options_and_defaults() -> None:
+    parser = argparse.ArgumentParser(prog="hub")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["demo"])
+    assert (args.project, args.host, args.docs) == ("demo", "127.0.0.1", SAMPLE_DOCS)
+    args = parser.parse_args(["demo", "--host", "0.0.0.0", "--port", "9000", "--project", "x"])
+    assert (args.host, args.port, args.project) == ("0.0.0.0", 9000, "x")
+    assert callable(args.func)
+
+
+async def test_demo_prints_where_to_watch_and_publishes_a_workflow_within_seconds() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.demo",
+        "--port",
+        "0",
+        "--interval",
+        "0.2",
+        "--token-delay",
+        "0",
+        "--project",
+        "demo",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        banner = ""
+        async with asyncio.timeout(20):
+            while "dashboard:" not in banner:
+                line = await process.stdout.readline()
+                assert line, f"demo exited early: {banner}"
+                banner += line.decode()
+        base = re.search(r"running on (http://127\.0\.0\.1:\d+)", banner)
+        assert base is not None, banner
+        assert f"hub tail --url {base.group(1)} --project demo" in banner
+        assert f"dashboard: {base.group(1)}/" in banner
+
+        ws_url = base.group(1).replace("http://", "ws://") + "/v1/projects/demo/ws?since=0"
+        seen: list[EventFrame] = []
+        async with connect(ws_url) as ws, asyncio.timeout(20):
+            while not any(
+                e.type == "workflow.run.updated" and data_of(e)["state"] == "succeeded"
+                for e in seen
+            ):
+                seen += [
+                    f for f in decode_server_frames(await ws.recv()) if isinstance(f, EventFrame)
+                ]
+        types = {e.type for e in seen}
+        assert {
+            "ingest.job.completed",
+            "agent.message.appended",
+            "agent.run.completed",
+            "workflow.node_state.updated",
+        } <= types
+        assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(20):
+            _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()[-2000:]
