@@ -27,21 +27,41 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     parser.add_argument("--backend", help="memory:// (default) or redis://HOST:PORT/DB")
-    parser.add_argument("--retention", type=int, dest="retention_events",
-                        help="events retained per project (default 10000)")
-    parser.add_argument("--heartbeat", type=float, dest="heartbeat_s",
-                        help="ping interval in seconds (default 20)")
+    parser.add_argument(
+        "--retention",
+        type=int,
+        dest="retention_events",
+        help="events retained per project (default 10000)",
+    )
+    parser.add_argument(
+        "--heartbeat", type=float, dest="heartbeat_s", help="ping interval in seconds (default 20)"
+    )
     parser.add_argument("--max-connections", type=int, dest="max_connections")
-    parser.add_argument("--queue-events", type=int, dest="queue_events",
-                        help="per-connection outbound queue bound, in events")
-    parser.add_argument("--strict-types", action="store_true", default=None, dest="strict_types",
-                        help="refuse event types that are not in the catalog")
+    parser.add_argument(
+        "--queue-events",
+        type=int,
+        dest="queue_events",
+        help="per-connection outbound queue bound, in events",
+    )
+    parser.add_argument(
+        "--strict-types",
+        action="store_true",
+        default=None,
+        dest="strict_types",
+        help="refuse event types that are not in the catalog",
+    )
     parser.add_argument("--log-level", default="info")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    names = ("backend", "retention_events", "heartbeat_s", "max_connections", "queue_events",
-             "strict_types")
+    names = (
+        "backend",
+        "retention_events",
+        "heartbeat_s",
+        "max_connections",
+        "queue_events",
+        "strict_types",
+    )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
 
@@ -59,15 +79,18 @@ async def _tail(args: argparse.Namespace) -> None:
     from .protocol import EventFrame, GapFrame, SnapshotFrame
 
     types = args.types.split(",") if args.types else None
-    async with HubClient(args.url, args.project, types=types, since=args.since,
-                         token=args.token) as client:
+    async with HubClient(
+        args.url, args.project, types=types, since=args.since, token=args.token
+    ) as client:
         async for frame in client:
             if isinstance(frame, EventFrame):
                 data = frame.data.decode() if hasattr(frame.data, "decode") else frame.data
                 print(f"{frame.seq:>7} {frame.type:<28} {frame.key or '-':<34} {data}", flush=True)
             elif isinstance(frame, GapFrame):
-                print(f"--- gap ({frame.reason}): since {frame.since}, oldest {frame.oldest}",
-                      flush=True)
+                print(
+                    f"--- gap ({frame.reason}): since {frame.since}, oldest {frame.oldest}",
+                    flush=True,
+                )
             elif isinstance(frame, SnapshotFrame):
                 print(f"--- snapshot at head {frame.head}: {len(frame.events)} keys", flush=True)
 

@@ -37,11 +37,18 @@ logger = logging.getLogger("hub.client")
 ClientFrame = EventFrame | GapFrame | SnapshotFrame
 
 # Close codes after which reconnecting cannot help: the client must change something.
-FATAL_CLOSE_CODES = frozenset({
-    CloseCode.NORMAL, CloseCode.UNSUPPORTED_DATA, CloseCode.INVALID_PAYLOAD,
-    CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG, CloseCode.UNAUTHORIZED,
-    CloseCode.FORBIDDEN, CloseCode.BAD_REQUEST,
-})
+FATAL_CLOSE_CODES = frozenset(
+    {
+        CloseCode.NORMAL,
+        CloseCode.UNSUPPORTED_DATA,
+        CloseCode.INVALID_PAYLOAD,
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.UNAUTHORIZED,
+        CloseCode.FORBIDDEN,
+        CloseCode.BAD_REQUEST,
+    }
+)
 
 
 class HubClientError(Exception):
@@ -102,7 +109,9 @@ class HubClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         await self.close()
@@ -123,7 +132,9 @@ class HubClient:
             self.state = "connecting"
             try:
                 async with connect(
-                    self.ws_url(), additional_headers=headers, open_timeout=self.open_timeout,
+                    self.ws_url(),
+                    additional_headers=headers,
+                    open_timeout=self.open_timeout,
                     max_size=None,
                 ) as ws:
                     self._ws = ws
@@ -161,8 +172,9 @@ class HubClient:
             if self.max_attempts is not None and attempt > self.max_attempts:
                 raise HubClientError(f"gave up after {self.max_attempts} attempts", code)
             delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt))
-            logger.info("reconnecting in %.2fs (close code %s, since %s)", delay, code,
-                        self.last_seq)
+            logger.info(
+                "reconnecting in %.2fs (close code %s, since %s)", delay, code, self.last_seq
+            )
             await asyncio.sleep(delay)
         self.state = "closed"
 

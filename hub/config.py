@@ -60,10 +60,22 @@ class Settings(msgspec.Struct, kw_only=True):
 
     def __post_init__(self) -> None:
         positive = (
-            "retention_events", "retention_bytes", "snapshot_keys", "max_projects",
-            "queue_events", "queue_bytes", "max_frame_bytes", "max_inbound_frame",
-            "max_patterns", "max_pattern_length", "max_connections", "max_publish_body",
-            "max_publish_batch", "max_key_length", "max_id_length", "history_max_limit",
+            "retention_events",
+            "retention_bytes",
+            "snapshot_keys",
+            "max_projects",
+            "queue_events",
+            "queue_bytes",
+            "max_frame_bytes",
+            "max_inbound_frame",
+            "max_patterns",
+            "max_pattern_length",
+            "max_connections",
+            "max_publish_body",
+            "max_publish_batch",
+            "max_key_length",
+            "max_id_length",
+            "history_max_limit",
         )
         for name in positive:
             if getattr(self, name) < 1:

@@ -59,12 +59,19 @@ class Hub:
     def check_envelope(self, request: PublishRequest, path: str = "$") -> None:
         settings = self.settings
         if request.key is not None and not 0 < len(request.key) <= settings.max_key_length:
-            raise BadRequest(f"key must be 1-{settings.max_key_length} characters - at `{path}.key`")
+            raise BadRequest(
+                f"key must be 1-{settings.max_key_length} characters - at `{path}.key`"
+            )
         if request.id is not None and not 0 < len(request.id) <= settings.max_id_length:
             raise BadRequest(f"id must be 1-{settings.max_id_length} characters - at `{path}.id`")
 
     async def publish(
-        self, project: str, type: str, data: Any = None, *, key: str | None = None,
+        self,
+        project: str,
+        type: str,
+        data: Any = None,
+        *,
+        key: str | None = None,
         id: str | None = None,
     ) -> int:
         """Publish one event from service code; returns its seq (the first one, on retry)."""

@@ -208,8 +208,9 @@ def decode_client_frame(data: bytes | str) -> ClientFrame:
     try:
         op = _op_decoder.decode(data).op
     except msgspec.ValidationError as exc:
-        raise FrameError("bad_request", f"frame must be an object with a string 'op': {exc}",
-                         _frame_id(data)) from None
+        raise FrameError(
+            "bad_request", f"frame must be an object with a string 'op': {exc}", _frame_id(data)
+        ) from None
     except msgspec.DecodeError as exc:
         raise FrameError("malformed_json", f"malformed JSON: {exc}") from None
     if op not in _CLIENT_OPS:

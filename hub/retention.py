@@ -41,7 +41,9 @@ class ProjectLog:
         self._clock = clock
         self._events: deque[StoredEvent] = deque()
         self._bytes = 0
-        self._snapshot: dict[str, StoredEvent] = {}  # insertion order = least recently updated first
+        self._snapshot: dict[
+            str, StoredEvent
+        ] = {}  # insertion order = least recently updated first
         self._ids: dict[str, int] = {}  # idempotency id -> seq, insertion order = seq order
 
     @property

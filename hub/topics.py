@@ -49,7 +49,9 @@ class TypeFilter:
         self.patterns: tuple[str, ...] = tuple(sorted(set(patterns)))
         self.match_all = "*" in self.patterns
         self._cache: dict[str, bool] = {}
-        alternatives = ["(?:" + ".*".join(map(re.escape, p.split("*"))) + ")" for p in self.patterns]
+        alternatives = [
+            "(?:" + ".*".join(map(re.escape, p.split("*"))) + ")" for p in self.patterns
+        ]
         self._regex = re.compile("|".join(alternatives)) if alternatives else None
 
     def matches(self, event_type: str) -> bool:

@@ -107,7 +107,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         code = sent.code if sent is not None else int(CloseCode.INTERNAL_ERROR)
         reason = sent.reason if sent is not None else ""
         names = {1009: "frame_too_large", 1007: "invalid_utf8", 1002: "protocol_error"}
-        frame = ErrorFrame(names.get(code, "protocol_error"), reason or "protocol error", close=code)
+        frame = ErrorFrame(
+            names.get(code, "protocol_error"), reason or "protocol error", close=code
+        )
         if self.handshake_complete and not self.close_sent:
             self.transport.write(text_frame(encode(frame)))
         logger.info("closing websocket %s with %d: %s", self.client, code, reason)

@@ -113,9 +113,7 @@ async def _start_stream(
         params.project, position.epoch, position.head, position.oldest, settings.heartbeat_s
     )
     await sink.send(encode(welcome))
-    plan = resume_plan(
-        params.since, params.epoch, position.epoch, position.oldest, position.head
-    )
+    plan = resume_plan(params.since, params.epoch, position.epoch, position.oldest, position.head)
     if plan.action == "live":
         connection.go_live(position.head)
         return

@@ -1,0 +1,93 @@
+"""Test support: real hub servers on loopback port 0 and condition waits (no fixed sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from starlette.routing import BaseRoute
+
+from hub.app import LifespanHook, create_app
+from hub.backends.base import Backend
+from hub.catalog import EventCatalog
+from hub.config import Settings
+from hub.core import Hub
+from hub.server import HubServer, uvicorn_config
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
+) -> None:
+    """Wait until `condition()` is true, checking every few ms; fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await asyncio.sleep(0.005)
+
+
+class RunningHub:
+    def __init__(self, server: HubServer, host: str) -> None:
+        self.server = server
+        self.host = host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def hub(self) -> Hub:
+        return self.server.hub
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def ws_url(self, project: str, **query: Any) -> str:
+        params = {k: v for k, v in query.items() if v is not None}
+        suffix = f"?{urlencode(params)}" if params else ""
+        return f"ws://{self.host}:{self.port}/v1/projects/{project}/ws{suffix}"
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=10.0)
+
+
+@contextlib.asynccontextmanager
+async def run_hub(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    catalog: EventCatalog | None = None,
+    routes: Sequence[BaseRoute] = (),
+    lifespan_hooks: Sequence[LifespanHook] = (),
+    host: str = "127.0.0.1",
+    **uvicorn_options: Any,
+) -> AsyncIterator[RunningHub]:
+    """Start a real hub server on a free loopback port; stop it (with drain) on exit."""
+    settings = settings or Settings()
+    app = create_app(
+        settings, backend=backend, catalog=catalog, routes=routes, lifespan_hooks=lifespan_hooks
+    )
+    options = {"log_level": "warning", **uvicorn_options}
+    server = HubServer(uvicorn_config(app, host, 0, settings, **options),
+                       install_signal_handlers=False)
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started or task.done(), what="server start")
+        if task.done():
+            task.result()
+            raise RuntimeError("server exited during startup")
+        yield RunningHub(server, host)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
