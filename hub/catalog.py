@@ -42,20 +42,21 @@ class EventCatalog:
     def payload_type(self, event_type: str) -> type[msgspec.Struct] | None:
         return self._payloads.get(event_type)
 
-    def check_type(self, event_type: str) -> None:
+    def check_type(self, event_type: str, path: str = "$") -> None:
         if not is_valid_event_type(event_type):
             raise EventValidationError(
                 f"invalid event type {event_type[:80]!r}: expected dot-separated lowercase "
-                "names such as 'ingest.job.updated' - at `$.type`"
+                f"names such as 'ingest.job.updated' - at `{path}.type`"
             )
         if self.strict and event_type not in self._payloads:
             raise EventValidationError(
-                f"unknown event type {event_type!r} (the hub runs with strict types) - at `$.type`"
+                f"unknown event type {event_type!r} (the hub runs with strict types) "
+                f"- at `{path}.type`"
             )
 
     def validate_json(self, event_type: str, data: bytes, path: str = "$.data") -> None:
         """Check already-encoded `data` against its registered type, if any."""
-        self.check_type(event_type)
+        self.check_type(event_type, path.removesuffix(".data"))
         decoder = self._decoders.get(event_type)
         if decoder is None:
             return
@@ -98,4 +99,6 @@ class EventCatalog:
 
 def _rebase(message: str, path: str) -> str:
     """Put msgspec's `$...` path under the event's data path, e.g. `$.data.progress`."""
+    if "`$" not in message:  # an error about data itself, e.g. a missing required field
+        return f"{message} - at `{path}`"
     return message.replace("`$", f"`{path}", 1)

@@ -251,7 +251,9 @@ class Connection:
         self.closed = True
         self.queue = []
         self.queued_bytes = 0
-        frame = encode(ErrorFrame(error_code, message, retryable=retryable, close=int(code)))
+        frame = encode(
+            ErrorFrame(code=error_code, message=message, retryable=retryable, close=int(code))
+        )
         sink = self.sink
         if sink.direct:
             with contextlib.suppress(Exception):

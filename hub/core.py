@@ -14,7 +14,7 @@ import msgspec
 from .backends.base import Backend, PublishRequest
 from .catalog import EventCatalog
 from .config import Settings
-from .errors import BadRequest
+from .errors import BadRequest, EventValidationError
 from .manager import ConnectionManager
 from .protocol import CloseCode, is_valid_project
 
@@ -59,11 +59,13 @@ class Hub:
     def check_envelope(self, request: PublishRequest, path: str = "$") -> None:
         settings = self.settings
         if request.key is not None and not 0 < len(request.key) <= settings.max_key_length:
-            raise BadRequest(
+            raise EventValidationError(
                 f"key must be 1-{settings.max_key_length} characters - at `{path}.key`"
             )
         if request.id is not None and not 0 < len(request.id) <= settings.max_id_length:
-            raise BadRequest(f"id must be 1-{settings.max_id_length} characters - at `{path}.id`")
+            raise EventValidationError(
+                f"id must be 1-{settings.max_id_length} characters - at `{path}.id`"
+            )
 
     async def publish(
         self,

@@ -119,11 +119,11 @@ class PongFrame(msgspec.Struct, tag_field="op", tag="pong"):
     id: int | str | None = None
 
 
-class ErrorFrame(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True):
+class ErrorFrame(msgspec.Struct, tag_field="op", tag="error", omit_defaults=True, kw_only=True):
     code: str
     message: str
     id: int | str | None = None
-    retryable: bool = False
+    retryable: bool  # required, so it is always on the wire (omit_defaults skips defaults)
     close: int | None = None
 
 

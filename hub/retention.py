@@ -55,6 +55,7 @@ class ProjectLog:
         return Position(self.epoch, self.oldest, self.head)
 
     def append(self, event_type: str, data: bytes, key: str | None, idem: str | None) -> int:
+        self.trim()  # an id is only honoured while its event is retained
         if idem is not None:
             known = self._ids.get(idem)
             if known is not None:

@@ -69,11 +69,16 @@ class HubServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
-        if self._install_signal_handlers:
-            with super().capture_signals():
-                yield
-        else:
+        if not self._install_signal_handlers:
             yield
+            return
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                # uvicorn re-raises the captured signal on exit, which would turn a clean
+                # drain into death by SIGTERM (exit status -15): the drain is the handling.
+                self._captured_signals.clear()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drained = self.hub.drain()

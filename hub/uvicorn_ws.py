@@ -108,7 +108,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         reason = sent.reason if sent is not None else ""
         names = {1009: "frame_too_large", 1007: "invalid_utf8", 1002: "protocol_error"}
         frame = ErrorFrame(
-            names.get(code, "protocol_error"), reason or "protocol error", close=code
+            code=names.get(code, "protocol_error"),
+            message=reason or "protocol error",
+            retryable=False,
+            close=code,
         )
         if self.handshake_complete and not self.close_sent:
             self.transport.write(text_frame(encode(frame)))

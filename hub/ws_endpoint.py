@@ -88,7 +88,9 @@ class _TryLater(HubError):
 
 
 async def _refuse(websocket: WebSocket, exc: HubError) -> None:
-    frame = ErrorFrame(exc.code, exc.message, retryable=exc.retryable, close=int(exc.close_code))
+    frame = ErrorFrame(
+        code=exc.code, message=exc.message, retryable=exc.retryable, close=int(exc.close_code)
+    )
     try:
         await websocket.send_text(encode(frame).decode())
         await websocket.close(int(exc.close_code), close_reason(exc.message))
@@ -212,7 +214,9 @@ async def _serve_ops(
         except (FrameError, BadRequest) as exc:
             errors += 1
             frame_id = exc.frame_id if isinstance(exc, FrameError) else _id_of(text)
-            reply = encode(ErrorFrame(exc.code, exc.message, id=frame_id))
+            reply = encode(
+                ErrorFrame(code=exc.code, message=exc.message, id=frame_id, retryable=False)
+            )
             if errors > settings.error_budget:
                 connection.close(
                     CloseCode.POLICY_VIOLATION,

@@ -294,6 +294,24 @@ async def test_invalid_since_error_names_the_parameter(hub_1k: RunningHub) -> No
     assert error.get("retryable", False) is False
 
 
+@pytest.mark.parametrize(
+    "abuse",
+    [send_binary, exceed_error_budget, bad_since, bad_project],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+async def test_close_error_frame_carries_code_message_close_and_retryable(
+    hub_1k: RunningHub, abuse: Abuse
+) -> None:
+    # PROTOCOL.md: the error frame before a close carries `code`, `message`, `close`,
+    # `retryable` (its example shows `"retryable":false` spelled out).
+    offender = await abuse(hub_1k)
+    await offender.wait_closed()
+    final = offender.frames[-1]
+    assert final["op"] == "error"
+    assert {"code", "message", "close", "retryable"} <= final.keys()
+    assert final["retryable"] is False
+
+
 async def test_inbound_frame_at_the_limit_is_accepted(hub_1k: RunningHub) -> None:
     client = await welcomed(hub_1k)
     frame = '{"op":"ping","id":"'

@@ -148,6 +148,24 @@ async def test_a_bad_event_in_an_array_publishes_none_of_them(http: httpx.AsyncC
     assert (await http.get(EVENTS)).json()["head"] == 0
 
 
+async def test_bad_type_in_an_array_names_its_index(http: httpx.AsyncClient) -> None:
+    body = [{"type": "agent.run.created", "data": {}}, {"type": "BAD", "data": {}}]
+    assert_error(await http.post(EVENTS, json=body), 422, "invalid_event", "`$[1].type`")
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [{"key": ""}, {"key": "k" * 257}, {"id": ""}, {"id": "i" * 129}],
+    ids=["empty key", "long key", "empty id", "long id"],
+)
+async def test_out_of_bounds_key_or_id_is_422_naming_the_field(
+    http: httpx.AsyncClient, envelope: dict[str, str]
+) -> None:
+    body = {"type": "agent.run.created", "data": {}, **envelope}
+    [field] = envelope
+    assert_error(await http.post(EVENTS, json=body), 422, "invalid_event", f"$.{field}")
+
+
 async def test_key_and_id_at_their_length_limits_are_accepted(http: httpx.AsyncClient) -> None:
     body = {"type": "agent.run.created", "data": {}, "key": "k" * 256, "id": "i" * 128}
     assert (await http.post(EVENTS, json=body)).status_code == 202
@@ -249,6 +267,21 @@ async def test_invalid_typed_event_is_422_naming_the_data_field(
 ) -> None:
     body = {"type": "ingest.job.updated", "data": data}
     assert_error(await http.post(EVENTS, json=body), 422, "invalid_event", f"`$.data.{field}`")
+
+
+async def test_missing_typed_field_is_422_naming_it_and_where(http: httpx.AsyncClient) -> None:
+    body = {"type": "ingest.job.updated", "data": {"job_id": "j1"}}
+    assert_error(await http.post(EVENTS, json=body), 422, "invalid_event", "`progress`", "`$.data`")
+
+
+async def test_missing_typed_field_in_an_array_names_its_index(http: httpx.AsyncClient) -> None:
+    body = [
+        {"type": "ingest.job.updated", "data": {"job_id": "j1", "progress": 0.1}},
+        {"type": "ingest.job.updated", "data": {"job_id": "j2"}},
+    ]
+    assert_error(
+        await http.post(EVENTS, json=body), 422, "invalid_event", "`progress`", "`$[1].data`"
+    )
 
 
 async def test_invalid_typed_event_in_an_array_names_its_index(http: httpx.AsyncClient) -> None:

@@ -43,7 +43,7 @@ def test_every_server_frame_encodes_with_its_op_tag() -> None:
         (SnapshotFrame(10, []), "snapshot"),
         (SubscribedFrame(1, ["agent.*"]), "subscribed"),
         (PongFrame(7), "pong"),
-        (ErrorFrame("bad_request", "nope"), "error"),
+        (ErrorFrame(code="bad_request", message="nope", retryable=False), "error"),
     ]
     for frame, op in frames:
         assert msgspec.json.decode(encode(frame))["op"] == op
@@ -73,13 +73,16 @@ def test_event_frame_carries_raw_data_verbatim_and_omits_absent_key() -> None:
     assert keyed["key"] == "agent.run/r1"
 
 
-def test_error_frame_omits_defaults_but_keeps_close_and_id_when_set() -> None:
-    assert msgspec.json.decode(encode(ErrorFrame("bad_request", "x"))) == {
+def test_error_frame_always_carries_retryable_and_omits_absent_id_and_close() -> None:
+    assert msgspec.json.decode(
+        encode(ErrorFrame(code="bad_request", message="x", retryable=False))
+    ) == {
         "op": "error",
         "code": "bad_request",
         "message": "x",
+        "retryable": False,
     }
-    full = ErrorFrame("slow_consumer", "y", id=3, retryable=True, close=4008)
+    full = ErrorFrame(code="slow_consumer", message="y", id=3, retryable=True, close=4008)
     assert msgspec.json.decode(encode(full)) == {
         "op": "error",
         "code": "slow_consumer",
@@ -282,7 +285,7 @@ def test_decode_server_frames_round_trips_every_frame_type() -> None:
         GapFrame("epoch", 1, 3, 10),
         SnapshotFrame(10, [EventFrame("p1", 9, "a.b", 1, {"v": 1}, "k1")]),
         SubscribedFrame(1, ["agent.*"]),
-        ErrorFrame("bad_request", "x", id=1, close=4400),
+        ErrorFrame(code="bad_request", message="x", id=1, retryable=False, close=4400),
     ]
     assert decode_server_frames(encode_batch([encode(f) for f in frames])) == frames
 

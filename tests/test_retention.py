@@ -229,6 +229,17 @@ def test_ids_are_forgotten_when_their_event_leaves_retention_by_count() -> None:
     assert log.append("a.b", b"{}", None, "req-1") == 4
 
 
+def test_ids_are_forgotten_when_their_event_leaves_retention_by_age() -> None:
+    clock = FakeClock()
+    log = make_log(clock, age_s=10)
+    assert log.append("a.b", b"{}", None, "req-1") == 1
+    clock.advance(5)
+    assert log.append("a.b", b"{}", None, "req-1") == 1
+    clock.advance(6)  # seq 1 is now 11 s old: out of retention
+    assert log.append("a.b", b"{}", None, "req-1") == 2
+    assert seqs(log) == [2]
+
+
 def test_ids_within_retention_survive_other_evictions() -> None:
     log = make_log(FakeClock(), events=3)
     log.append("a.b", b"{}", None, None)  # 1
@@ -348,6 +359,16 @@ async def test_max_projects_never_evicts_a_watched_project() -> None:
     assert backend.project_count() == 2
     assert await backend.publish("watched", [request()]) == [2]
     assert await backend.publish("newest", [request()]) == [2]
+
+
+async def test_a_new_project_is_not_evicted_by_its_own_creation() -> None:
+    clock = FakeClock()
+    backend = make_backend(clock, max_projects=1)
+    await backend.watch("watched")
+    assert await backend.publish("fresh", [request()]) == [1]
+    epoch = (await backend.position("fresh")).epoch
+    assert await backend.publish("fresh", [request()]) == [2]
+    assert (await backend.position("fresh")).epoch == epoch
 
 
 async def test_idempotent_publish_through_the_backend_returns_the_first_seqs() -> None:

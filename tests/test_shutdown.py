@@ -94,3 +94,25 @@ async def test_sigterm_sends_every_subscriber_an_error_frame_and_close_1001(
         assert error["code"] == "shutting_down"
         assert error["retryable"] is True
     await asyncio.wait_for(process.wait(), 5)  # and the process is gone within a few seconds
+
+
+async def test_sigterm_with_subscribers_connected_exits_with_code_0(
+    hub_process: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    process, port = hub_process
+    clients = await open_subscribers(port, ("p1", "p2"))
+
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 5) == 0
+    for ws in clients:
+        _, closed = await asyncio.wait_for(read_until_closed(ws), 5)
+        assert closed.rcvd is not None
+        assert closed.rcvd.code == 1001
+
+
+async def test_sigterm_with_no_subscribers_exits_with_code_0(
+    hub_process: tuple[asyncio.subprocess.Process, int],
+) -> None:
+    process, _ = hub_process
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 5) == 0

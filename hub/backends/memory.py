@@ -61,10 +61,11 @@ class MemoryBackend:
         if log is None:
             log = ProjectLog(project, self._limits, self._clock, new_epoch())
             self._logs[project] = log
-            self._evict_over_capacity()
+            self._last_active[project] = self._clock()
+            self._evict_over_capacity(keep=project)
         else:
             self._logs.move_to_end(project)
-        self._last_active[project] = self._clock()
+            self._last_active[project] = self._clock()
         return log
 
     async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
@@ -110,13 +111,14 @@ class MemoryBackend:
         self._logs.pop(project, None)
         self._last_active.pop(project, None)
 
-    def _evict_over_capacity(self) -> None:
+    def _evict_over_capacity(self, keep: str) -> None:
+        """Drop least recently active unwatched projects (never `keep`, just created)."""
         if len(self._logs) <= self._max_projects:
             return
         for project in list(self._logs):
             if len(self._logs) <= self._max_projects:
                 break
-            if project not in self._watched:
+            if project != keep and project not in self._watched:
                 self._drop(project)
 
     def sweep(self) -> None:
