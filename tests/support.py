@@ -71,6 +71,7 @@ async def run_hub(
     routes: Sequence[BaseRoute] = (),
     lifespan_hooks: Sequence[LifespanHook] = (),
     host: str = "127.0.0.1",
+    port: int = 0,
     **uvicorn_options: Any,
 ) -> AsyncIterator[RunningHub]:
     """Start a real hub server on a free loopback port; stop it (with drain) on exit."""
@@ -79,7 +80,7 @@ async def run_hub(
         settings, backend=backend, catalog=catalog, routes=routes, lifespan_hooks=lifespan_hooks
     )
     options = {"log_level": "warning", **uvicorn_options}
-    server = HubServer(uvicorn_config(app, host, 0, settings, **options),
+    server = HubServer(uvicorn_config(app, host, port, settings, **options),
                        install_signal_handlers=False)
     task = asyncio.create_task(server.serve())
     try:
