@@ -15,6 +15,8 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
+import msgspec
+
 from .config import Settings
 
 __all__ = ["add_settings_arguments", "build_parser", "main", "settings_from_args"]
@@ -84,7 +86,7 @@ async def _tail(args: argparse.Namespace) -> None:
     ) as client:
         async for frame in client:
             if isinstance(frame, EventFrame):
-                data = frame.data.decode() if hasattr(frame.data, "decode") else frame.data
+                data = msgspec.json.encode(frame.data).decode()
                 print(f"{frame.seq:>7} {frame.type:<28} {frame.key or '-':<34} {data}", flush=True)
             elif isinstance(frame, GapFrame):
                 print(

@@ -260,8 +260,12 @@ class Connection:
                 sink.write(frame, text_frame(frame))
                 sink.close(int(code), message)
         else:
-            self.queue = []
-            asyncio.ensure_future(_send_then_close(sink, frame, int(code), message))
+            task = asyncio.ensure_future(_send_then_close(sink, frame, int(code), message))
+            _closing_tasks.add(task)
+            task.add_done_callback(_closing_tasks.discard)
+
+
+_closing_tasks: set[asyncio.Future[None]] = set()  # keeps fire-and-forget closes alive
 
 
 async def _send_then_close(sink: Sink, frame: bytes, code: int, reason: str) -> None:

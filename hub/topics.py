@@ -25,7 +25,8 @@ def validate_pattern(pattern: str, max_length: int = 128) -> str:
         raise BadRequest(f"type pattern longer than {max_length} characters")
     if PATTERN_RE.fullmatch(pattern) is None:
         raise BadRequest(
-            f"invalid type pattern {pattern[:40]!r}: use lowercase letters, digits, '_', '.' and '*'"
+            f"invalid type pattern {pattern[:40]!r}: "
+            "use lowercase letters, digits, '_', '.' and '*'"
         )
     return pattern
 
