@@ -202,6 +202,11 @@ class Connection:
             batch = self._take_batch()
             sink.write(batch)
 
+    def take_events(self) -> list[StoredEvent]:
+        """Hand every queued event to a sink that frames events one by one (SSE)."""
+        events, self.queue, self.queued_bytes = self.queue, [], 0
+        return events
+
     def take_batches(self) -> list[bytes]:
         batches = []
         while self.queue:
