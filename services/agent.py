@@ -104,6 +104,7 @@ class AgentService:
             model=self.model.name,
         )
         self.runs.add(state.run_id, project, state)
+        self.runs.prune(self.answers)
         return state
 
     def start(

@@ -53,8 +53,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--interval",
         type=float,
-        default=15.0,
-        help="seconds between two workflow runs (default 15)",
+        default=10.0,
+        help="seconds between two workflow runs (default 10)",
     )
     parser.add_argument(
         "--docs",

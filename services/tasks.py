@@ -40,6 +40,14 @@ class TaskTable(Generic[S]):
         self._entries[entity_id].task = task
         return task
 
+    def __contains__(self, entity_id: object) -> bool:
+        return entity_id in self._entries
+
+    def prune(self, extra: dict[str, Any]) -> None:
+        """Drop the keys of `extra` (a side table by job id) whose job was forgotten."""
+        for entity_id in [k for k in extra if k not in self._entries]:
+            del extra[entity_id]
+
     def get(self, project: str, entity_id: str) -> S | None:
         entry = self._entries.get(entity_id)
         return entry.state if entry is not None and entry.project == project else None

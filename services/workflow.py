@@ -150,6 +150,7 @@ class WorkflowEngine:
             run_id=run_id or uuid.uuid4().hex[:12], workflow=spec.name, nodes_total=len(spec.nodes)
         )
         self.runs.add(state.run_id, project, state)
+        self.runs.prune(self.nodes)
         self.nodes[state.run_id] = {
             n.id: WorkflowNodeState(
                 run_id=state.run_id,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from services.tasks import TaskTable
 from services.testing import RecordingEmitter
 from services.workflow import (
     NodeContext,
@@ -217,3 +218,16 @@ def test_a_spec_that_is_not_a_dag_is_refused_before_anything_runs(
     with pytest.raises(WorkflowSpecError, match=message):
         h.engine.new_run("p", spec(*nodes))
     assert h.emitter.events == []
+
+
+async def test_finished_jobs_are_forgotten_oldest_first_beyond_the_bound() -> None:
+    table: TaskTable[str] = TaskTable(keep=2)
+    side: dict[str, str] = {}
+    for job_id in ("a", "b", "c"):
+        table.add(job_id, "p", job_id)
+        await table.start(job_id, asyncio.sleep(0))
+        side[job_id] = job_id.upper()
+    table.prune(side)
+    assert [("a" in table), ("b" in table), ("c" in table)] == [False, True, True]
+    assert side == {"b": "B", "c": "C"}
+    assert table.list("p") == ["b", "c"] and table.get("other", "b") is None
