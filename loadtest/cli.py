@@ -21,7 +21,8 @@ from .system import NotLoopback, loopback_address, raise_nofile_limit
 
 __all__ = ["build_parser", "main"]
 
-FD_HEADROOM = 200  # files, pipes and listening sockets besides the subscribers
+FD_HEADROOM = 200
+BUSY_WARNING_PERCENT = 15.0  # files, pipes and listening sockets besides the subscribers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--connect-concurrency", type=int, help="handshakes in flight per worker")
     gen.add_argument("--connect-timeout", type=float, help="seconds per connection attempt")
     gen.add_argument("--drain-timeout", type=float, help="seconds allowed for delivery to finish")
+    gen.add_argument(
+        "--read-interval",
+        type=float,
+        help="ms a worker waits between socket drains (default 0.5; 0 = per wake-up)",
+    )
     gen.add_argument("--repeat", type=int, default=1, help="runs per target (medians reported)")
     out = parser.add_argument_group("output")
     out.add_argument("--out", type=Path, default=Path("loadtest-results"), help="result directory")
@@ -97,6 +103,7 @@ _PARAM_OPTIONS = (
     "connect_concurrency",
     "connect_timeout",
     "drain_timeout",
+    "read_interval",
 )
 
 
@@ -119,6 +126,12 @@ async def _run_all(
                     server_args=args.hub_arg,
                 )
             result.update(repeat=repeat, repeats=args.repeat)
+            busy = result["machine"]["busy_before_percent"]
+            if busy is not None and busy > BUSY_WARNING_PERCENT:
+                console.print(
+                    f"[yellow]warning:[/] the machine was {busy}% busy before this run; "
+                    "its figures are skewed by whatever else was running"
+                )
             path = args.out / f"{name}.json"
             write_json(path, result)
             result["file"] = str(path)
@@ -164,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     targets = ["baseline", "hub"] if args.target == "both" else [args.target]
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{args.scenario}-{params.connections}"
-    runs = asyncio.run(_run_all(args, targets, params, prefix, console))
+    try:
+        runs = asyncio.run(_run_all(args, targets, params, prefix, console))
+    except (RuntimeError, OSError) as exc:  # a server that would not start, a refused --url
+        console.print(f"[red]run failed: {exc}")
+        return 1
 
     console.print(runs_table(runs))
     summary: dict[str, Any] = {

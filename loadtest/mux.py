@@ -23,10 +23,19 @@ class Readable(Protocol):
 
 
 class ReadMux:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    """`min_interval_s` > 0 spaces drains out: after one, the epoll fd is not watched again
+    until that much time has passed. On two shared cores a wake-up per frame (context switch,
+    loop iteration) costs the generator more than the frame itself; waiting a fraction of a
+    millisecond lets several sockets' frames be read per wake-up. It can add up to that
+    interval to a measured latency, which is below the millisecond resolution of `ts`.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, min_interval_s: float = 0.0) -> None:
         self._loop = loop
         self._epoll = select.epoll()
         self._readers: dict[int, Readable] = {}
+        self._interval = min_interval_s
+        self._rearm_handle: asyncio.TimerHandle | None = None
         loop.add_reader(self._epoll.fileno(), self._drain)
 
     def add(self, fd: int, reader: Readable) -> None:
@@ -55,8 +64,17 @@ class ReadMux:
             reader = readers.get(fd)
             if reader is not None:
                 reader.on_readable()
+        if self._interval > 0:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._rearm_handle = self._loop.call_later(self._interval, self._rearm)
+
+    def _rearm(self) -> None:
+        self._rearm_handle = None
+        self._loop.add_reader(self._epoll.fileno(), self._drain)
 
     def close(self) -> None:
+        if self._rearm_handle is not None:
+            self._rearm_handle.cancel()
         self._loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
         self._readers.clear()

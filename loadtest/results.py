@@ -42,29 +42,34 @@ class RunRecorder:
     """Collects ticks and samples during a run; `series` bins them per second of publishing."""
 
     started: float = 0.0  # wall clock when publishing started (0 until then)
+    # Series are binned by wall-clock second; second 0 is the one publishing started in.
     _deliveries: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     _hists: dict[int, HdrHistogram] = field(default_factory=dict)
     _hub: dict[int, tuple[float | None, float | None]] = field(default_factory=dict)
     _published: dict[int, int] = field(default_factory=dict)
     last_tick: dict[int, dict[str, Any]] = field(default_factory=dict)
 
-    def add_tick(self, tick: dict[str, Any]) -> HdrHistogram | None:
+    def add_tick(self, tick: dict[str, Any]) -> tuple[int, HdrHistogram | None]:
+        """Merge a worker's finished seconds; returns the last one's deliveries and histogram."""
         self.last_tick[tick["worker"]] = tick
-        hist = hdr.decode(tick["hist"]) if tick["hist"] else None
-        if not self.started:
-            return hist
-        second = max(0, int(tick["t"] - self.started - 1e-3))  # a tick covers the second before
-        self._deliveries[second] += tick["deliveries"] + tick["slow_deliveries"]
-        if hist is not None:
-            if second in self._hists:
-                self._hists[second].add(hist)
-            else:
-                self._hists[second] = hist
-        return hist
+        deliveries, hist = 0, None
+        for entry in tick["seconds"]:
+            deliveries, hist = entry["deliveries"], hdr.decode(entry["hist"])
+            if self.started:
+                second = entry["second"] - int(self.started)
+                self._deliveries[second] += deliveries
+                if second in self._hists:
+                    self._hists[second].add(hist)
+                else:
+                    self._hists[second] = hist
+        for entry in tick["slow_seconds"]:
+            if self.started:
+                self._deliveries[entry["second"] - int(self.started)] += entry["deliveries"]
+        return deliveries, hist
 
     def add_sample(self, t: float, rss: int | None, cpu: float | None, published: int) -> None:
         if self.started:
-            second = max(0, int(t - self.started))
+            second = int(t) - int(self.started)
             self._hub[second] = (round(rss / MIB, 1) if rss else None, cpu)
             self._published[second] = published
 

@@ -63,6 +63,7 @@ class RunParams:
     connect_concurrency: int = 200  # handshakes in flight per worker
     connect_timeout: float = 15.0
     drain_timeout: float = 60.0  # after the last publish, how long delivery may take
+    read_interval: float = 0.5  # ms between a worker's socket drains (see ReadMux)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,10 +35,12 @@ from .wsclient import (
 __all__ = ["ABRUPT", "Stats", "Subscriber"]
 
 ABRUPT: Final = 1006  # connection lost without a close frame
-SLOW_RCVBUF: Final = 4096  # a slow subscriber's receive buffer: fills after a few KiB
+SLOW_RCVBUF: Final = 4096
+# Larger reads cost ~10x more: glibc serves allocations over ~128 KiB with mmap/munmap.
+RECV_BYTES: Final = 65536  # a slow subscriber's receive buffer: fills after a few KiB
 
 
-class _Frame(msgspec.Struct):
+class _Frame(msgspec.Struct, gc=False):  # no GC tracking: one is made per event
     """Only the fields the generator needs; msgspec skips `data` and the rest unparsed."""
 
     op: str
@@ -56,13 +58,16 @@ _decode: Final = msgspec.json.Decoder(_Frame | list[_Frame]).decode
 class Stats:
     """Counters shared by the subscribers of one worker (one for measured, one for slow ones).
 
-    `lat` counts latencies in 10 us units: ts has millisecond resolution, so finer buckets would
-    only record noise, and one dict increment per event is far cheaper than an HDR record.
+    `lat` counts this wall-clock second's latencies in 10 us units: ts has millisecond
+    resolution, so finer buckets would only record noise, and one dict increment per event is
+    far cheaper than an HDR record. Each finished second moves to `done`, so per-second series
+    are binned by receive time exactly, not by when a worker happened to report.
     """
 
     __slots__ = (
         "bad_frames",
         "deliveries",
+        "done",
         "early",
         "errors",
         "foreign",
@@ -70,11 +75,14 @@ class Stats:
         "last_delivery",
         "lat",
         "replays",
+        "second_end",
     )
 
     def __init__(self) -> None:
         self.deliveries = 0
         self.lat: dict[int, int] = {}
+        self.second_end = 0  # end of the second `lat` belongs to, in 10 us units
+        self.done: list[tuple[int, dict[int, int]]] = []  # (Unix second, latency counts)
         self.last_delivery = 0  # 10 us units since the Unix epoch
         self.foreign = 0  # events of another project: must never happen
         self.early = 0  # events before the welcome: must never happen
@@ -82,6 +90,13 @@ class Stats:
         self.gaps = 0
         self.replays = 0
         self.errors: Counter[str] = Counter()
+
+    def roll(self, now: int) -> None:
+        """Close the current second (if it saw deliveries) and start the one holding `now`."""
+        if self.lat:
+            self.done.append((self.second_end // 100_000 - 1, self.lat))
+            self.lat = {}
+        self.second_end = (now // 100_000 + 1) * 100_000
 
 
 class Subscriber(FrameReader):
@@ -191,7 +206,7 @@ class Subscriber(FrameReader):
         if sock is None:
             return
         try:
-            data = sock.recv(262144)
+            data = sock.recv(RECV_BYTES)
         except BlockingIOError:
             return
         except OSError:
@@ -246,8 +261,10 @@ class Subscriber(FrameReader):
             return
         frames = decoded if isinstance(decoded, list) else (decoded,)
         tracker = self.tracker
-        lat = stats.lat
         now = int(time.time() * 100_000)
+        if now >= stats.second_end:
+            stats.roll(now)
+        lat = stats.lat
         fresh = 0
         for f in frames:
             if f.op != "event":

@@ -23,6 +23,8 @@ __all__ = [
     "NotLoopback",
     "ProcSample",
     "ProcSampler",
+    "busy_percent",
+    "cpu_times",
     "find_listening_pid",
     "loopback_address",
     "machine_info",
@@ -119,6 +121,19 @@ class ProcSampler:
         if last is None or now.t <= last.t:
             return None
         return round(100 * (now.cpu - last.cpu) / (now.t - last.t), 1)
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of all cores busy between two cpu_times() readings."""
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 1) if total > 0 else None
 
 
 def _versions() -> dict[str, str]:

@@ -10,6 +10,7 @@ encoded interval HDR histogram), `storm` (all dropped subscribers welcomed again
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections import Counter
@@ -41,6 +42,7 @@ class WorkerSpec:
     connect_concurrency: int
     connect_timeout_s: float
     max_seconds: float  # safety net: the worker stops by itself after this long
+    read_interval_ms: float = 0.0  # see ReadMux
     tick_s: float = 1.0
 
 
@@ -93,12 +95,14 @@ class Worker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.mux = ReadMux(loop)
+        self.mux = ReadMux(loop, self.spec.read_interval_ms / 1000)
         loop.add_reader(self.conn.fileno(), self._on_command)
         deadline = time.monotonic() + self.spec.max_seconds
         started = time.time()
         sem = asyncio.Semaphore(self.spec.connect_concurrency)
         results = await asyncio.gather(*(self._connect(sub, sem) for sub in self.subs))
+        gc.collect()
+        gc.freeze()  # the subscribers live all run long: keep them out of every collection
         self.send(
             "connected",
             {
@@ -124,7 +128,7 @@ class Worker:
         loop.remove_reader(self.conn.fileno())
         for task in list(self.tasks):
             task.cancel()
-        self._tick()
+        self._tick(final=True)
         for sub in self.subs:
             sub.close()
         self.mux.close()
@@ -220,21 +224,29 @@ class Worker:
 
     # --- reporting -----------------------------------------------------------------------
 
-    def _tick(self) -> None:
-        deliveries = hdr.flush_counts(self.stats.lat, self.interval)
-        slow_deliveries = hdr.flush_counts(self.slow_stats.lat, self.slow_total)
-        encoded = self.interval.encode() if deliveries else None
-        if deliveries:
+    def _tick(self, final: bool = False) -> None:
+        now = int(time.time() * 100_000)
+        for stats in (self.stats, self.slow_stats):
+            if final or now >= stats.second_end:
+                stats.roll(now)
+        seconds = []
+        for second, lat in self.stats.done:
+            n = hdr.flush_counts(lat, self.interval)
+            seconds.append({"second": second, "deliveries": n, "hist": self.interval.encode()})
             self.total.add(self.interval)
             self.interval.reset()
+        slow = [
+            {"second": second, "deliveries": hdr.flush_counts(lat, self.slow_total)}
+            for second, lat in self.slow_stats.done
+        ]
+        self.stats.done.clear()
+        self.slow_stats.done.clear()
         self.send(
             "tick",
             {
                 "worker": self.spec.index,
-                "t": time.time(),
-                "deliveries": deliveries,
-                "slow_deliveries": slow_deliveries,
-                "hist": encoded,
+                "seconds": seconds,
+                "slow_seconds": slow,
                 "live": sum(1 for sub in self.subs if sub.live),
                 "reconnects": self.reconnects,
                 "closes": dict(self.closes),
