@@ -39,11 +39,17 @@ def text_frame(payload: bytes) -> bytes:
 class DirectChannel:
     """What the app may do with the socket without awaiting: write, close, watch drains."""
 
-    __slots__ = ("_proto", "on_writable")
+    __slots__ = ("_proto", "on_writable", "ready")
 
     def __init__(self, proto: HubWebSocketProtocol) -> None:
         self._proto = proto
         self.on_writable: Callable[[], None] | None = None
+        # Open and under the high-water mark. Kept up to date by the protocol on every
+        # state change, because the fan-out path asks it once per connection per frame.
+        self.ready = False
+
+    def refresh(self) -> None:
+        self.ready = self.open() and self._proto.writable.is_set()
 
     @property
     def framed(self) -> bool:
@@ -56,7 +62,7 @@ class DirectChannel:
 
     def writable(self) -> bool:
         """Open and not congested: the transport's buffer is under its high-water mark."""
-        return self.open() and self._proto.writable.is_set()
+        return self.ready
 
     async def wait_writable(self) -> None:
         await self._proto.writable.wait()
@@ -90,9 +96,36 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self.channel.refresh()
         callback = self.channel.on_writable
         if callback is not None and not self.close_sent:
             callback()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.channel.ready = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.channel.ready = False
+
+    def shutdown(self) -> None:
+        self.channel.ready = False
+        super().shutdown()
+
+    def keepalive_timeout(self) -> None:
+        self.channel.ready = False
+        super().keepalive_timeout()
+
+    def handle_close(self, event: Any) -> None:
+        super().handle_close(event)
+        self.channel.refresh()
+
+    async def send(self, message: Any) -> None:
+        try:
+            await super().send(message)
+        finally:  # accept opens the channel, close ends it
+            self.channel.refresh()
 
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
@@ -119,6 +152,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
+        self.channel.ready = False
         self.transport.close()
 
     def send_receive_event_to_app(self) -> None:
@@ -144,6 +178,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
+        self.channel.ready = False
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
