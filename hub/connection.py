@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .backends.base import StoredEvent
 from .protocol import CloseCode, ErrorFrame, close_reason, encode, encode_batch
+from .stats import ManagerStats
 from .topics import TypeFilter
 from .uvicorn_ws import DirectChannel, text_frame
 
@@ -139,6 +140,7 @@ class Connection:
         "queued_bytes",
         "sink",
         "slow_closes",
+        "stats",
         "user",
     )
 
@@ -152,6 +154,7 @@ class Connection:
         queue_bytes: int,
         max_frame_bytes: int,
         user: Any = None,
+        stats: ManagerStats | None = None,
     ) -> None:
         self.project = project
         self.sink = sink
@@ -163,6 +166,7 @@ class Connection:
         self.queued_bytes = 0
         self.slow_closes = 0
         self.user = user
+        self.stats = stats
         self._queue_events = queue_events
         self._queue_bytes = queue_bytes
         self._max_frame_bytes = max_frame_bytes
@@ -229,6 +233,9 @@ class Connection:
 
     def close_slow(self) -> None:
         self.slow_closes += 1
+        if self.stats is not None:
+            self.stats.slow_closes += 1
+            self.stats.dropped += len(self.queue)
         self.close(
             CloseCode.SLOW_CONSUMER,
             "slow_consumer",

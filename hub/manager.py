@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from .backends.base import Backend, StoredEvent
 from .connection import Connection
 from .protocol import CloseCode, encode_batch
+from .stats import ManagerStats
 from .topics import TypeFilter
 from .uvicorn_ws import text_frame
 
-__all__ = ["ConnectionManager", "ManagerStats"]
+__all__ = ["ConnectionManager"]
 
 logger = logging.getLogger("hub.manager")
-
-
-class ManagerStats:
-    __slots__ = ("delivered", "events", "flushes", "frames_built", "slow_closes")
-
-    def __init__(self) -> None:
-        self.events = 0  # events received from the backend
-        self.delivered = 0  # (event, connection) deliveries offered
-        self.flushes = 0
-        self.frames_built = 0
-        self.slow_closes = 0
 
 
 class _Group:
@@ -88,6 +79,7 @@ class ConnectionManager:
             await self._backend.watch(connection.project)
             # the await may have let another connection of the same project in first
             entry = self._projects.setdefault(connection.project, entry)
+        connection.stats = self.stats
         self._join(entry, connection)
         entry.size += 1
 
@@ -157,6 +149,7 @@ class ConnectionManager:
         dirty, self._dirty = self._dirty, []
         stats = self.stats
         stats.flushes += 1
+        now_ms = time.time() * 1000
         for entry in dirty:
             pending, entry.pending = entry.pending, []
             for group in list(entry.groups.values()):
@@ -169,8 +162,10 @@ class ConnectionManager:
                         continue
                 payload = encode_batch([e.frame for e in matched])
                 frame = text_frame(payload)
+                receivers = len(group.connections)
                 stats.frames_built += 1
-                stats.delivered += len(matched) * len(group.connections)
+                stats.delivered += len(matched) * receivers
+                stats.latency.observe(now_ms - matched[0].ts, receivers)
                 for connection in list(group.connections):
                     connection.deliver(matched, payload, frame)
 
