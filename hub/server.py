@@ -9,19 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 import sys
 from collections.abc import Generator
 from typing import Any
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .auth import install_log_redaction
 from .config import Settings
 from .core import Hub
 from .uvicorn_ws import HubWebSocketProtocol
 
-__all__ = ["HubServer", "serve", "uvicorn_config"]
+__all__ = [
+    "HeadTimeoutH11Protocol",
+    "HubServer",
+    "head_timeout_protocol",
+    "serve",
+    "uvicorn_config",
+]
 
 logger = logging.getLogger("hub")
 
@@ -42,9 +52,78 @@ def uvicorn_config(
         "log_level": "info",
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "backlog": 4096,
+        # Slowloris: each request head (a WebSocket upgrade too) must arrive in time, idle
+        # keep-alive connections are closed, and a head may not grow without bound.
+        "http": head_timeout_protocol(settings.handshake_timeout_s),
+        "timeout_keep_alive": settings.keep_alive_s,
+        "h11_max_incomplete_event_size": settings.max_request_head,
     }
     options.update(overrides)
-    return uvicorn.Config(app, **options)
+    config = uvicorn.Config(app, **options)
+    install_log_redaction()  # after Config: it (re)configures uvicorn's loggers
+    return config
+
+
+class HeadTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for every request head.
+
+    uvicorn arms no timer until a first response is sent, and its keep-alive timer stops at
+    the first byte of the next request: a client sending a head a byte at a time, or nothing,
+    would hold the connection forever. The deadline runs from the connection (or the previous
+    response) to a complete head; a client still sending a request after its response is cut
+    too. Slow bodies are bounded in the app (settings.body_timeout_s).
+    """
+
+    head_timeout: float = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._cancel_head_timer()
+        super().handle_websocket_upgrade(event)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return
+        waiting_for_head = self.conn.their_state is h11.IDLE
+        answered_but_sending = self.conn.our_state in (h11.DONE, h11.MUST_CLOSE) and (
+            self.conn.their_state is h11.SEND_BODY
+        )
+        if waiting_for_head or answered_but_sending:
+            logger.info(
+                "closing %s: no complete request within %gs", self.client, self.head_timeout
+            )
+            self.transport.close()
+
+
+def head_timeout_protocol(head_timeout: float) -> type[HeadTimeoutH11Protocol]:
+    """The protocol class for uvicorn's `http` option, with this deadline."""
+    return type("HeadTimeoutH11Protocol", (HeadTimeoutH11Protocol,), {"head_timeout": head_timeout})
 
 
 class HubServer(uvicorn.Server):
@@ -88,8 +167,28 @@ class HubServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one: each connection is a file descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open files limit above %d: %s", soft, exc)
+    return soft
+
+
 async def serve(app: Starlette, host: str, port: int, settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; print the address once listening."""
+    limit = raise_open_files_limit()
+    if limit < settings.max_connections + 100:
+        logger.warning(
+            "open files limit %d is below max_connections %d: raise it (ulimit -n)",
+            limit,
+            settings.max_connections,
+        )
     server = HubServer(uvicorn_config(app, host, port, settings))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
