@@ -18,7 +18,10 @@ from .backends.base import Backend
 from .catalog import EventCatalog
 from .config import Settings
 from .core import Hub
+from .dashboard import dashboard_routes
 from .errors import HubError
+from .metrics import metrics_endpoint
+from .sse_endpoint import sse_endpoint
 from .ws_endpoint import websocket_endpoint
 
 __all__ = ["LifespanHook", "create_app"]
@@ -55,12 +58,15 @@ def create_app(
 
     project_routes: list[BaseRoute] = [
         WebSocketRoute("/v1/projects/{project}/ws", websocket_endpoint),
+        Route("/v1/projects/{project}/sse", sse_endpoint, methods=["GET"]),
         Route("/v1/projects/{project}/events", http_api.publish, methods=["POST"]),
         Route("/v1/projects/{project}/events", http_api.history, methods=["GET"]),
         Route("/v1/projects/{project}/snapshot", http_api.snapshot, methods=["GET"]),
         Route("/v1/schema", http_api.schema, methods=["GET"]),
         Route("/healthz", http_api.healthz, methods=["GET"]),
         Route("/readyz", http_api.readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *dashboard_routes(),
     ]
     app = Starlette(
         routes=[*project_routes, *routes],

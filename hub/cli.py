@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from .config import Settings
+from .logs import configure_logging
 
 __all__ = ["add_settings_arguments", "build_parser", "main", "settings_from_args"]
 
@@ -53,6 +54,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse event types that are not in the catalog",
     )
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        dest="log_format",
+        help="text (default) or json: one object per line (or HUB_LOG_FORMAT)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -63,6 +70,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "max_connections",
         "queue_events",
         "strict_types",
+        "log_format",
     )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
@@ -124,10 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(str(args.log_level), getattr(args, "log_format", None))
     func: Any = args.func
     try:
         if inspect.iscoroutinefunction(func):

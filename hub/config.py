@@ -58,6 +58,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # Shutdown: how long clients get to see their 1001 before the process exits.
     drain_timeout_s: float = 5.0
 
+    # Logs: "text" or "json" (one object per line, hub.logs).
+    log_format: str = "text"
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -85,6 +88,8 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be > 0")
         if self.error_budget < 0:
             raise ValueError("error_budget must be >= 0")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

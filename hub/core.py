@@ -16,6 +16,7 @@ from .catalog import EventCatalog
 from .config import Settings
 from .errors import BadRequest, EventValidationError
 from .manager import ConnectionManager
+from .metrics import HubStats
 from .protocol import CloseCode, is_valid_project
 
 __all__ = ["Hub"]
@@ -27,6 +28,7 @@ class Hub:
         self.backend = backend
         self.catalog = catalog
         self.manager = ConnectionManager(backend)
+        self.stats = HubStats()
         self.started = False
 
     async def start(self) -> None:
@@ -90,4 +92,6 @@ class Hub:
         if not validated:
             for i, request in enumerate(requests):
                 self.check_request(request, f"$[{i}]" if len(requests) > 1 else "$")
-        return await self.backend.publish(project, requests)
+        seqs = await self.backend.publish(project, requests)
+        self.stats.published += len(seqs)
+        return seqs

@@ -58,6 +58,8 @@ def uvicorn_config(
         "timeout_keep_alive": settings.keep_alive_s,
         "h11_max_incomplete_event_size": settings.max_request_head,
     }
+    if settings.log_format == "json":
+        options["log_config"] = None  # uvicorn's loggers reach the root's JSON handler
     options.update(overrides)
     config = uvicorn.Config(app, **options)
     install_log_redaction()  # after Config: it (re)configures uvicorn's loggers

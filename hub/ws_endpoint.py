@@ -121,10 +121,12 @@ async def _start_stream(
         return
     if plan.action == "replay":
         replayed_up_to, count = await _replay(hub, connection, sink, plan.since)
+        hub.manager.stats.replays += 1
         await sink.send(encode(ReplayedFrame(count, replayed_up_to)))
         connection.go_live(replayed_up_to)
         return
     assert plan.reason is not None
+    hub.manager.stats.gaps += 1
     await sink.send(encode(GapFrame(plan.reason, plan.since, position.oldest, position.head)))
     snap_position, events = await backend.snapshot(params.project)
     matched = [e.frame for e in events if connection.filter.matches(e.type)]

@@ -1,0 +1,120 @@
+"""Prometheus `/metrics`: the hub's counters, read at scrape time by a custom collector.
+
+Nothing here sits on the fan-out path: endpoints bump plain integers in `HubStats` (and
+the manager its `ManagerStats`); `HubCollector.collect()` turns them into metric families
+only when Prometheus scrapes, so an idle exporter costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+
+if TYPE_CHECKING:
+    from .core import Hub
+
+__all__ = ["HubCollector", "HubStats", "metrics_endpoint"]
+
+# ManagerStats counters (hub/stats.py) -> metric name, help.
+_MANAGER_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("events", "hub_events_received", "Events the fan-out received for projects with subscribers."),
+    ("delivered", "hub_events_delivered", "(event, connection) deliveries offered."),
+    ("dropped", "hub_events_dropped", "Queued events discarded when a slow connection was cut."),
+    (
+        "slow_closes",
+        "hub_slow_consumer_closes",
+        "Connections closed 4008: outbound queue overflow.",
+    ),
+    ("replays", "hub_replays", "Subscriptions resumed by replaying retained history."),
+    ("gaps", "hub_gaps", "Subscriptions told `gap` (then sent a snapshot)."),
+    ("frames_built", "hub_frames_built", "Shared frames built by the fan-out (one per group)."),
+    ("flushes", "hub_fanout_flushes", "Fan-out flushes (one per loop tick with events)."),
+)
+
+
+class HubStats:
+    """Counters kept outside the fan-out (which keeps `ManagerStats`)."""
+
+    __slots__ = ("published", "sse_connections")
+
+    def __init__(self) -> None:
+        self.published = 0  # events accepted by publish calls on this hub instance
+        self.sse_connections = 0  # open SSE streams (the manager's others are WebSocket)
+
+
+class HubCollector(Collector):
+    """Reads `hub.stats` and `hub.manager.stats` when scraped."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterable[Metric]:
+        hub = self._hub
+        stats, manager = hub.stats, hub.manager
+        connections = manager.connections()
+        total = len(connections)
+
+        by_transport = GaugeMetricFamily(
+            "hub_connections", "Open subscriber connections.", labels=["transport"]
+        )
+        by_transport.add_metric(["ws"], total - stats.sse_connections)
+        by_transport.add_metric(["sse"], stats.sse_connections)
+        yield by_transport
+
+        yield CounterMetricFamily(
+            "hub_events_published",
+            "Events accepted by publish calls on this hub instance.",
+            value=stats.published,
+        )
+        for field, name, documentation in _MANAGER_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=getattr(manager.stats, field))
+
+        depths = [len(c.queue) for c in connections]
+        yield GaugeMetricFamily(
+            "hub_queue_depth_events",
+            "Events waiting in outbound queues, all connections.",
+            value=sum(depths),
+        )
+        yield GaugeMetricFamily(
+            "hub_queue_depth_max_events",
+            "Longest outbound queue of one connection.",
+            value=max(depths, default=0),
+        )
+        yield GaugeMetricFamily(
+            "hub_queue_bytes",
+            "Bytes waiting in outbound queues, all connections.",
+            value=sum(c.queued_bytes for c in connections),
+        )
+
+        latency = manager.stats.latency
+        buckets = [
+            ("+Inf" if bound == float("inf") else repr(bound / 1000.0), float(count))
+            for bound, count in latency.cumulative()
+        ]
+        yield HistogramMetricFamily(
+            "hub_publish_to_send_seconds",
+            "Publish to fan-out write, per receiving connection (each frame's oldest event).",
+            buckets=buckets,
+            sum_value=latency.sum_ms / 1000.0,
+        )
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """`GET /metrics`: Prometheus text format."""
+    hub: Hub = request.app.state.hub
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(hub))
+    registry.register(ProcessCollector(registry=None))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,341 @@
+"""`GET /v1/projects/{project}/sse`: one subscriber's session over Server-Sent Events.
+
+The session is the WebSocket one (ws_endpoint.py): register (live events queue up),
+`welcome`, then replay or `gap` + `snapshot`, then live. Each event is one block
+`id: <epoch>:<seq>` / `event: <type>` / `data: <event frame JSON>`; control messages are
+`event: welcome|replayed|gap|snapshot|error`, and those that move the stream's position
+carry an `id` too, so `Last-Event-ID` always says where to resume. Wherever the WebSocket
+path would close (queue overflow 4008, drain 1001, ...) the stream sends `event: error`
+with the close code and ends; the client resumes with `Last-Event-ID` (or since+epoch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from .backends.base import StoredEvent
+from .connection import Connection
+from .core import Hub
+from .errors import BadRequest, HubError
+from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, encode, resume_plan
+from .subscription import SubscriptionParams, parse_since, parse_subscription
+from .topics import TypeFilter
+
+__all__ = [
+    "SseSink",
+    "format_control",
+    "format_event",
+    "parse_last_event_id",
+    "sse_endpoint",
+    "sse_frames",
+]
+
+logger = logging.getLogger("hub.sse")
+
+HEADERS = {
+    "content-type": "text/event-stream",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",  # nginx: do not buffer the stream
+}
+KEEPALIVE = b": keepalive\n\n"
+CLOSE_GRACE_S = 5.0  # a stream that cannot take its last error block in this long is cut
+
+
+# --- framing (pure) ----------------------------------------------------------------------
+
+
+def parse_last_event_id(raw: str) -> tuple[int | None, str | None]:
+    """`<epoch>:<seq>` (or a bare `<seq>`) -> (since, epoch); empty -> (None, None)."""
+    raw = raw.strip()
+    if not raw:
+        return None, None
+    epoch, sep, seq = raw.rpartition(":")
+    if not seq or (sep and (not epoch or len(epoch) > 64 or not epoch.isprintable())):
+        raise BadRequest("invalid Last-Event-ID: expected <epoch>:<seq>")
+    return parse_since(seq, "Last-Event-ID seq"), (epoch or None)
+
+
+def _data_lines(payload: bytes) -> bytes:
+    # JSON from msgspec is one line, but a published `data` keeps the publisher's whitespace.
+    if b"\n" not in payload and b"\r" not in payload:
+        return b"data: " + payload + b"\n"
+    return b"".join(b"data: " + line + b"\n" for line in payload.splitlines())
+
+
+def format_event(epoch: bytes, event: StoredEvent) -> bytes:
+    return b"id: %s:%d\nevent: %s\n%s\n" % (
+        epoch,
+        event.seq,
+        event.type.encode(),
+        _data_lines(event.frame),
+    )
+
+
+def format_control(op: str, payload: bytes, event_id: bytes | None = None) -> bytes:
+    head = b"id: %s\n" % event_id if event_id is not None else b""
+    return b"%sevent: %s\n%s\n" % (head, op.encode(), _data_lines(payload))
+
+
+class _Head(msgspec.Struct):
+    op: str
+    seq: int = 0
+    type: str = ""
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def sse_frames(payload: bytes, epoch: bytes) -> bytes:
+    """SSE blocks for an encoded frame or array of frames (the slow, general path)."""
+    raws = _list_decoder.decode(payload) if payload.lstrip()[:1] == b"[" else [payload]
+    blocks = []
+    for raw in raws:
+        frame = bytes(raw)
+        head = _head_decoder.decode(frame)
+        if head.op == "event":
+            blocks.append(
+                b"id: %s:%d\nevent: %s\n%s\n"
+                % (epoch, head.seq, head.type.encode(), _data_lines(frame))
+            )
+        else:
+            blocks.append(format_control(head.op, frame))
+    return b"".join(blocks)
+
+
+# --- the sink: a writer task that drains the connection's queue --------------------------
+
+
+class SseSink:
+    """A non-direct sink: the fan-out queues events, this writer frames them one by one."""
+
+    direct = False
+
+    def __init__(self, send: Send, heartbeat_s: float) -> None:
+        self._send = send
+        self._heartbeat_s = heartbeat_s
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_write = asyncio.get_running_loop().time()
+        self.finished = asyncio.Event()  # the stream has ended (or must be cut)
+        self.epoch = b""
+
+    def writable(self) -> bool:
+        return False
+
+    def write(self, payload: bytes, frame: bytes | None = None) -> None:
+        raise RuntimeError("SseSink is not direct")
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def send(self, payload: bytes) -> None:
+        await self.send_blocks(sse_frames(payload, self.epoch))
+
+    async def send_blocks(self, blocks: bytes) -> None:
+        async with self._lock:
+            await self._send({"type": "http.response.body", "body": blocks, "more_body": True})
+            self._last_write = asyncio.get_running_loop().time()
+
+    def close(self, code: int, reason: str) -> None:
+        self._closing = True
+        self._wake.set()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.finished.set)
+
+    def start(self, connection: Connection) -> None:
+        self._task = asyncio.create_task(self._write_loop(connection), name="hub-sse-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _write_loop(self, connection: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                idle_for = self._last_write + self._heartbeat_s - loop.time()
+                if idle_for > 0 and not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(idle_for):
+                            await self._wake.wait()
+                self._wake.clear()
+                if self._closing:
+                    async with self._lock:
+                        await self._send({"type": "http.response.body", "body": b""})
+                    return
+                events = connection.take_events() if connection.live else []
+                if events:
+                    await self.send_blocks(b"".join(format_event(self.epoch, e) for e in events))
+                elif loop.time() - self._last_write >= self._heartbeat_s:
+                    await self.send_blocks(KEEPALIVE)
+        except Exception:  # the client went away; the session sees the disconnect too
+            logger.debug("sse writer stopped", exc_info=True)
+        finally:
+            self.finished.set()
+
+
+# --- the endpoint and its session ---------------------------------------------------------
+
+
+class _TryLater(HubError):
+    code = "over_capacity"
+    http_status = 503
+    close_code = CloseCode.TRY_AGAIN_LATER
+    retryable = True
+
+
+class _ReplayOverrun(HubError):
+    code = "replay_overrun"
+    close_code = CloseCode.SLOW_CONSUMER
+    retryable = True
+
+
+async def sse_endpoint(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    settings = hub.settings
+    params = parse_subscription(request.path_params["project"], request.query_params, settings)
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id is not None and last_event_id.strip():
+        # It wins over since/epoch: EventSource sends it on its own reconnects.
+        since, epoch = parse_last_event_id(last_event_id)
+        params = msgspec.structs.replace(params, since=since, epoch=epoch)
+    if hub.manager.connection_count >= settings.max_connections:
+        raise _TryLater(f"connection limit reached ({settings.max_connections})")
+    return _SseStream(hub, params)
+
+
+class _SseStream(Response):
+    """The streaming response: runs the session until the stream ends or the client leaves."""
+
+    def __init__(self, hub: Hub, params: SubscriptionParams) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers(HEADERS)
+        self._hub = hub
+        self._params = params
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hub, params, settings = self._hub, self._params, self._hub.settings
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        sink = SseSink(send, settings.heartbeat_s)
+        connection = Connection(
+            params.project,
+            sink,
+            TypeFilter(params.types),
+            queue_events=settings.queue_events,
+            queue_bytes=settings.queue_bytes,
+            max_frame_bytes=settings.max_frame_bytes,
+        )
+        await hub.manager.add(connection)
+        hub.stats.sse_connections += 1
+        sink.start(connection)
+        session = asyncio.create_task(_run_session(hub, connection, sink, params))
+        disconnect = asyncio.create_task(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({session, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connection.closed = True
+            for task in (session, disconnect):
+                task.cancel()
+            await asyncio.gather(session, disconnect, return_exceptions=True)
+            hub.stats.sse_connections -= 1
+            await hub.manager.remove(connection)
+            await sink.stop()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _run_session(
+    hub: Hub, connection: Connection, sink: SseSink, params: SubscriptionParams
+) -> None:
+    try:
+        await _start_stream(hub, connection, sink, params)
+    except HubError as exc:  # e.g. the backend went away while replaying
+        connection.close(exc.close_code, exc.code, exc.message, retryable=exc.retryable)
+    await sink.finished.wait()
+
+
+async def _start_stream(
+    hub: Hub, connection: Connection, sink: SseSink, params: SubscriptionParams
+) -> None:
+    backend = hub.backend
+    position = await backend.position(params.project)
+    hub.manager.note_epoch(params.project, position.epoch)
+    epoch = sink.epoch = position.epoch.encode()
+    plan = resume_plan(params.since, params.epoch, position.epoch, position.oldest, position.head)
+    welcome = WelcomeFrame(
+        params.project, position.epoch, position.head, position.oldest, hub.settings.heartbeat_s
+    )
+    # Live only: the stream stands at head, so a resume from the welcome's id loses nothing.
+    here = b"%s:%d" % (epoch, position.head) if plan.action == "live" else None
+    await sink.send_blocks(format_control("welcome", encode(welcome), here))
+    if plan.action == "live":
+        connection.go_live(position.head)
+        return
+    if plan.action == "replay":
+        replayed_up_to, count = await _replay(hub, connection, sink, plan.since)
+        hub.manager.stats.replays += 1
+        replayed = encode(ReplayedFrame(count, replayed_up_to))
+        await sink.send_blocks(
+            format_control("replayed", replayed, b"%s:%d" % (epoch, replayed_up_to))
+        )
+        connection.go_live(replayed_up_to)
+        return
+    assert plan.reason is not None
+    hub.manager.stats.gaps += 1
+    gap = GapFrame(plan.reason, plan.since, position.oldest, position.head)
+    await sink.send_blocks(format_control("gap", encode(gap)))
+    snap_position, events = await backend.snapshot(params.project)
+    matched = [e.frame for e in events if connection.filter.matches(e.type)]
+    snapshot = b'{"op":"snapshot","head":%d,"events":[%s]}' % (
+        snap_position.head,
+        b",".join(matched),
+    )
+    await sink.send_blocks(
+        format_control("snapshot", snapshot, b"%s:%d" % (epoch, snap_position.head))
+    )
+    connection.go_live(snap_position.head)
+
+
+async def _replay(hub: Hub, connection: Connection, sink: SseSink, since: int) -> tuple[int, int]:
+    """Send retained events after `since` until none are left; return (last seq, count)."""
+    backend, settings = hub.backend, hub.settings
+    cursor, count = since, 0
+    chunk = min(settings.history_max_limit, 1000)
+    while True:
+        result = await backend.read(connection.project, cursor, chunk)
+        events = result.events
+        if events and events[0].seq != cursor + 1:
+            raise _ReplayOverrun(f"events after {cursor} were evicted during replay")
+        blocks: list[bytes] = []
+        size = 0
+        for event in events:
+            if not connection.filter.matches(event.type):
+                continue
+            block = format_event(sink.epoch, event)
+            blocks.append(block)
+            size += len(block)
+            count += 1
+            if size >= settings.max_frame_bytes:
+                await sink.send_blocks(b"".join(blocks))
+                blocks, size = [], 0
+        if blocks:
+            await sink.send_blocks(b"".join(blocks))
+        if events:
+            cursor = events[-1].seq
+        if len(events) < chunk:
+            return cursor, count
