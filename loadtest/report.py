@@ -72,6 +72,7 @@ _ROWS = (
     ("connect s", ("connect", "seconds")),
     ("events published", ("publish", "events")),
     ("publish events/s", ("publish", "events_per_second")),
+    ("publish request p99 ms", ("publish", "request_ms", "p99")),
     ("deliveries", ("delivery", "delivered")),
     ("deliveries/s", ("delivery", "per_second")),
     ("latency p50 ms", ("latency_ms", "p50")),

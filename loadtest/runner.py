@@ -210,7 +210,7 @@ class _Run:
         finally:
             monitor.cancel()
             await pool.close()
-        self.state["phase"] = "done"
+        self.state.update(phase="done", published=published.published)
         self.progress(dict(self.state))
         return self._result(
             pool,
@@ -290,6 +290,13 @@ class _Run:
                 "storm_drops": sum(s["storm_drops"] for s in summaries),
                 "replays": sum(s["replays"] for s in summaries),
                 "gaps": sum(s["gaps"] for s in summaries),
+            }
+        elif p.scenario == "soak":
+            rss_series = [s["hub_rss_mib"] for s in self.recorder.series() if s["hub_rss_mib"]]
+            details = {
+                "rss_first_mib": rss_series[0] if rss_series else None,
+                "rss_last_mib": rss_series[-1] if rss_series else None,
+                "rss_growth_mib": round(rss_series[-1] - rss_series[0], 1) if rss_series else None,
             }
         elif p.scenario == "slow-consumer":
             details = {

@@ -7,9 +7,12 @@ offsets from the start of publishing (drop everyone, stall some readers).
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
+
+from .publisher import EVENT_TYPE
 
 __all__ = ["SCENARIOS", "Action", "RunParams", "actions", "default_params"]
 
@@ -98,6 +101,11 @@ def _validated(p: RunParams) -> RunParams:
         raise ValueError("need at least one subscriber per project")
     if p.slow >= p.connections:
         raise ValueError("slow subscribers must leave some measured ones")
+    if p.types is not None and not any(
+        fnmatch.fnmatchcase(EVENT_TYPE, t.strip()) for t in p.types.split(",")
+    ):
+        # every bench event must match, or the filtered-out seqs would count as missing
+        raise ValueError(f"--types {p.types!r} does not match the bench events ({EVENT_TYPE})")
     if p.batch < 1 or p.publishers < 1 or p.duration <= 0:
         raise ValueError("batch and publishers must be >= 1 and duration > 0")
     return replace(p, workers=max(1, min(p.workers, p.connections)))
