@@ -22,6 +22,21 @@ class Settings(msgspec.Struct, kw_only=True):
     # Where events live: "memory://" (embedded default) or "redis://host:port/db".
     backend: str = "memory://"
 
+    # Redis backend (docs/operations.md). Every reply must arrive within the socket timeout,
+    # so a dead link is noticed within seconds; the reader's XREAD BLOCK stays below it.
+    redis_socket_timeout_s: float = 5.0
+    redis_connect_timeout_s: float = 2.0
+    redis_block_ms: int = 2_000
+    redis_health_check_s: float = 5.0  # a pooled connection idle this long is PINGed first
+    redis_reconnect_max_s: float = 2.0  # the reader's reconnect backoff cap
+    redis_epoch_check_s: float = 5.0  # how often the reader re-checks watched epochs
+    redis_idempotency_ttl_s: float = 24 * 3600.0  # publish ids are honoured this long at most
+    redis_key_ttl_s: float = 7 * 24 * 3600.0  # a project's keys outlive its last publish by this
+    redis_max_connections: int = 64  # command connections per hub process
+    redis_key_prefix: str = "hub"
+    redis_cluster: bool = False  # the URL names one node of a Redis Cluster
+    redis_cluster_poll_ms: int = 20  # Cluster has no multi-slot XREAD: the reader polls
+
     # Retention per project (memory backend; the Redis backend uses retention_events).
     retention_events: int = 10_000
     retention_bytes: int = 32 * MiB
@@ -88,6 +103,26 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be > 0")
         if self.error_budget < 0:
             raise ValueError("error_budget must be >= 0")
+        self._check_redis()
+
+    def _check_redis(self) -> None:
+        for name in (
+            "redis_socket_timeout_s",
+            "redis_connect_timeout_s",
+            "redis_health_check_s",
+            "redis_reconnect_max_s",
+            "redis_epoch_check_s",
+            "redis_idempotency_ttl_s",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("redis_block_ms", "redis_max_connections", "redis_cluster_poll_ms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.redis_key_ttl_s < 0:
+            raise ValueError("redis_key_ttl_s must be >= 0 (0: keys never expire)")
+        if self.redis_block_ms / 1000 >= self.redis_socket_timeout_s * 0.8:
+            raise ValueError("redis_block_ms must stay well below redis_socket_timeout_s")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
 

@@ -1,0 +1,317 @@
+"""StreamReader: one task per hub instance that reads every watched project's stream and hands
+new events to the listener, in seq order, with the epoch stored beside them.
+
+Standalone Redis: one blocking `XREAD` over all watched streams on a dedicated connection,
+plus this instance's wake-up stream, to which watch() appends so that a new stream is read
+at once. `BLOCK` stays below the socket timeout, so a dead link fails the read within the
+socket timeout rather than never. Redis Cluster refuses a multi-key XREAD across slots (and
+every project has its own slot), so there the reader polls: one pipelined `XRANGE` per watched
+project, sent to each node in one round trip, repeated at once while events keep coming and
+after `redis_cluster_poll_ms` (or a watch()) when they do not.
+
+Where a project's read starts: its cursor is pinned by the first position() after watch()
+(or by the reader itself), to the head that position saw. Every subscriber registers before
+asking for the position, so every seq above what it was told is read after it registered.
+
+Faults: on any failure the reader reconnects with jittered exponential backoff and resumes
+from each project's cursor. After a reconnect, and every `redis_epoch_check_s`, it compares
+each watched epoch with Redis; an entry or an epoch key from another epoch means the counter
+was lost, so the cursor restarts at 0 in the new epoch and the listener is told (the manager
+closes that project's subscribers, who come back to `gap` + `snapshot`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
+
+from ..config import Settings
+from ..errors import BackendUnavailable
+from .base import EventListener, Position, StoredEvent
+from .redis_store import REDIS_FAILURES, RedisClient, RedisStore, event_from_entry
+
+__all__ = ["Cursor", "StreamReader"]
+
+logger = logging.getLogger("hub.redis")
+
+READ_COUNT = 1_000  # entries per stream per read
+
+
+class Cursor:
+    """Where the reader stands in one watched project: `seq` is None until pinned."""
+
+    __slots__ = ("epoch", "pin", "refs", "seq")
+
+    def __init__(self) -> None:
+        self.refs = 1
+        self.epoch: str | None = None
+        self.seq: int | None = None
+        self.pin: asyncio.Task[Position] | None = None
+
+
+# stream key -> (project, the cursor read for it, the seq the read started after)
+_Issued = dict[bytes, tuple[str, Cursor, int]]
+
+
+class StreamReader:
+    def __init__(self, store: RedisStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._listener: EventListener | None = None
+        self.cursors: dict[str, Cursor] = {}
+        self.healthy = False
+        self.reconnects = 0  # how many times the reader lost Redis and got it back
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._wake_key = store.wake_key()
+        self._wake_id = b"0-0"
+        self._blocked = False  # an XREAD is waiting in Redis: a watch() must wake it
+        self._kicking = False
+        self._kick_tasks: set[asyncio.Task[None]] = set()
+        self._delay = 0.0
+        self._next_epoch_check = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, listener: EventListener) -> None:
+        self._listener = listener
+        self._task = asyncio.create_task(self._run(), name="redis-stream-reader")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for task in list(self._kick_tasks):
+            task.cancel()
+        for cursor in self.cursors.values():
+            if cursor.pin is not None:
+                cursor.pin.cancel()
+        if not self._store.cluster:
+            with contextlib.suppress(*REDIS_FAILURES):
+                await asyncio.wait_for(self._store.client.delete(self._wake_key), 1.0)
+
+    # --- watched projects ----------------------------------------------------------------
+
+    def watch(self, project: str) -> None:
+        cursor = self.cursors.get(project)
+        if cursor is not None:
+            cursor.refs += 1
+            return
+        self.cursors[project] = Cursor()
+        self._kick()
+
+    def unwatch(self, project: str) -> None:
+        cursor = self.cursors.get(project)
+        if cursor is None:
+            return
+        cursor.refs -= 1
+        if cursor.refs <= 0:
+            del self.cursors[project]
+
+    def pinned(self, project: str) -> bool:
+        cursor = self.cursors.get(project)
+        return cursor is not None and cursor.seq is not None
+
+    async def pin(self, project: str) -> Position | None:
+        """Pin an unpinned watched project's cursor to its head now; None if nothing to pin.
+
+        Callers racing for the same project share one position() call, so no caller can be
+        told a head below the cursor.
+        """
+        cursor = self.cursors.get(project)
+        if cursor is None or cursor.seq is not None:
+            return None
+        if cursor.pin is None:
+            cursor.pin = asyncio.create_task(self._pin(project, cursor), name="redis-pin")
+        return await asyncio.shield(cursor.pin)
+
+    async def _pin(self, project: str, cursor: Cursor) -> Position:
+        try:
+            position = await self._store.position(project)
+        except BaseException:
+            cursor.pin = None  # the next caller tries again
+            raise
+        if self.cursors.get(project) is cursor and cursor.seq is None:
+            cursor.epoch, cursor.seq = position.epoch, position.head
+            self._kick()
+        return position
+
+    def _kick(self) -> None:
+        """Make the reader pick up a changed set of streams now, not after BLOCK ms."""
+        self._wake.set()
+        if self._store.cluster or not self._blocked or self._kicking:
+            return
+        self._kicking = True
+        task = asyncio.create_task(self._append_wake(), name="redis-reader-wake")
+        self._kick_tasks.add(task)
+        task.add_done_callback(self._kick_tasks.discard)
+
+    async def _append_wake(self) -> None:
+        try:
+            client = self._store.client
+            await client.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            await client.pexpire(self._wake_key, 60_000)
+        except REDIS_FAILURES as exc:
+            logger.debug("could not wake the stream reader: %s", exc)
+        finally:
+            self._kicking = False
+
+    # --- the read loop -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        settings = self._settings
+        while True:
+            client = self._store.new_client(1)
+            try:
+                await self._serve(client)
+            except asyncio.CancelledError:
+                raise
+            except (*REDIS_FAILURES, BackendUnavailable) as exc:
+                if self.healthy:
+                    logger.warning("redis stream reader lost redis: %s", exc)
+                self.healthy = False
+            except Exception:
+                logger.exception("redis stream reader failed; restarting it")
+                self.healthy = False
+            finally:
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await client.aclose()
+            self._delay = min(max(self._delay * 2, 0.05), settings.redis_reconnect_max_s)
+            await asyncio.sleep(self._delay * random.uniform(0.5, 1.0))
+
+    async def _serve(self, client: RedisClient) -> None:
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+        await client.ping()
+        await self._check_epochs(client)
+        if not self.healthy:
+            self.healthy = True
+            self.reconnects += 1
+            if self.reconnects > 1:
+                logger.info("redis stream reader reconnected")
+                await self._store.drop_idle_connections()
+        self._delay = 0.0
+        while True:
+            await self._pin_unpinned()
+            if time.monotonic() >= self._next_epoch_check:
+                await self._check_epochs(client)
+            if self._store.cluster:
+                await self._poll_once(client)
+            else:
+                await self._block_once(client)
+
+    async def _pin_unpinned(self) -> None:
+        unpinned = [p for p, c in self.cursors.items() if c.seq is None]
+        if unpinned:
+            await asyncio.gather(*(self.pin(p) for p in unpinned))
+
+    def _issue(self) -> _Issued:
+        issued: _Issued = {}
+        keys = self._store.keys
+        for project, cursor in self.cursors.items():
+            if cursor.seq is not None:
+                issued[keys(project).events.encode()] = (project, cursor, cursor.seq)
+        return issued
+
+    async def _block_once(self, client: RedisClient) -> None:
+        issued = self._issue()
+        streams: dict[Any, Any] = {k: b"%d-0" % seq for k, (_, _, seq) in issued.items()}
+        streams[self._wake_key.encode()] = self._wake_id
+        self._wake.clear()
+        self._blocked = True
+        try:
+            reply: Any = await client.xread(
+                streams, count=READ_COUNT, block=self._settings.redis_block_ms
+            )
+        finally:
+            self._blocked = False
+        for stream, entries in reply or ():
+            if stream == self._wake_key.encode():
+                self._wake_id = entries[-1][0]
+            else:
+                self._deliver(issued[stream], entries)
+
+    async def _poll_once(self, client: RedisClient) -> None:
+        issued = self._issue()
+        self._wake.clear()
+        got_any = False
+        if issued:
+            pipe = client.pipeline(transaction=False)
+            for stream, (_, _, seq) in issued.items():
+                pipe.xrange(stream, b"%d-0" % (seq + 1), b"+", count=READ_COUNT)
+            replies = await pipe.execute()
+            for (_, read), entries in zip(issued.items(), replies, strict=True):
+                if entries:
+                    got_any = True
+                    self._deliver(read, entries)
+        if not got_any:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._wake.wait(), self._settings.redis_cluster_poll_ms / 1000
+                )
+
+    def _deliver(self, read: tuple[str, Cursor, int], entries: Sequence[Any]) -> None:
+        project, cursor, after = read
+        if self.cursors.get(project) is not cursor or cursor.seq != after or not entries:
+            return  # unwatched, re-pinned or reset while the read was out
+        events: list[StoredEvent] = []
+        epoch = cursor.epoch
+        for entry_id, fields in entries:
+            entry_epoch, event = event_from_entry(project, entry_id, fields)
+            if entry_epoch != epoch:
+                # A new life of the sequence (the counter was lost): read it from its start.
+                self._epoch_changed(project, cursor, entry_epoch)
+                return
+            events.append(event)
+        if events[0].seq != after + 1:
+            logger.warning(
+                "project %s: seqs %d..%d were trimmed before this hub read them",
+                project,
+                after + 1,
+                events[0].seq - 1,
+            )
+        cursor.seq = events[-1].seq
+        assert epoch is not None
+        self._notify(project, epoch, events)
+
+    def _epoch_changed(self, project: str, cursor: Cursor, epoch: str) -> None:
+        logger.warning("project %s: epoch changed %s -> %s", project, cursor.epoch, epoch)
+        cursor.epoch, cursor.seq = epoch, 0
+        self._notify(project, epoch, [])
+
+    def _notify(self, project: str, epoch: str, events: Sequence[StoredEvent]) -> None:
+        if self._listener is None:
+            return
+        try:
+            self._listener(project, epoch, events)
+        except Exception:
+            logger.exception("listener failed on project %s", project)
+
+    async def _check_epochs(self, client: RedisClient) -> None:
+        """Compare every pinned epoch with Redis: a missing or other epoch means data loss."""
+        self._next_epoch_check = time.monotonic() + self._settings.redis_epoch_check_s
+        pinned = [(p, c) for p, c in self.cursors.items() if c.seq is not None]
+        if not pinned:
+            return
+        pipe = client.pipeline(transaction=False)
+        for project, _ in pinned:
+            pipe.get(self._store.keys(project).epoch)
+        stored = await pipe.execute()
+        for (project, cursor), value in zip(pinned, stored, strict=True):
+            if self.cursors.get(project) is not cursor:
+                continue
+            epoch = value.decode() if value is not None else None
+            if epoch is None:
+                # Gone (lost or expired): start the new epoch now, as a publish would.
+                epoch = (await self._store.position(project)).epoch
+            if epoch != cursor.epoch and self.cursors.get(project) is cursor:
+                self._epoch_changed(project, cursor, epoch)

@@ -1,0 +1,156 @@
+"""The Redis key layout and the one Lua script every Redis operation of the hub goes through.
+
+Per project `p` (the `{p}` hash tag keeps all of them in one Cluster slot):
+
+    <prefix>:{p}:seq      counter: the last seq assigned (missing -> a new epoch starts)
+    <prefix>:{p}:epoch    the epoch string, created together with the counter
+    <prefix>:{p}:events   Stream; entry id `<seq>-0`, fields e (epoch) t (type) ts d (data) [k]
+    <prefix>:{p}:snap     hash: key -> "<seq> <ts> <type> <data>" (latest event per key)
+    <prefix>:{p}:snapidx  sorted set: key -> seq, to drop the least recently updated key
+    <prefix>:{p}:id:<id>  "<epoch> <seq>" with a TTL: publish idempotency
+
+The script runs atomically, so seqs stay contiguous with any number of publishers, and a lost
+counter can never be mistaken for a live one: with no counter (or no epoch) the script starts a
+new epoch, drops the old life's stream and snapshot, and counts from 1 again.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HUB_SCRIPT", "ProjectKeys"]
+
+
+class ProjectKeys:
+    """The keys of one project, in the order the script takes them."""
+
+    __slots__ = ("epoch", "events", "id_prefix", "seq", "snap", "snapidx")
+
+    def __init__(self, prefix: str, project: str) -> None:
+        base = f"{prefix}:{{{project}}}"
+        self.seq = f"{base}:seq"
+        self.epoch = f"{base}:epoch"
+        self.events = f"{base}:events"
+        self.snap = f"{base}:snap"
+        self.snapidx = f"{base}:snapidx"
+        self.id_prefix = f"{base}:id:"
+
+    def script_keys(self) -> list[str]:
+        return [self.seq, self.epoch, self.events, self.snap, self.snapidx]
+
+    def id_key(self, idempotency_id: str) -> str:
+        return self.id_prefix + idempotency_id
+
+
+# KEYS: seq, epoch, events, snap, snapidx, then one key per idempotency id of a publish.
+# ARGV[1] op: "position" | "read" | "snapshot" | "publish"; ARGV[2] a fresh random epoch
+# (used only if a new one must start); ARGV[3] key TTL in ms (0: none).
+#   read:     ARGV[4] since, ARGV[5] limit
+#   publish:  ARGV[4] retention (MAXLEN ~), ARGV[5] snapshot key bound, ARGV[6] id TTL ms,
+#             ARGV[7] n, then 5 per event: type, has_key ("0"/"1"), key, id key index
+#             (0: none), data
+# Every op returns {epoch, head, oldest, ...}: read adds the XRANGE entries, snapshot the
+# snap hash (flat), publish one seq per event.
+HUB_SCRIPT = r"""
+local seq_key, epoch_key, events_key = KEYS[1], KEYS[2], KEYS[3]
+local snap_key, index_key = KEYS[4], KEYS[5]
+local op, ttl = ARGV[1], tonumber(ARGV[3])
+
+local function keep(key)
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+end
+
+local function seq_of(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+local function oldest(head)
+  local first = redis.call('XRANGE', events_key, '-', '+', 'COUNT', 1)[1]
+  if first then return seq_of(first[1]) end
+  return head + 1
+end
+
+local head = tonumber(redis.call('GET', seq_key) or '')
+local epoch = redis.call('GET', epoch_key)
+if head and epoch then
+  -- a counter behind its own stream was restored from somewhere else: never reuse a seq
+  local top = redis.call('XREVRANGE', events_key, '+', '-', 'COUNT', 1)[1]
+  if top and seq_of(top[1]) > head then head = nil end
+end
+if not head or not epoch then
+  epoch, head = ARGV[2], 0
+  redis.call('DEL', events_key, snap_key, index_key)
+  redis.call('SET', epoch_key, epoch)
+  redis.call('SET', seq_key, 0)
+  keep(epoch_key)
+  keep(seq_key)
+end
+
+if op == 'position' then
+  return {epoch, head, oldest(head)}
+elseif op == 'read' then
+  local since, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local entries = redis.call('XRANGE', events_key, (since + 1) .. '-0', '+', 'COUNT', limit)
+  return {epoch, head, oldest(head), entries}
+elseif op == 'snapshot' then
+  return {epoch, head, oldest(head), redis.call('HGETALL', snap_key)}
+elseif op ~= 'publish' then
+  return redis.error_reply('unknown op ' .. tostring(op))
+end
+
+local retention, snap_max, id_ttl, n = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local now = redis.call('TIME')
+local ts = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
+local result = {epoch, 0, 0}
+local keyed = false
+for i = 0, n - 1 do
+  local at = 8 + i * 5
+  local etype, has_key, ekey, id_index, data =
+    ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
+  local seq = nil
+  if id_index > 0 then
+    local known = redis.call('GET', KEYS[id_index])
+    if known then
+      local known_epoch, known_seq = string.match(known, '^(%S+) (%d+)$')
+      known_seq = tonumber(known_seq)
+      -- an id is honoured only while its event is retained, and only in its own epoch
+      if known_epoch == epoch and known_seq and known_seq >= oldest(head) then
+        seq = known_seq
+      end
+    end
+  end
+  if not seq then
+    head = head + 1
+    seq = head
+    if has_key == '1' then
+      redis.call('XADD', events_key, 'MAXLEN', '~', retention, seq .. '-0',
+        'e', epoch, 't', etype, 'ts', ts, 'd', data, 'k', ekey)
+      redis.call('HSET', snap_key, ekey, seq .. ' ' .. ts .. ' ' .. etype .. ' ' .. data)
+      redis.call('ZADD', index_key, seq, ekey)
+      keyed = true
+    else
+      redis.call('XADD', events_key, 'MAXLEN', '~', retention, seq .. '-0',
+        'e', epoch, 't', etype, 'ts', ts, 'd', data)
+    end
+    if id_index > 0 then
+      redis.call('SET', KEYS[id_index], epoch .. ' ' .. seq, 'PX', id_ttl)
+    end
+  end
+  result[#result + 1] = seq
+end
+
+redis.call('SET', seq_key, head)
+if keyed then
+  local excess = redis.call('ZCARD', index_key) - snap_max
+  if excess > 0 then
+    local dropped = redis.call('ZPOPMIN', index_key, excess)
+    for j = 1, #dropped, 2 do redis.call('HDEL', snap_key, dropped[j]) end
+  end
+end
+keep(seq_key)
+keep(epoch_key)
+keep(events_key)
+keep(snap_key)
+keep(index_key)
+result[2] = head
+result[3] = oldest(head)
+return result
+"""

@@ -1,0 +1,251 @@
+"""RedisStore: the hub's Redis operations (publish, position, read, snapshot), all through the
+one Lua script, with clients that never hang on a dead link.
+
+Shared by the hub's RedisBackend and by `hub.redis_publisher` in other processes, so both
+write exactly the same entries. Every Redis failure becomes `BackendUnavailable` (HTTP 503,
+WebSocket 1013) with a message that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+
+from ..config import Settings
+from ..errors import BackendUnavailable
+from ..protocol import EventFrame
+from ..retention import new_epoch
+from .base import Position, PublishRequest, ReadResult, StoredEvent
+from .redis_scripts import HUB_SCRIPT, ProjectKeys
+
+__all__ = [
+    "REDIS_FAILURES",
+    "RedisClient",
+    "RedisStore",
+    "build_event",
+    "event_from_entry",
+    "unavailable",
+]
+
+logger = logging.getLogger("hub.redis")
+
+RedisClient = Redis | RedisCluster
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+# What a dead, refusing, restarting or overloaded Redis raises through redis-py.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+def unavailable(exc: BaseException) -> BackendUnavailable:
+    detail = str(exc) or type(exc).__name__
+    return BackendUnavailable(f"redis unavailable: {detail[:200]}")
+
+
+def build_event(
+    project: str, seq: int, event_type: str, ts: int, key: str | None, data: bytes
+) -> StoredEvent:
+    """The event and its frame, encoded exactly as the memory backend encodes it."""
+    frame = _encoder.encode(EventFrame(project, seq, event_type, ts, msgspec.Raw(data), key))
+    return StoredEvent(seq, event_type, key, ts, frame)
+
+
+def entry_fields(raw: Any) -> Mapping[bytes, bytes]:
+    """Stream entry fields from XREAD (a dict) or from the script (a flat list)."""
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+def event_from_entry(project: str, entry_id: bytes, raw_fields: Any) -> tuple[str, StoredEvent]:
+    """(epoch, event) of one stream entry `<seq>-0`."""
+    fields = entry_fields(raw_fields)
+    key = fields.get(b"k")
+    event = build_event(
+        project,
+        int(entry_id.split(b"-", 1)[0]),
+        fields[b"t"].decode(),
+        int(fields[b"ts"]),
+        key.decode() if key is not None else None,
+        fields[b"d"],
+    )
+    return fields[b"e"].decode(), event
+
+
+def _snapshot_event(project: str, key: bytes, value: bytes) -> StoredEvent:
+    seq, ts, event_type, data = value.split(b" ", 3)
+    return build_event(project, int(seq), event_type.decode(), int(ts), key.decode(), data)
+
+
+def _position(reply: Sequence[Any]) -> Position:
+    epoch = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    return Position(epoch, int(reply[2]), int(reply[1]))
+
+
+def _keepalive_options(timeout: float) -> dict[int, int]:
+    """Probe an idle connection after about the socket timeout; give up after 3 misses."""
+    wanted = {
+        "TCP_KEEPIDLE": max(1, int(timeout)),
+        "TCP_KEEPINTVL": max(1, int(timeout / 3)),
+        "TCP_KEEPCNT": 3,
+    }
+    return {getattr(socket, n): v for n, v in wanted.items() if hasattr(socket, n)}
+
+
+class RedisStore:
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url = url
+        self.settings = settings
+        self.prefix = settings.redis_key_prefix
+        self.cluster = settings.redis_cluster
+        self.client = self.new_client(settings.redis_max_connections)
+        self._script = self.client.register_script(HUB_SCRIPT)
+        self._cluster_lock = asyncio.Lock()
+        self._key_ttl_ms = int(settings.redis_key_ttl_s * 1000)
+        self._id_ttl_ms = max(1, int(settings.redis_idempotency_ttl_s * 1000))
+
+    def new_client(self, max_connections: int) -> RedisClient:
+        """A client whose every command fails within the socket timeout instead of hanging.
+
+        redis-py retries failed commands by default; a publish retried after its reply was
+        lost could be applied twice, so retries are off here and done where they are safe.
+        """
+        s = self.settings
+        options: dict[str, Any] = {
+            "socket_timeout": s.redis_socket_timeout_s,
+            "socket_connect_timeout": s.redis_connect_timeout_s,
+            "socket_keepalive": True,
+            "socket_keepalive_options": _keepalive_options(s.redis_socket_timeout_s),
+            "health_check_interval": max(1, round(s.redis_health_check_s)),
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": "hub",
+        }
+        if self.cluster:
+            return RedisCluster.from_url(self.url, max_connections=max_connections, **options)
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=max_connections,
+            timeout=s.redis_socket_timeout_s,
+            **options,
+        )
+        return Redis.from_pool(pool)  # closing the client closes its pool
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def drop_idle_connections(self) -> None:
+        """After an outage: idle pooled connections most likely died with the old link."""
+        if isinstance(self.client, Redis):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+
+    def keys(self, project: str) -> ProjectKeys:
+        return ProjectKeys(self.prefix, project)
+
+    def wake_key(self) -> str:
+        return f"{self.prefix}:wake:{uuid.uuid4().hex}"
+
+    async def ping(self, timeout: float) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.client.ping(), timeout))
+        except REDIS_FAILURES:
+            return False
+
+    async def call(self, operation: Callable[[], Awaitable[T]], *, retry_safe: bool) -> T:
+        """Run `operation`, turning Redis failures into BackendUnavailable.
+
+        A connection refused or reset (as on the first use of a pooled connection after a
+        Redis restart) is retried once when repeating the operation cannot apply it twice.
+        """
+        try:
+            if isinstance(self.client, RedisCluster) and self.client._initialize:
+                # redis-py's cluster client breaks if its first commands run concurrently
+                async with self._cluster_lock:
+                    await self.client.initialize()
+            return await operation()
+        except RedisConnectionError as exc:
+            if not retry_safe:
+                raise unavailable(exc) from exc
+            logger.debug("redis connection error, retrying once: %s", exc)
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
+        try:
+            return await operation()
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from exc
+
+    async def _run_script(self, keys: list[str], args: list[Any]) -> list[Any]:
+        reply: list[Any] = await self._script(keys=keys, args=args)
+        return reply
+
+    def _common_args(self, op: str) -> list[Any]:
+        return [op, new_epoch(), self._key_ttl_ms]
+
+    async def position(self, project: str) -> Position:
+        keys = self.keys(project).script_keys()
+        reply = await self.call(
+            lambda: self._run_script(keys, self._common_args("position")), retry_safe=True
+        )
+        return _position(reply)
+
+    async def read(self, project: str, since: int, limit: int) -> ReadResult:
+        keys = self.keys(project).script_keys()
+        args = [*self._common_args("read"), max(since, 0), max(limit, 0)]
+        reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
+        events = [event_from_entry(project, i, f)[1] for i, f in reply[3]] if limit > 0 else []
+        return ReadResult(_position(reply), events)
+
+    async def snapshot(self, project: str) -> tuple[Position, list[StoredEvent]]:
+        keys = self.keys(project).script_keys()
+        reply = await self.call(
+            lambda: self._run_script(keys, self._common_args("snapshot")), retry_safe=True
+        )
+        flat = reply[3]
+        events = [_snapshot_event(project, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        events.sort(key=lambda e: e.seq)
+        return _position(reply), events
+
+    async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
+        if not requests:
+            return []
+        project_keys = self.keys(project)
+        keys = project_keys.script_keys()
+        id_index: dict[str, int] = {}
+        s = self.settings
+        args: list[Any] = [
+            *self._common_args("publish"),
+            s.retention_events,
+            s.snapshot_keys,
+            self._id_ttl_ms,
+            len(requests),
+        ]
+        for request in requests:
+            index = 0
+            if request.id is not None:
+                index = id_index.get(request.id, 0)
+                if not index:
+                    keys.append(project_keys.id_key(request.id))
+                    index = id_index[request.id] = len(keys)
+            has_key = request.key is not None
+            args += [
+                request.type,
+                b"1" if has_key else b"0",
+                request.key if has_key else b"",
+                index,
+                bytes(request.data),
+            ]
+        # Retrying is safe only if every event carries an idempotency id.
+        safe = all(r.id is not None for r in requests)
+        reply = await self.call(lambda: self._run_script(keys, args), retry_safe=safe)
+        return [int(seq) for seq in reply[3:]]
