@@ -123,7 +123,6 @@ class Subscriber(FrameReader):
         self.live = False  # welcomed on the current connection
         self.close_code = 0  # code of the last close (ABRUPT when none was received)
         self.welcomes = 0
-        self.reconnects = 0
         self._on_lost = on_lost
         self._mux: ReadMux | None = None
         self._head = b""  # handshake response bytes so far
