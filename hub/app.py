@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import http_api
+from .auth import AuthGate, Security, install_log_redaction
 from .backends import create_backend
 from .backends.base import Backend
 from .catalog import EventCatalog
@@ -20,11 +22,15 @@ from .config import Settings
 from .core import Hub
 from .dashboard import dashboard_routes
 from .errors import HubError
+from .limits import Limits
 from .metrics import metrics_endpoint
 from .sse_endpoint import sse_endpoint
-from .ws_endpoint import websocket_endpoint
+from .ws_endpoint import refuse, websocket_endpoint
 
-__all__ = ["LifespanHook", "create_app"]
+__all__ = ["PUBLIC_PATHS", "LifespanHook", "create_app"]
+
+# With a secret, only these answer without a token (plus /metrics if settings.metrics_public).
+PUBLIC_PATHS = ("/healthz", "/readyz")
 
 logger = logging.getLogger("hub")
 
@@ -44,9 +50,16 @@ def create_app(
     catalog = catalog or EventCatalog(strict=settings.strict_types)
     backend = backend or create_backend(settings)
     hub = Hub(settings, backend, catalog)
+    security = Security(settings)  # refuses secrets too short to be safe (ValueError)
+    install_log_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not security.enabled:
+            logger.warning(
+                "NO SECRET CONFIGURED: the hub is OPEN - anyone who can reach it can read and "
+                "publish every project. Start it with --secret or HUB_SECRET."
+            )
         await hub.start()
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -68,12 +81,19 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *dashboard_routes(),
     ]
+    public = [*PUBLIC_PATHS, *(["/metrics"] if settings.metrics_public else [])]
+    gate = Middleware(
+        AuthGate, public_paths=public, http_refusal=http_api.error_response, ws_refusal=refuse
+    )
     app = Starlette(
         routes=[*project_routes, *routes],
+        middleware=[gate],
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error_handler},
     )
     app.state.hub = hub
+    app.state.security = security
+    app.state.limits = Limits(settings)
     return app
 
 

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 from typing import Any
@@ -53,6 +54,17 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         dest="strict_types",
         help="refuse event types that are not in the catalog",
     )
+    parser.add_argument(
+        "--secret",
+        help="token secret(s), comma-separated for rotation; turns auth on (or HUB_SECRET; "
+        "the environment keeps it out of `ps`)",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        dest="allowed_origins",
+        help="browser origins allowed to open sockets, comma-separated, '*' patterns allowed "
+        "(default: the hub's own host)",
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--log-format",
@@ -71,6 +83,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "queue_events",
         "strict_types",
         "log_format",
+        "secret",
+        "allowed_origins",
     )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 
@@ -79,9 +93,60 @@ async def _serve(args: argparse.Namespace) -> None:
     from .app import create_app
     from .server import serve
 
-    settings = settings_from_args(args)
-    app = create_app(settings)
+    try:
+        settings = settings_from_args(args)
+        app = create_app(settings)
+    except (ValueError, msgspec.ValidationError) as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        sys.exit(2)
     await serve(app, args.host, args.port, settings)
+
+
+def _token(args: argparse.Namespace) -> None:
+    import secrets as random_secrets
+
+    from .auth import mint_token, parse_secrets
+
+    if args.generate_secret:
+        print(random_secrets.token_urlsafe(48))
+        return
+    try:
+        secrets = parse_secrets(args.secret or os.environ.get("HUB_SECRET", ""))
+    except ValueError as exc:
+        print(f"hub token: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if not secrets:
+        print("hub token: no secret: pass --secret or set HUB_SECRET", file=sys.stderr)
+        sys.exit(2)
+    projects = _split(args.project)
+    scopes = _split(args.scope) or ["subscribe"]
+    if not projects:
+        print("hub token: name at least one --project", file=sys.stderr)
+        sys.exit(2)
+    unknown = sorted(set(scopes) - {"subscribe", "publish"})
+    if unknown:
+        print(f"hub token: unknown scope {unknown[0]!r} (subscribe, publish)", file=sys.stderr)
+        sys.exit(2)
+    types = _split(args.types) if args.types else None
+    # With several secrets (a rotation), the first is the current one: sign with it.
+    print(
+        mint_token(
+            secrets[0],
+            subject=args.sub,
+            projects=projects,
+            scopes=scopes,
+            ttl_s=args.ttl,
+            types=types,
+        )
+    )
+
+
+def _split(values: list[str] | str | None) -> list[str]:
+    """Repeated and comma-separated option values, flattened."""
+    if values is None:
+        return []
+    items = [values] if isinstance(values, str) else values
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
 
 async def _tail(args: argparse.Namespace) -> None:
@@ -121,6 +186,27 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--token", help="access token (or HUB_TOKEN)")
     tail.add_argument("--log-level", default="warning")
     tail.set_defaults(func=_tail)
+
+    token = sub.add_parser("token", help="mint an access token (HS256 JWT)")
+    token.add_argument("--secret", help="signing secret (default: the first of HUB_SECRET)")
+    token.add_argument(
+        "--project",
+        action="append",
+        help="project id or pattern such as 'acme-*' (repeat or comma-separate)",
+    )
+    token.add_argument(
+        "--scope", action="append", help="subscribe and/or publish (default subscribe)"
+    )
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    token.add_argument("--sub", default="cli", help="subject: who the token is for")
+    token.add_argument("--types", help="event types it may read, e.g. 'agent.*' (default all)")
+    token.add_argument(
+        "--generate-secret",
+        action="store_true",
+        help="print a new random secret instead (for --secret / HUB_SECRET)",
+    )
+    token.add_argument("--log-level", default="warning")
+    token.set_defaults(func=_token)
 
     for entry in entry_points(group="hub.commands"):
         try:

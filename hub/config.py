@@ -76,6 +76,23 @@ class Settings(msgspec.Struct, kw_only=True):
     # Logs: "text" or "json" (one object per line, hub.logs).
     log_format: str = "text"
 
+    # Security and limits (docs/security.md). Without a secret the hub runs open and warns.
+    secret: str = ""  # HS256 secret(s), comma-separated for rotation; each >= 32 bytes
+    allowed_origins: str = ""  # comma-separated; empty: the request's own host; "*": any
+    metrics_public: bool = False  # with a secret, serve /metrics without a token
+    max_connections_per_subject: int = 1_000  # per token `sub`; 0: no limit
+    max_connections_per_address: int = 0  # per client IP; 0: no limit (proxies share one)
+    publish_rate_per_project: float = 0.0  # events/s (token bucket); 0: no limit
+    publish_burst_per_project: int = 10_000
+    publish_rate_per_token: float = 2_000.0  # events/s per token `sub`; 0: no limit
+    publish_burst_per_token: int = 10_000
+    client_ops_rate: float = 20.0  # subscribe/unsubscribe/ping frames per second per socket
+    client_ops_burst: int = 100  # more than this faster than the rate closes with 4029
+    handshake_timeout_s: float = 10.0  # a request head (or upgrade) must arrive within this
+    keep_alive_s: float = 5.0  # an idle keep-alive HTTP connection is closed after this
+    body_timeout_s: float = 30.0  # a publish body must arrive within this (else 408)
+    max_request_head: int = 16 * KiB  # request line + headers
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -94,6 +111,10 @@ class Settings(msgspec.Struct, kw_only=True):
             "max_key_length",
             "max_id_length",
             "history_max_limit",
+            "publish_burst_per_project",
+            "publish_burst_per_token",
+            "client_ops_burst",
+            "max_request_head",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -101,8 +122,22 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("retention_age_s", "project_idle_s", "heartbeat_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        for name in ("handshake_timeout_s", "keep_alive_s", "body_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in (
+            "max_connections_per_subject",
+            "max_connections_per_address",
+            "publish_rate_per_project",
+            "publish_rate_per_token",
+            "client_ops_rate",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: no limit)")
         if self.error_budget < 0:
             raise ValueError("error_budget must be >= 0")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format must be text or json")
         self._check_redis()
 
     def _check_redis(self) -> None:
@@ -123,8 +158,6 @@ class Settings(msgspec.Struct, kw_only=True):
             raise ValueError("redis_key_ttl_s must be >= 0 (0: keys never expire)")
         if self.redis_block_ms / 1000 >= self.redis_socket_timeout_s * 0.8:
             raise ValueError("redis_block_ms must stay well below redis_socket_timeout_s")
-        if self.log_format not in ("text", "json"):
-            raise ValueError("log_format must be text or json")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -141,3 +174,10 @@ class Settings(msgspec.Struct, kw_only=True):
 
     def replace(self, **changes: Any) -> Settings:
         return msgspec.structs.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug output: never show the secret.
+        fields = msgspec.structs.asdict(self)
+        if fields["secret"]:
+            fields["secret"] = "<redacted>"
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"

@@ -1,18 +1,25 @@
-"""HTTP routes: publish, history page, snapshot, schema, health and readiness."""
+"""HTTP routes: publish, history page, snapshot, schema, health and readiness.
+
+Each project route checks the token's grant (`authorize`); publishing also passes the rate
+limits. The AuthGate middleware has already refused requests without a valid token.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .auth import authorize
 from .backends.base import PublishRequest
 from .core import Hub
-from .errors import BadRequest, EventValidationError, HubError, PayloadTooLarge
+from .errors import BadRequest, EventValidationError, HubError, PayloadTooLarge, Unauthorized
+from .limits import OverCapacity, RateLimitExceeded, RequestTimeout, check_publish_rate
 from .subscription import parse_since
-from .topics import TypeFilter, parse_types_param
+from .topics import parse_types_param
 
 __all__ = [
     "error_response",
@@ -36,20 +43,31 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 def error_response(exc: HubError) -> Response:
     body = {"error": {"code": exc.code, "message": exc.message, "retryable": exc.retryable}}
-    return json_response(body, exc.http_status)
+    response = json_response(body, exc.http_status)
+    if isinstance(exc, Unauthorized):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hub"'
+    elif isinstance(exc, RateLimitExceeded):
+        response.headers["Retry-After"] = exc.retry_after_header
+    elif isinstance(exc, OverCapacity):
+        response.headers["Retry-After"] = "1"
+    return response
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit} byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):  # a body trickled in (slowloris) holds a task
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is over the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"body not received within {timeout_s:g}s") from None
     return b"".join(chunks)
 
 
@@ -74,8 +92,12 @@ async def publish(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     project = request.path_params["project"]
     hub.check_project(project)
-    body = await _read_body(request, hub.settings.max_publish_body)
-    requests = _decode_publish_body(body, hub.settings.max_publish_batch)
+    principal = authorize(request, project, "publish")
+    settings = hub.settings
+    check_publish_rate(request, project, principal, 1, take=False)  # before reading a body
+    body = await _read_body(request, settings.max_publish_body, settings.body_timeout_s)
+    requests = _decode_publish_body(body, settings.max_publish_batch)
+    check_publish_rate(request, project, principal, len(requests))
     seqs = await hub.publish_requests(project, requests)
     return json_response({"seqs": seqs}, 202)
 
@@ -93,10 +115,11 @@ async def history(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     project = request.path_params["project"]
     hub.check_project(project)
+    principal = authorize(request, project, "subscribe")
     settings = hub.settings
     since = parse_since(request.query_params.get("since")) or 0
     limit = _parse_limit(request.query_params.get("limit"), settings.history_max_limit)
-    type_filter = TypeFilter(
+    type_filter = principal.type_filter(
         parse_types_param(
             request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
         )
@@ -122,8 +145,9 @@ async def snapshot(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     project = request.path_params["project"]
     hub.check_project(project)
+    principal = authorize(request, project, "subscribe")
     settings = hub.settings
-    type_filter = TypeFilter(
+    type_filter = principal.type_filter(
         parse_types_param(
             request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
         )

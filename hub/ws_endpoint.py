@@ -10,10 +10,12 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .auth import Principal, authorize, schedule_expiry
 from .backends.base import StoredEvent
 from .connection import AsgiSink, Connection, DirectSink, Sink
 from .core import Hub
 from .errors import BadRequest, HubError
+from .limits import admit_connection, limits_of
 from .protocol import (
     CloseCode,
     ErrorFrame,
@@ -32,10 +34,10 @@ from .protocol import (
     resume_plan,
 )
 from .subscription import SubscriptionParams, parse_subscription
-from .topics import TypeFilter, validate_pattern
+from .topics import validate_pattern
 from .uvicorn_ws import EXTENSION
 
-__all__ = ["websocket_endpoint"]
+__all__ = ["refuse", "websocket_endpoint"]
 
 logger = logging.getLogger("hub.ws")
 
@@ -47,47 +49,59 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         params = parse_subscription(
             websocket.path_params["project"], websocket.query_params, settings
         )
-        if hub.manager.connection_count >= settings.max_connections:
-            raise _TryLater(f"connection limit reached ({settings.max_connections})")
+        principal = authorize(websocket, params.project, "subscribe")
+        slot = admit_connection(websocket, principal)
     except HubError as exc:
         # Accept, then close with the code: a refused handshake is a bare HTTP status.
         await websocket.accept()
-        await _refuse(websocket, exc)
+        await refuse(websocket, exc)
         return
+    try:
+        await _serve(hub, websocket, params, principal)
+    finally:
+        slot.release()
 
+
+async def _serve(
+    hub: Hub, websocket: WebSocket, params: SubscriptionParams, principal: Principal
+) -> None:
+    settings = hub.settings
     await websocket.accept()
     sink = _make_sink(websocket)
     connection = Connection(
         params.project,
         sink,
-        TypeFilter(params.types),
+        principal.type_filter(params.types),
         queue_events=settings.queue_events,
         queue_bytes=settings.queue_bytes,
         max_frame_bytes=settings.max_frame_bytes,
+        user=principal.subject,
     )
     await hub.manager.add(connection)
     sink.start(connection)
+    expiry = schedule_expiry(
+        principal,
+        lambda: connection.close(
+            CloseCode.UNAUTHORIZED, "token_expired", "token expired; reconnect with a new one"
+        ),
+    )
     try:
         await _start_stream(hub, connection, sink, params)
-        await _serve_ops(hub, websocket, connection, sink, params)
+        await _serve_ops(hub, websocket, connection, sink, params, principal)
     except WebSocketDisconnect:
         pass
     except HubError as exc:  # e.g. the backend went away while replaying
         connection.close(exc.close_code, exc.code, exc.message, retryable=exc.retryable)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         connection.closed = True
         await hub.manager.remove(connection)
         await sink.stop()
 
 
-class _TryLater(HubError):
-    code = "over_capacity"
-    http_status = 503
-    close_code = CloseCode.TRY_AGAIN_LATER
-    retryable = True
-
-
-async def _refuse(websocket: WebSocket, exc: HubError) -> None:
+async def refuse(websocket: WebSocket, exc: HubError) -> None:
+    """Send one error frame with the detail, then close with the error's code."""
     frame = ErrorFrame(
         code=exc.code, message=exc.message, retryable=exc.retryable, close=int(exc.close_code)
     )
@@ -177,11 +191,13 @@ async def _serve_ops(
     connection: Connection,
     sink: Sink,
     params: SubscriptionParams,
+    principal: Principal,
 ) -> None:
     settings = hub.settings
     patterns = list(params.types)
     implicit_default = not params.explicit_types
     errors = 0
+    op_budget = limits_of(websocket).client_ops()
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -190,6 +206,14 @@ async def _serve_ops(
         if text is None:
             connection.close(
                 CloseCode.UNSUPPORTED_DATA, "binary_frame", "binary frames are not accepted"
+            )
+            return
+        if op_budget is not None and not op_budget.try_take():
+            connection.close(
+                CloseCode.RATE_LIMITED,
+                "rate_limited",
+                f"more than {settings.client_ops_rate:g} frames per second; slow down",
+                retryable=True,
             )
             return
         try:
@@ -211,7 +235,7 @@ async def _serve_ops(
                 else:
                     patterns = [p for p in patterns if p not in new]
                 implicit_default = False
-                hub.manager.set_filter(connection, TypeFilter(patterns))
+                hub.manager.set_filter(connection, principal.type_filter(patterns))
                 reply = encode(SubscribedFrame(op.id, patterns))
         except (FrameError, BadRequest) as exc:
             errors += 1
