@@ -21,8 +21,9 @@ from .system import NotLoopback, loopback_address, raise_nofile_limit
 
 __all__ = ["build_parser", "main"]
 
-FD_HEADROOM = 200
-BUSY_WARNING_PERCENT = 15.0  # files, pipes and listening sockets besides the subscribers
+FD_HEADROOM = 200  # files, pipes and listening sockets besides the subscribers
+BUSY_WARNING_PERCENT = 15.0  # of all cores, in the second before a run
+OTHERS_WARNING_PERCENT = 15.0  # of one core, while measuring
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,10 +128,11 @@ async def _run_all(
                 )
             result.update(repeat=repeat, repeats=args.repeat)
             busy = result["machine"]["busy_before_percent"]
-            if busy is not None and busy > BUSY_WARNING_PERCENT:
+            others = result["machine"]["others_cpu_percent"]
+            if (busy or 0) > BUSY_WARNING_PERCENT or (others or 0) > OTHERS_WARNING_PERCENT:
                 console.print(
-                    f"[yellow]warning:[/] the machine was {busy}% busy before this run; "
-                    "its figures are skewed by whatever else was running"
+                    f"[yellow]warning:[/] other processes used the machine ({busy}% busy "
+                    f"before, {others}% of a core during the run); figures are skewed"
                 )
             path = args.out / f"{name}.json"
             write_json(path, result)

@@ -18,8 +18,8 @@ _HEADER = (
     "| scenario | N | projects | rate ev/s | published ev/s hub / base | deliveries/s hub | "
     "deliveries/s baseline | hub/baseline | p50 ms hub / base | p99 ms hub / base | "
     "p99.9 ms hub / base | "
-    "missing+dup hub / base | hub RSS/conn KiB | runs |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "missing+dup hub / base | hub RSS/conn KiB | others CPU % | runs |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -48,6 +48,13 @@ def _loss(runs: list[dict[str, Any]]) -> str:
     return f"{worst}" + (f" (+{gaps} in gaps)" if gaps else "")
 
 
+def _others(runs: list[dict[str, Any]]) -> str:
+    """The worst CPU other processes took during any run (percent of one core)."""
+    values = [r["machine"].get("others_cpu_percent") for r in runs]
+    present = [v for v in values if v is not None]
+    return _num(max(present), 0) if present else "-"
+
+
 def row(summary_path: Path) -> str:
     summary = json.loads(summary_path.read_text())
     runs = [json.loads(Path(p).read_text()) for p in summary["runs"]]
@@ -70,7 +77,8 @@ def row(summary_path: Path) -> str:
         f"{_num(base_rate)} | {ratio} | {pair('latency_ms', 'p50')} | "
         f"{pair('latency_ms', 'p99')} | {pair('latency_ms', 'p99_9')} | "
         f"{_loss(hub)} / {_loss(base)} | "
-        f"{_num(_median(hub, 'hub', 'rss_per_connection_kib'), 1)} | {len(runs)} |"
+        f"{_num(_median(hub, 'hub', 'rss_per_connection_kib'), 1)} | {_others(runs)} | "
+        f"{len(runs)} |"
     )
 
 

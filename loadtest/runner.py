@@ -181,6 +181,7 @@ class _Run:
             gen = [ProcSampler(pid) for pid in [*pool.pids, os.getpid()]]
             gen_a = [s.sample() for s in gen]
             hub_a = self._sample()
+            sys_a = cpu_times()
 
             self.state["phase"] = "publishing"
             self.recorder.started = time.time()
@@ -203,6 +204,7 @@ class _Run:
             drained_at = time.time()
             hub_b = self._sample()
             gen_b = [s.sample() for s in gen]
+            sys_b = cpu_times()
             self.state["phase"] = "collecting"
             pool.send_all("stop")
             await pool.wait_until(lambda: pool.all_reported(pool.summaries), 60)
@@ -212,7 +214,8 @@ class _Run:
             await pool.close()
         self.state.update(phase="done", published=published.published)
         self.progress(dict(self.state))
-        return self._result(
+        gen_cpu = [_cpu_percent(a, b) for a, b in zip(gen_a, gen_b, strict=True)]
+        result = self._result(
             pool,
             published,
             drained,
@@ -221,8 +224,18 @@ class _Run:
             drained_at,
             (rss_start, rss_connected, rss_end),
             (hub_a, hub_b),
-            [_cpu_percent(a, b) for a, b in zip(gen_a, gen_b, strict=True)],
+            gen_cpu,
         )
+        # CPU that neither the server nor the generator used while measuring: other work on
+        # the machine, which skews every figure of this run (percent of one core).
+        machine_busy = busy_percent(sys_a, sys_b)
+        ours = [result["hub"]["cpu_percent"], *gen_cpu]
+        if machine_busy is not None and None not in ours:
+            others = machine_busy * (os.cpu_count() or 1) - sum(v for v in ours if v)
+            result["machine"]["others_cpu_percent"] = round(max(0.0, others), 1)
+        else:
+            result["machine"]["others_cpu_percent"] = None
+        return result
 
     async def _after(
         self, delay: float, pool: WorkerPool, command: str, payload: dict[str, Any]
