@@ -83,9 +83,9 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self.clock()
-        if now > self.stamp:
+        if now > self.stamp:  # a clock stepping back mints nothing, now or later
             self.level = min(self.burst, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+            self.stamp = now
 
     def wait_time(self, cost: float = 1.0) -> float:
         """Seconds until `cost` may be taken; 0 if it may be taken now."""
