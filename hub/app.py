@@ -27,10 +27,19 @@ from .metrics import metrics_endpoint
 from .sse_endpoint import sse_endpoint
 from .ws_endpoint import refuse, websocket_endpoint
 
-__all__ = ["PUBLIC_PATHS", "LifespanHook", "create_app"]
+__all__ = [
+    "DASHBOARD_PATHS",
+    "DASHBOARD_PREFIXES",
+    "PUBLIC_PATHS",
+    "LifespanHook",
+    "create_app",
+]
 
-# With a secret, only these answer without a token (plus /metrics if settings.metrics_public).
+# With a secret, only these answer without a token (plus /metrics if settings.metrics_public,
+# and the dashboard's page and scripts, which hold no data, if settings.dashboard_public).
 PUBLIC_PATHS = ("/healthz", "/readyz")
+DASHBOARD_PATHS = ("/", "/hub-client.js")
+DASHBOARD_PREFIXES = ("/static/",)
 
 logger = logging.getLogger("hub")
 
@@ -81,9 +90,17 @@ def create_app(
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *dashboard_routes(),
     ]
-    public = [*PUBLIC_PATHS, *(["/metrics"] if settings.metrics_public else [])]
+    public = [
+        *PUBLIC_PATHS,
+        *(["/metrics"] if settings.metrics_public else []),
+        *(DASHBOARD_PATHS if settings.dashboard_public else []),
+    ]
     gate = Middleware(
-        AuthGate, public_paths=public, http_refusal=http_api.error_response, ws_refusal=refuse
+        AuthGate,
+        public_paths=public,
+        public_prefixes=DASHBOARD_PREFIXES if settings.dashboard_public else (),
+        http_refusal=http_api.error_response,
+        ws_refusal=refuse,
     )
     app = Starlette(
         routes=[*project_routes, *routes],

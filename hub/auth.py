@@ -287,7 +287,7 @@ def mint_token(
 
 
 class OriginRefused(HubError):
-    code = "origin_refused"
+    code = "origin"
     http_status = 403
     close_code = CloseCode.POLICY_VIOLATION
 
@@ -411,8 +411,7 @@ class AuthGate:
     Sockets must pass the Origin policy. With a secret, every path but the public ones needs
     a valid token, and every path under `/v1/projects/{project}/` needs a token granting that
     project: `subscribe` to read (GET, WebSocket), `publish` for anything else. Routes check
-    again and apply the token's `types`; a route added later is closed all the same. Public
-    entries ending in `/` are prefixes.
+    again and apply the token's `types`; a route added later is closed all the same.
     """
 
     def __init__(
@@ -422,15 +421,18 @@ class AuthGate:
         public_paths: Collection[str],
         http_refusal: Callable[[HubError], Response],
         ws_refusal: Callable[[WebSocket, HubError], Awaitable[None]],
+        public_prefixes: Collection[str] = (),
     ) -> None:
         self.app = app
-        self.public_paths = frozenset(p for p in public_paths if not p.endswith("/"))
-        self.public_prefixes = tuple(p for p in public_paths if p.endswith("/"))
+        self.public_paths = frozenset(public_paths)
+        self.public_prefixes = tuple(p.rstrip("/") + "/" for p in public_prefixes)
         self.http_refusal = http_refusal
         self.ws_refusal = ws_refusal
 
     def is_public(self, path: str) -> bool:
-        return path in self.public_paths or path.startswith(self.public_prefixes)
+        return path in self.public_paths or (
+            bool(self.public_prefixes) and path.startswith(self.public_prefixes)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

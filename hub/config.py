@@ -80,6 +80,7 @@ class Settings(msgspec.Struct, kw_only=True):
     secret: str = ""  # HS256 secret(s), comma-separated for rotation; each >= 32 bytes
     allowed_origins: str = ""  # comma-separated; empty: the request's own host; "*": any
     metrics_public: bool = False  # with a secret, serve /metrics without a token
+    dashboard_public: bool = False  # with a secret, serve the dashboard's page and scripts
     max_connections_per_subject: int = 1_000  # per token `sub`; 0: no limit
     max_connections_per_address: int = 0  # per client IP; 0: no limit (proxies share one)
     publish_rate_per_project: float = 0.0  # events/s (token bucket); 0: no limit

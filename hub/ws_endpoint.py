@@ -82,7 +82,7 @@ async def _serve(
     expiry = schedule_expiry(
         principal,
         lambda: connection.close(
-            CloseCode.UNAUTHORIZED, "token_expired", "token expired; reconnect with a new one"
+            CloseCode.UNAUTHORIZED, "unauthorized", "token expired; reconnect with a new one"
         ),
     )
     try:

@@ -430,6 +430,19 @@ async def test_metrics_are_open_only_when_configured() -> None:
         assert response.status_code == 200
 
 
+async def test_the_dashboard_page_can_be_opened_without_its_data() -> None:
+    settings = Settings(heartbeat_s=5.0, secret=SECRET, dashboard_public=True)
+    async with run_hub(settings) as running, running.http() as http:
+        paths = {getattr(r, "path", None) for r in starlette_app(running).routes}
+        if "/hub-client.js" not in paths:
+            pytest.skip("this hub serves no dashboard")
+        assert (await http.get("/")).status_code == 200
+        assert (await http.get("/hub-client.js")).status_code == 200
+        assert (await http.get("/static/no-such-file.js")).status_code == 404
+        for path in ("/v1/schema", "/metrics", f"/v1/projects/{A}/events"):
+            assert (await http.get(path)).status_code == 401, path
+
+
 async def test_an_open_hub_says_so_loudly(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="hub")
     async with run_hub(Settings(heartbeat_s=5.0)) as running:
@@ -521,7 +534,7 @@ async def test_a_token_expiring_while_connected_closes_the_socket_with_4001(
     assert frames[0]["op"] == "welcome"
     assert frames[-1] == {
         "op": "error",
-        "code": "token_expired",
+        "code": "unauthorized",
         "message": "token expired; reconnect with a new one",
         "retryable": False,
         "close": 4001,
@@ -560,7 +573,7 @@ async def test_a_page_from_another_site_is_refused_with_1008(running_hub: Runnin
     url = running_hub.ws_url(A)
     code, frames = await ws_close_code(url, origin="https://evil.example")
     assert code == 1008
-    assert frames[-1]["code"] == "origin_refused" and frames[-1]["close"] == 1008
+    assert frames[-1]["code"] == "origin" and frames[-1]["close"] == 1008
     code, frames = await ws_close_code(url, origin=f"http://127.0.0.1:{running_hub.port}")
     assert code is None and [f["op"] for f in frames] == ["welcome"]
 
