@@ -1,7 +1,10 @@
 """Markdown tables from result files, so docs/benchmarks.md quotes the tool, not a retyping.
 
-`python -m loadtest.markdown OUT/*-summary.json` prints one row per invocation: medians over
-its repeats for hub and baseline, their ratio, and the worst loss seen in any of its runs.
+`python -m loadtest.markdown RESULTS/*.json` groups runs by their parameters and prints one
+row per group: medians for hub and baseline, their ratio, the worst loss of any run. Runs
+during which other processes took more than `--max-others` percent of a core are left out
+of the medians (the row says how many were kept): on a shared machine they measure the
+neighbours, not the hub.
 """
 
 from __future__ import annotations
@@ -12,15 +15,32 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "table"]
+__all__ = ["clean", "load_runs", "main", "table"]
 
 _HEADER = (
     "| scenario | N | projects | rate ev/s | published ev/s hub / base | deliveries/s hub | "
     "deliveries/s baseline | hub/baseline | p50 ms hub / base | p99 ms hub / base | "
-    "p99.9 ms hub / base | "
-    "missing+dup hub / base | hub RSS/conn KiB | others CPU % | runs |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "p99.9 ms hub / base | missing+dup hub / base | hub RSS/conn KiB | runs kept hub / base |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
+_GROUP_BY = ("scenario", "connections", "projects", "rate", "events", "publishers", "batch", "pad")
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    """Run results from run files and from the run lists of summary files."""
+    runs = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        files = data["runs"] if "runs" in data else [path]
+        runs.extend(json.loads(Path(f).read_text()) for f in files)
+    return runs
+
+
+def clean(run: dict[str, Any], max_others: float, max_busy: float) -> bool:
+    machine = run["machine"]
+    others = machine.get("others_cpu_percent")
+    busy = machine.get("busy_before_percent")
+    return (others is None or others <= max_others) and (busy is None or busy <= max_busy)
 
 
 def _median(runs: list[dict[str, Any]], *path: str) -> float | None:
@@ -39,57 +59,73 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 
 def _loss(runs: list[dict[str, Any]]) -> str:
+    """Worst missing + duplicated + out-of-order of all runs, kept or not: loss is loss."""
     if not runs:
         return "-"
     worst = max(
         r["loss"]["missing"] + r["loss"]["duplicates"] + r["loss"]["out_of_order"] for r in runs
     )
     gaps = max(r["loss"]["gap_skipped"] for r in runs)
-    return f"{worst}" + (f" (+{gaps} in gaps)" if gaps else "")
+    return f"{worst}" + (f" (+{gaps} declared in gaps)" if gaps else "")
 
 
-def _others(runs: list[dict[str, Any]]) -> str:
-    """The worst CPU other processes took during any run (percent of one core)."""
-    values = [r["machine"].get("others_cpu_percent") for r in runs]
-    present = [v for v in values if v is not None]
-    return _num(max(present), 0) if present else "-"
-
-
-def row(summary_path: Path) -> str:
-    summary = json.loads(summary_path.read_text())
-    runs = [json.loads(Path(p).read_text()) for p in summary["runs"]]
-    hub = [r for r in runs if r["target"] == "hub"]
-    base = [r for r in runs if r["target"] == "baseline"]
-    p = summary["params"]
-    hub_rate, base_rate = (
-        _median(hub, "delivery", "per_second"),
-        _median(base, "delivery", "per_second"),
-    )
+def _row(group: list[dict[str, Any]], kept: list[dict[str, Any]]) -> str:
+    hub = [r for r in kept if r["target"] == "hub"]
+    base = [r for r in kept if r["target"] == "baseline"]
+    p = group[0]["params"]
+    hub_rate = _median(hub, "delivery", "per_second")
+    base_rate = _median(base, "delivery", "per_second")
     ratio = f"{hub_rate / base_rate:.2f}x" if hub_rate and base_rate else "-"
     rate = f"{p['rate']:g}" if p["rate"] else "max"
 
     def pair(*path: str) -> str:
         return f"{_num(_median(hub, *path), 1)} / {_num(_median(base, *path), 1)}"
 
+    def count(target: str) -> str:
+        total = sum(r["target"] == target for r in group)
+        return f"{sum(r['target'] == target for r in kept)}/{total}"
+
+    all_hub = [r for r in group if r["target"] == "hub"]
+    all_base = [r for r in group if r["target"] == "baseline"]
     return (
-        f"| {p['scenario']} | {p['connections']:,} | {p['projects']} | "
-        f"{rate} | {pair('publish', 'events_per_second')} | {_num(hub_rate)} | "
-        f"{_num(base_rate)} | {ratio} | {pair('latency_ms', 'p50')} | "
-        f"{pair('latency_ms', 'p99')} | {pair('latency_ms', 'p99_9')} | "
-        f"{_loss(hub)} / {_loss(base)} | "
-        f"{_num(_median(hub, 'hub', 'rss_per_connection_kib'), 1)} | {_others(runs)} | "
-        f"{len(runs)} |"
+        f"| {p['scenario']} | {p['connections']:,} | {p['projects']} | {rate} | "
+        f"{pair('publish', 'events_per_second')} | {_num(hub_rate)} | {_num(base_rate)} | "
+        f"{ratio} | {pair('latency_ms', 'p50')} | {pair('latency_ms', 'p99')} | "
+        f"{pair('latency_ms', 'p99_9')} | {_loss(all_hub)} / {_loss(all_base)} | "
+        f"{_num(_median(hub, 'hub', 'rss_per_connection_kib'), 1)} | "
+        f"{count('hub')} / {count('baseline')} |"
     )
 
 
-def table(paths: list[Path]) -> str:
-    return "\n".join([_HEADER, *(row(p) for p in paths)])
+def table(runs: list[dict[str, Any]], max_others: float = 15.0, max_busy: float = 15.0) -> str:
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for run in runs:
+        key = tuple(run["params"].get(k) for k in _GROUP_BY)
+        groups.setdefault(key, []).append(run)
+    rows = [
+        _row(group, [r for r in group if clean(r, max_others, max_busy)])
+        for group in groups.values()
+    ]
+    return "\n".join([_HEADER, *rows])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.markdown")
-    parser.add_argument("summaries", nargs="+", type=Path, help="*-summary.json files")
-    print(table(parser.parse_args(argv).summaries))
+    parser.add_argument("results", nargs="+", type=Path, help="run or *-summary.json files")
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=15.0,
+        help="drop runs where other processes used more %% of a core",
+    )
+    parser.add_argument(
+        "--max-busy",
+        type=float,
+        default=15.0,
+        help="drop runs started on a machine busier than this %% (all cores)",
+    )
+    args = parser.parse_args(argv)
+    print(table(load_runs(args.results), args.max_others, args.max_busy))
 
 
 if __name__ == "__main__":
