@@ -28,7 +28,7 @@ _GROUP_BY = ("scenario", "connections", "projects", "rate", "events", "publisher
 
 def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
     """Run results from run files and from the run lists of summary files."""
-    runs = []
+    runs: list[dict[str, Any]] = []
     for path in paths:
         data = json.loads(path.read_text())
         files = data["runs"] if "runs" in data else [path]
