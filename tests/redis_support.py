@@ -24,19 +24,43 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from hub.backends.base import PublishRequest
 from hub.config import Settings
+from hub.protocol import EventFrame, ServerFrame, WelcomeFrame, decode_server_frames
 from hub.redis_publisher import RedisPublisher
 
 __all__ = [
+    "REPO",
     "BlackholeProxy",
     "RedisCluster",
     "RedisServer",
+    "WsRecorder",
+    "fast_settings",
     "free_port",
     "redis_server_or_skip",
     "running_redis",
 ]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fast_settings(url: str, **overrides: object) -> Settings:
+    """Redis settings that notice failures in about a second, for tests."""
+    options: dict[str, object] = {
+        "backend": url,
+        "redis_socket_timeout_s": 1.0,
+        "redis_connect_timeout_s": 0.5,
+        "redis_block_ms": 200,
+        "redis_reconnect_max_s": 0.2,
+        "redis_epoch_check_s": 0.5,
+        "redis_health_check_s": 1.0,
+        "heartbeat_s": 5.0,
+    }
+    options.update(overrides)
+    return Settings(**options)  # type: ignore[arg-type]
 
 
 def redis_server_or_skip() -> str:
@@ -61,6 +85,15 @@ def free_port(*, with_bus: bool = False) -> int:
                 except OSError:
                     continue
                 return port
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it if the thread that started it goes away,
+    so a test run killed with -9 leaves no redis-server behind (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _ping(port: int) -> bool:
@@ -122,7 +155,10 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> None:
         assert self.process is None, "already running"
         self.process = subprocess.Popen(
-            self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self._argv(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while not _ping(self.port):
@@ -230,13 +266,15 @@ class BlackholeProxy:
     """A TCP proxy to 127.0.0.1:`target_port` that can silently drop everything.
 
     While blackholed, bytes in either direction vanish and new connections get no upstream:
-    the peer sees silence, not a reset, as with a dead link. `restore()` closes the connections
-    that lost bytes (they are out of step) and forwards again.
+    the peer sees silence, not a reset, as with a dead link. With `replies_only`, requests
+    still reach Redis and only the replies vanish (a reply lost to a timeout). `restore()`
+    closes the connections that lost bytes (they are out of step) and forwards again.
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.blackholed = False
+        self.replies_only = False
         self.port = 0
         self._server: asyncio.Server | None = None
         self._tainted: set[asyncio.StreamWriter] = set()
@@ -252,7 +290,8 @@ class BlackholeProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def blackhole(self) -> None:
+    def blackhole(self, *, replies_only: bool = False) -> None:
+        self.replies_only = replies_only
         self.blackholed = True
 
     def restore(self) -> None:
@@ -278,7 +317,7 @@ class BlackholeProxy:
         self._tasks.add(task)
         self._writers.add(writer)
         try:
-            if self.blackholed:  # no upstream: swallow until restore() closes us
+            if self.blackholed and not self.replies_only:  # swallow until restore()
                 self._tainted.add(writer)
                 while await reader.read(65536):
                     pass
@@ -287,7 +326,8 @@ class BlackholeProxy:
             self._writers.add(up_writer)
             pair = {writer, up_writer}
             await asyncio.gather(
-                self._pump(reader, up_writer, pair), self._pump(up_reader, writer, pair)
+                self._pump(reader, up_writer, pair, request=True),
+                self._pump(up_reader, writer, pair, request=False),
             )
         except (OSError, asyncio.CancelledError):
             pass
@@ -301,10 +341,12 @@ class BlackholeProxy:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         pair: set[asyncio.StreamWriter],
+        *,
+        request: bool,
     ) -> None:
         try:
             while data := await reader.read(65536):
-                if self.blackholed:
+                if self.blackholed and not (request and self.replies_only):
                     self._tainted.update(pair)
                     continue
                 writer.write(data)
@@ -315,6 +357,54 @@ class BlackholeProxy:
             for w in pair:
                 w.close()
                 self._writers.discard(w)
+
+
+class WsRecorder:
+    """A raw WebSocket subscriber that records every frame it gets until the socket closes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.frames: list[ServerFrame] = []
+        self.done = asyncio.Event()
+        self.ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> WsRecorder:
+        self.ws = await connect(self.url, max_size=None)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        assert self.ws is not None
+        try:
+            async for message in self.ws:
+                self.frames.extend(decode_server_frames(message))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.done.set()
+
+    @property
+    def close_code(self) -> int | None:
+        return self.ws.close_code if self.ws is not None and self.done.is_set() else None
+
+    @property
+    def events(self) -> list[EventFrame]:
+        return [f for f in self.frames if isinstance(f, EventFrame)]
+
+    @property
+    def seqs(self) -> list[int]:
+        return [f.seq for f in self.frames if isinstance(f, EventFrame)]
+
+    @property
+    def welcome(self) -> WelcomeFrame | None:
+        return next((f for f in self.frames if isinstance(f, WelcomeFrame)), None)
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._task is not None:
+            await self._task
 
 
 # --- publisher process -----------------------------------------------------------------------

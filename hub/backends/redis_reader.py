@@ -37,11 +37,31 @@ from ..errors import BackendUnavailable
 from .base import EventListener, Position, StoredEvent
 from .redis_store import REDIS_FAILURES, RedisClient, RedisStore, event_from_entry
 
-__all__ = ["Cursor", "StreamReader"]
+__all__ = ["Cursor", "StreamReader", "cancel_and_wait"]
 
 logger = logging.getLogger("hub.redis")
 
 READ_COUNT = 1_000  # entries per stream per read
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> None:
+    """Cancel `tasks` and wait for them, cancelling again if one shrugs a cancel off.
+
+    On Python 3.11, `asyncio.wait_for` (which redis-py wraps around every socket write)
+    swallows a cancel that lands just as the write completes; the task then runs on.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {t for t in tasks if not t.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.05)
+    if pending:
+        logger.error("%d redis tasks did not stop within %gs", len(pending), timeout)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.debug("redis task ended with %r", task.exception())
 
 
 class Cursor:
@@ -77,6 +97,7 @@ class StreamReader:
         self._kick_tasks: set[asyncio.Task[None]] = set()
         self._delay = 0.0
         self._next_epoch_check = 0.0
+        self._closing = False
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -85,16 +106,10 @@ class StreamReader:
         self._task = asyncio.create_task(self._run(), name="redis-stream-reader")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for task in list(self._kick_tasks):
-            task.cancel()
-        for cursor in self.cursors.values():
-            if cursor.pin is not None:
-                cursor.pin.cancel()
+        self._closing = True
+        tasks = [self._task, *self._kick_tasks, *(c.pin for c in self.cursors.values())]
+        await cancel_and_wait([t for t in tasks if t is not None])
+        self._task = None
         if not self._store.cluster:
             with contextlib.suppress(*REDIS_FAILURES):
                 await asyncio.wait_for(self._store.client.delete(self._wake_key), 1.0)
@@ -169,7 +184,7 @@ class StreamReader:
 
     async def _run(self) -> None:
         settings = self._settings
-        while True:
+        while not self._closing:
             client = self._store.new_client(1)
             try:
                 await self._serve(client)
@@ -185,6 +200,8 @@ class StreamReader:
             finally:
                 with contextlib.suppress(*REDIS_FAILURES):
                     await client.aclose()
+            if self._closing:
+                return
             self._delay = min(max(self._delay * 2, 0.05), settings.redis_reconnect_max_s)
             await asyncio.sleep(self._delay * random.uniform(0.5, 1.0))
 
@@ -200,7 +217,7 @@ class StreamReader:
                 logger.info("redis stream reader reconnected")
                 await self._store.drop_idle_connections()
         self._delay = 0.0
-        while True:
+        while not self._closing:
             await self._pin_unpinned()
             if time.monotonic() >= self._next_epoch_check:
                 await self._check_epochs(client)
