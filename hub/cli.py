@@ -32,6 +32,24 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     parser.add_argument("--backend", help="memory:// (default) or redis://HOST:PORT/DB")
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        default=None,
+        dest="redis_cluster",
+        help="the redis:// URL names one node of a Redis Cluster (or HUB_REDIS_CLUSTER=1)",
+    )
+    parser.add_argument(
+        "--redis-key-prefix",
+        dest="redis_key_prefix",
+        help="prefix of every Redis key (default hub): several hubs can share one Redis",
+    )
+    parser.add_argument(
+        "--redis-socket-timeout",
+        type=float,
+        dest="redis_socket_timeout_s",
+        help="seconds a Redis reply may take before Redis counts as down (default 5)",
+    )
+    parser.add_argument(
         "--retention",
         type=int,
         dest="retention_events",
@@ -77,6 +95,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     names = (
         "backend",
+        "redis_cluster",
+        "redis_key_prefix",
+        "redis_socket_timeout_s",
         "retention_events",
         "heartbeat_s",
         "max_connections",

@@ -137,8 +137,10 @@ def test_a_redis_url_selects_the_redis_backend() -> None:
     assert isinstance(backend, RedisBackend) and backend.name == "redis"
     env = Settings.from_env({"HUB_BACKEND": "redis://127.0.0.1:2/3", "HUB_REDIS_CLUSTER": "1"})
     assert (env.backend, env.redis_cluster) == ("redis://127.0.0.1:2/3", True)
-    with pytest.raises(ValueError, match="redis_block_ms"):
-        Settings(redis_block_ms=5_000, redis_socket_timeout_s=5.0)
+    with pytest.raises(ValueError, match="redis_socket_timeout_s"):
+        Settings(redis_socket_timeout_s=0)
+    reader = RedisBackend("redis://127.0.0.1:1/0", Settings(redis_socket_timeout_s=2.0)).reader
+    assert reader._block_ms == 1_000  # XREAD BLOCK stays at half the socket timeout
 
 
 LISTENING = re.compile(rb"hub listening on http://127\.0\.0\.1:(\d+)")

@@ -98,6 +98,8 @@ class StreamReader:
         self._delay = 0.0
         self._next_epoch_check = 0.0
         self._closing = False
+        # BLOCK well below the socket timeout: a reply that is late means a dead link.
+        self._block_ms = min(settings.redis_block_ms, int(settings.redis_socket_timeout_s * 500))
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -246,9 +248,7 @@ class StreamReader:
         self._wake.clear()
         self._blocked = True
         try:
-            reply: Any = await client.xread(
-                streams, count=READ_COUNT, block=self._settings.redis_block_ms
-            )
+            reply: Any = await client.xread(streams, count=READ_COUNT, block=self._block_ms)
         finally:
             self._blocked = False
         for stream, entries in reply or ():
