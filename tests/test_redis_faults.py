@@ -211,6 +211,36 @@ async def test_restart_without_persistence_gives_gap_and_snapshot_with_a_new_epo
             await consuming
 
 
+async def test_redis_back_from_an_older_snapshot_starts_a_new_epoch_never_reusing_seqs(
+    tmp_path: Path,
+) -> None:
+    with running_redis(tmp_path / "rdb") as server:
+        async with redis_hub(server.url) as running, running.http() as http:
+            watcher = await WsRecorder(running.ws_url("p1")).open()
+            await wait_for(lambda: watcher.welcome is not None)
+            for i in range(5):
+                await http.post("/v1/projects/p1/events", json={"type": "a.b", "data": i})
+                if i == 2:
+                    server.cli("save")  # an RDB snapshot taken at head 3
+            await wait_for(lambda: watcher.seqs == [1, 2, 3, 4, 5])
+            assert watcher.welcome is not None
+            old_epoch = watcher.welcome.epoch
+
+            await asyncio.to_thread(server.restart)  # back at head 3: seqs 4 and 5 are gone
+            body = {"type": "a.b", "id": "after", "data": 9}
+            # this hub saw seq 5, so seq 4 is not handed out again in the old epoch
+            assert await publish_until_accepted(http, "p1", body) == 1
+            await asyncio.wait_for(watcher.done.wait(), 10)
+            assert watcher.close_code == 1001
+
+            back = await WsRecorder(running.ws_url("p1", since=5, epoch=old_epoch)).open()
+            await wait_for(lambda: len(back.frames) >= 3, what="welcome, gap, snapshot")
+            welcome, gap = back.frames[:2]
+            assert isinstance(welcome, WelcomeFrame) and welcome.epoch != old_epoch
+            assert gap == GapFrame("epoch", 5, 1, 1)
+            await back.close()
+
+
 async def test_data_flushed_under_a_live_reader_is_noticed_as_a_new_epoch(
     redis_server: RedisServer,
 ) -> None:

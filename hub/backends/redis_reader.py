@@ -211,7 +211,7 @@ class StreamReader:
         if isinstance(client, RedisCluster):
             await client.initialize()
         await client.ping()
-        await self._check_epochs(client)
+        await self._recheck_positions()
         if not self.healthy:
             self.healthy = True
             self.reconnects += 1
@@ -298,6 +298,7 @@ class StreamReader:
             )
         cursor.seq = events[-1].seq
         assert epoch is not None
+        self._store.note(project, epoch, cursor.seq)
         self._notify(project, epoch, events)
 
     def _epoch_changed(self, project: str, cursor: Cursor, epoch: str) -> None:
@@ -313,8 +314,19 @@ class StreamReader:
         except Exception:
             logger.exception("listener failed on project %s", project)
 
+    async def _recheck_positions(self) -> None:
+        """After a (re)connect: Redis may have restarted empty or from an older copy. The
+        script starts a new epoch when the counter is gone or behind what this process saw."""
+        self._next_epoch_check = time.monotonic() + self._settings.redis_epoch_check_s
+        pinned = [(p, c) for p, c in self.cursors.items() if c.seq is not None]
+        positions = await asyncio.gather(*(self._store.position(p) for p, _ in pinned))
+        for (project, cursor), position in zip(pinned, positions, strict=True):
+            if self.cursors.get(project) is cursor and position.epoch != cursor.epoch:
+                self._epoch_changed(project, cursor, position.epoch)
+
     async def _check_epochs(self, client: RedisClient) -> None:
-        """Compare every pinned epoch with Redis: a missing or other epoch means data loss."""
+        """Compare every pinned epoch with Redis: a missing or other epoch means data loss
+        (flushed, expired or evicted keys, with the connection never broken)."""
         self._next_epoch_check = time.monotonic() + self._settings.redis_epoch_check_s
         pinned = [(p, c) for p, c in self.cursors.items() if c.seq is not None]
         if not pinned:
@@ -328,7 +340,7 @@ class StreamReader:
                 continue
             epoch = value.decode() if value is not None else None
             if epoch is None:
-                # Gone (lost or expired): start the new epoch now, as a publish would.
+                # Gone: start the new epoch now, as the next publish would.
                 epoch = (await self._store.position(project)).epoch
             if epoch != cursor.epoch and self.cursors.get(project) is cursor:
                 self._epoch_changed(project, cursor, epoch)

@@ -42,10 +42,12 @@ class ProjectKeys:
 
 # KEYS: seq, epoch, events, snap, snapidx, then one key per idempotency id of a publish.
 # ARGV[1] op: "position" | "read" | "snapshot" | "publish"; ARGV[2] a fresh random epoch
-# (used only if a new one must start); ARGV[3] key TTL in ms (0: none).
-#   read:     ARGV[4] since, ARGV[5] limit
-#   publish:  ARGV[4] retention (MAXLEN ~), ARGV[5] snapshot key bound, ARGV[6] id TTL ms,
-#             ARGV[7] n, then 5 per event: type, has_key ("0"/"1"), key, id key index
+# (used only if a new one must start); ARGV[3] key TTL in ms (0: none); ARGV[4], ARGV[5] the
+# epoch and the highest seq the caller has seen ("", 0: none): a counter below it was
+# restored from an older copy (RDB, AOF everysec, a failover), so a new epoch starts.
+#   read:     ARGV[6] since, ARGV[7] limit
+#   publish:  ARGV[6] retention (MAXLEN ~), ARGV[7] snapshot key bound, ARGV[8] id TTL ms,
+#             ARGV[9] n, then 5 per event: type, has_key ("0"/"1"), key, id key index
 #             (0: none), data
 # Every op returns {epoch, head, oldest, ...}: read adds the XRANGE entries, snapshot the
 # snap hash (flat), publish one seq per event.
@@ -74,6 +76,8 @@ if head and epoch then
   -- a counter behind its own stream was restored from somewhere else: never reuse a seq
   local top = redis.call('XREVRANGE', events_key, '+', '-', 'COUNT', 1)[1]
   if top and seq_of(top[1]) > head then head = nil end
+  -- a counter behind what a hub already saw in this epoch went back in time
+  if head and epoch == ARGV[4] and head < tonumber(ARGV[5]) then head = nil end
 end
 if not head or not epoch then
   epoch, head = ARGV[2], 0
@@ -87,7 +91,7 @@ end
 if op == 'position' then
   return {epoch, head, oldest(head)}
 elseif op == 'read' then
-  local since, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+  local since, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
   local entries = redis.call('XRANGE', events_key, (since + 1) .. '-0', '+', 'COUNT', limit)
   return {epoch, head, oldest(head), entries}
 elseif op == 'snapshot' then
@@ -96,13 +100,13 @@ elseif op ~= 'publish' then
   return redis.error_reply('unknown op ' .. tostring(op))
 end
 
-local retention, snap_max, id_ttl, n = ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local retention, snap_max, id_ttl, n = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 local now = redis.call('TIME')
 local ts = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
 local result = {epoch, 0, 0}
 local keyed = false
 for i = 0, n - 1 do
-  local at = 8 + i * 5
+  local at = 10 + i * 5
   local etype, has_key, ekey, id_index, data =
     ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
   local seq = nil

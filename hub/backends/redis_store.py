@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ RedisClient = Redis | RedisCluster
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+SEEN_PROJECTS = 100_000  # projects whose highest seq a process remembers
 # What a dead, refusing, restarting or overloaded Redis raises through redis-py.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
@@ -113,6 +115,8 @@ class RedisStore:
         self.client = self.new_client(settings.redis_max_connections)
         self._script = self.client.register_script(HUB_SCRIPT)
         self._cluster_lock = asyncio.Lock()
+        # project -> (epoch, highest seq this process has seen): bounded, least recent first
+        self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._key_ttl_ms = int(settings.redis_key_ttl_s * 1000)
         self._id_ttl_ms = max(1, int(settings.redis_idempotency_ttl_s * 1000))
 
@@ -189,32 +193,47 @@ class RedisStore:
         reply: list[Any] = await self._script(keys=keys, args=args)
         return reply
 
-    def _common_args(self, op: str) -> list[Any]:
-        return [op, new_epoch(), self._key_ttl_ms]
+    def _common_args(self, op: str, project: str) -> list[Any]:
+        epoch, seq = self._seen.get(project, ("", 0))
+        return [op, new_epoch(), self._key_ttl_ms, epoch, seq]
+
+    def note(self, project: str, epoch: str, seq: int) -> None:
+        """Remember the highest seq seen in `epoch`: if Redis comes back with a counter below
+        it (restored from an older copy), the script starts a new epoch instead of reusing."""
+        seen = self._seen
+        known = seen.get(project)
+        if known is None or known[0] != epoch or known[1] < seq:
+            seen[project] = (epoch, seq)
+        seen.move_to_end(project)
+        if len(seen) > SEEN_PROJECTS:
+            seen.popitem(last=False)
+
+    def _position(self, project: str, reply: Sequence[Any]) -> Position:
+        position = _position(reply)
+        self.note(project, position.epoch, position.head)
+        return position
 
     async def position(self, project: str) -> Position:
         keys = self.keys(project).script_keys()
-        reply = await self.call(
-            lambda: self._run_script(keys, self._common_args("position")), retry_safe=True
-        )
-        return _position(reply)
+        args = self._common_args("position", project)
+        reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
+        return self._position(project, reply)
 
     async def read(self, project: str, since: int, limit: int) -> ReadResult:
         keys = self.keys(project).script_keys()
-        args = [*self._common_args("read"), max(since, 0), max(limit, 0)]
+        args = [*self._common_args("read", project), max(since, 0), max(limit, 0)]
         reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
         events = [event_from_entry(project, i, f)[1] for i, f in reply[3]] if limit > 0 else []
-        return ReadResult(_position(reply), events)
+        return ReadResult(self._position(project, reply), events)
 
     async def snapshot(self, project: str) -> tuple[Position, list[StoredEvent]]:
         keys = self.keys(project).script_keys()
-        reply = await self.call(
-            lambda: self._run_script(keys, self._common_args("snapshot")), retry_safe=True
-        )
+        args = self._common_args("snapshot", project)
+        reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
         flat = reply[3]
         events = [_snapshot_event(project, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         events.sort(key=lambda e: e.seq)
-        return _position(reply), events
+        return self._position(project, reply), events
 
     async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
         if not requests:
@@ -224,7 +243,7 @@ class RedisStore:
         id_index: dict[str, int] = {}
         s = self.settings
         args: list[Any] = [
-            *self._common_args("publish"),
+            *self._common_args("publish", project),
             s.retention_events,
             s.snapshot_keys,
             self._id_ttl_ms,
@@ -248,4 +267,5 @@ class RedisStore:
         # Retrying is safe only if every event carries an idempotency id.
         safe = all(r.id is not None for r in requests)
         reply = await self.call(lambda: self._run_script(keys, args), retry_safe=safe)
+        self._position(project, reply)
         return [int(seq) for seq in reply[3:]]
