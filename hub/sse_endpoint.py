@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .auth import Principal, authorize, schedule_expiry
 from .backends.base import StoredEvent
 from .connection import Connection
 from .core import Hub
 from .errors import BadRequest, HubError
+from .limits import ConnectionSlot, admit_connection
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, encode, resume_plan
 from .subscription import SubscriptionParams, parse_since, parse_subscription
-from .topics import TypeFilter
 
 __all__ = [
     "SseSink",
@@ -188,13 +189,6 @@ class SseSink:
 # --- the endpoint and its session ---------------------------------------------------------
 
 
-class _TryLater(HubError):
-    code = "over_capacity"
-    http_status = 503
-    close_code = CloseCode.TRY_AGAIN_LATER
-    retryable = True
-
-
 class _ReplayOverrun(HubError):
     code = "replay_overrun"
     close_code = CloseCode.SLOW_CONSUMER
@@ -210,41 +204,62 @@ async def sse_endpoint(request: Request) -> Response:
         # It wins over since/epoch: EventSource sends it on its own reconnects.
         since, epoch = parse_last_event_id(last_event_id)
         params = msgspec.structs.replace(params, since=since, epoch=epoch)
-    if hub.manager.connection_count >= settings.max_connections:
-        raise _TryLater(f"connection limit reached ({settings.max_connections})")
-    return _SseStream(hub, params)
+    # The same checks as the WebSocket path: the grant (401/403), then a connection slot (503).
+    principal = authorize(request, params.project, "subscribe")
+    slot = admit_connection(request, principal)
+    return _SseStream(hub, params, principal, slot)
 
 
 class _SseStream(Response):
     """The streaming response: runs the session until the stream ends or the client leaves."""
 
-    def __init__(self, hub: Hub, params: SubscriptionParams) -> None:
+    def __init__(
+        self, hub: Hub, params: SubscriptionParams, principal: Principal, slot: ConnectionSlot
+    ) -> None:
         self.status_code = 200
         self.background = None
         self.init_headers(HEADERS)
         self._hub = hub
         self._params = params
+        self._principal = principal
+        self._slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(receive, send)
+        finally:
+            self._slot.release()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
         hub, params, settings = self._hub, self._params, self._hub.settings
+        principal = self._principal
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         sink = SseSink(send, settings.heartbeat_s)
         connection = Connection(
             params.project,
             sink,
-            TypeFilter(params.types),
+            principal.type_filter(params.types),
             queue_events=settings.queue_events,
             queue_bytes=settings.queue_bytes,
             max_frame_bytes=settings.max_frame_bytes,
+            user=principal.subject,
         )
         await hub.manager.add(connection)
         hub.stats.sse_connections += 1
         sink.start(connection)
         session = asyncio.create_task(_run_session(hub, connection, sink, params))
         disconnect = asyncio.create_task(_wait_for_disconnect(receive))
+        expiry = schedule_expiry(
+            principal,
+            lambda: connection.close(
+                CloseCode.UNAUTHORIZED, "token_expired", "token expired; reconnect with a new one"
+            ),
+        )
         try:
             await asyncio.wait({session, disconnect}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if expiry is not None:
+                expiry.cancel()
             connection.closed = True
             for task in (session, disconnect):
                 task.cancel()

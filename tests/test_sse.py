@@ -311,3 +311,32 @@ async def test_curl_with_last_event_id_resumes_exactly_after_that_event(
     ids = [line[4:] for line in output.decode().splitlines() if line.startswith("id: ")]
     assert ids == [f"{epoch}:6", f"{epoch}:7", f"{epoch}:8", f"{epoch}:8", f"{epoch}:9"]
     assert b"event: replayed\n" in output and b'"count":3' in output
+
+
+# --- the same auth and limits as the WebSocket path --------------------------------------
+
+SECRET = "sse-test-secret-that-is-at-least-32-bytes"
+
+
+async def test_connection_limit_answers_503() -> None:
+    async with run_hub(Settings(max_connections=1)) as running, sse(running):
+        async with running.http() as http:
+            response = await http.get(f"/v1/projects/{P}/sse")
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "over_capacity"
+
+
+async def test_token_types_narrow_the_stream_and_expiry_ends_it() -> None:
+    from hub.auth import mint_token
+
+    token = mint_token(SECRET, subject="s", projects=[P], ttl_s=2, types=["ingest.*"])
+    async with run_hub(Settings(secret=SECRET)) as running:
+        async with running.http() as http:
+            assert (await http.get(f"/v1/projects/{P}/sse")).status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        async with sse(running, headers=headers) as stream:
+            await running.hub.publish(P, "agent.run.updated", {"i": 1})
+            await running.hub.publish(P, "ingest.job.updated", {"i": 2})
+            await stream.until("the granted type", lambda: stream.seqs == [2])
+            await stream.until("expiry", lambda: stream.ended, timeout=5)
+            assert stream.of("error")[0].data["close"] == 4001
