@@ -4,7 +4,8 @@ Per project `p` (the `{p}` hash tag keeps all of them in one Cluster slot):
 
     <prefix>:{p}:seq      counter: the last seq assigned (missing -> a new epoch starts)
     <prefix>:{p}:epoch    the epoch string, created together with the counter
-    <prefix>:{p}:events   Stream; entry id `<seq>-0`, fields e (epoch) t (type) ts d (data) [k]
+    <prefix>:{p}:events   Stream; entry id `<seq>-0`, one field v:
+                          "<epoch> <ts> <type> <key length or -> <key><data>"
     <prefix>:{p}:snap     hash: key -> "<seq> <ts> <type> <data>" (latest event per key)
     <prefix>:{p}:snapidx  sorted set: key -> seq, to drop the least recently updated key
     <prefix>:{p}:id:<id>  "<epoch> <seq>" with a TTL: publish idempotency
@@ -124,15 +125,15 @@ for i = 0, n - 1 do
   if not seq then
     head = head + 1
     seq = head
+    -- one packed field: a reply of few elements is much cheaper for clients to parse
+    local key_part = '- '
+    if has_key == '1' then key_part = #ekey .. ' ' .. ekey end
+    redis.call('XADD', events_key, 'MAXLEN', '~', retention, seq .. '-0',
+      'v', epoch .. ' ' .. ts .. ' ' .. etype .. ' ' .. key_part .. data)
     if has_key == '1' then
-      redis.call('XADD', events_key, 'MAXLEN', '~', retention, seq .. '-0',
-        'e', epoch, 't', etype, 'ts', ts, 'd', data, 'k', ekey)
       redis.call('HSET', snap_key, ekey, seq .. ' ' .. ts .. ' ' .. etype .. ' ' .. data)
       redis.call('ZADD', index_key, seq, ekey)
       keyed = true
-    else
-      redis.call('XADD', events_key, 'MAXLEN', '~', retention, seq .. '-0',
-        'e', epoch, 't', etype, 'ts', ts, 'd', data)
     end
     if id_index > 0 then
       redis.call('SET', KEYS[id_index], epoch .. ' ' .. seq, 'PX', id_ttl)

@@ -13,7 +13,7 @@ import logging
 import socket
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -64,26 +64,17 @@ def build_event(
     return StoredEvent(seq, event_type, key, ts, frame)
 
 
-def entry_fields(raw: Any) -> Mapping[bytes, bytes]:
-    """Stream entry fields from XREAD (a dict) or from the script (a flat list)."""
-    if isinstance(raw, dict):
-        return raw
-    return dict(zip(raw[::2], raw[1::2], strict=True))
-
-
-def event_from_entry(project: str, entry_id: bytes, raw_fields: Any) -> tuple[str, StoredEvent]:
-    """(epoch, event) of one stream entry `<seq>-0`."""
-    fields = entry_fields(raw_fields)
-    key = fields.get(b"k")
-    event = build_event(
-        project,
-        int(entry_id.split(b"-", 1)[0]),
-        fields[b"t"].decode(),
-        int(fields[b"ts"]),
-        key.decode() if key is not None else None,
-        fields[b"d"],
-    )
-    return fields[b"e"].decode(), event
+def event_from_entry(project: str, entry_id: bytes, fields: Any) -> tuple[str, StoredEvent]:
+    """(epoch, event) of one stream entry `<seq>-0` (fields from XREAD, XRANGE or the script)."""
+    packed: bytes = fields[b"v"] if isinstance(fields, dict) else fields[1]
+    epoch, ts, event_type, key_length, rest = packed.split(b" ", 4)
+    if key_length == b"-":
+        key, data = None, rest
+    else:
+        size = int(key_length)
+        key, data = rest[:size].decode(), rest[size:]
+    seq = int(entry_id.split(b"-", 1)[0])
+    return epoch.decode(), build_event(project, seq, event_type.decode(), int(ts), key, data)
 
 
 def _snapshot_event(project: str, key: bytes, value: bytes) -> StoredEvent:
