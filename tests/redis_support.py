@@ -4,7 +4,8 @@ can blackhole traffic. Never the machine's 6379.
 
 `python -m tests.redis_support publish URL PROJECT COUNT` is a publisher process for the
 multi-process tests: it publishes COUNT events through `hub.redis_publisher` and prints the
-seqs it got as JSON.
+seqs it got as JSON. `python -m tests.redis_support bench [--persistence always]` prints the
+publish rates and memory figures quoted in docs/operations.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -427,9 +429,77 @@ async def _publish_main(url: str, project: str, count: int, batch: int, tag: str
     sys.stdout.write(msgspec.json.encode(seqs).decode() + "\n")
 
 
+async def _bench_main(persistence: str, count: int) -> None:
+    """Publish rates, replay time and Redis memory per event on a fresh local redis-server."""
+    from redis.asyncio import Redis
+
+    from hub.backends.redis import RedisBackend
+
+    data = msgspec.json.encode(
+        {"job_id": "j17", "progress": 0.42, "stage": "embed", "m": "x" * 130}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        fsync = [] if persistence == "none" else ["--appendfsync", persistence]
+        server = RedisServer(Path(tmp), appendonly=persistence != "none", extra=fsync)
+        server.start()
+        backend = RedisBackend(server.url, Settings(retention_events=count))
+        direct = Redis.from_url(server.url)
+        try:
+
+            def event(i: int, project: str) -> PublishRequest:
+                key = f"ingest.job/j{i:06d}"
+                return PublishRequest(
+                    "ingest.job.updated", msgspec.Raw(data), key, f"{project}-{i}"
+                )
+
+            started = time.perf_counter()
+            for i in range(count):
+                await backend.publish("seq", [event(i, "seq")])
+            one_by_one = count / (time.perf_counter() - started)
+
+            async def publisher(worker: int) -> None:
+                for i in range(count // 20):
+                    await backend.publish(f"c{worker}", [event(i, f"c{worker}")])
+
+            started = time.perf_counter()
+            await asyncio.gather(*(publisher(w) for w in range(20)))
+            concurrent = count // 20 * 20 / (time.perf_counter() - started)
+            started = time.perf_counter()
+            for i in range(0, count, 100):
+                await backend.publish("batch", [event(i + j, "batch") for j in range(100)])
+            batched = count / (time.perf_counter() - started)
+            started = time.perf_counter()
+            await backend.read("seq", 0, 1000)
+            replay_ms = (time.perf_counter() - started) * 1000
+
+            async def usage(key: str) -> int:
+                return int(await direct.memory_usage(key, samples=0) or 0)
+
+            stream = await usage("hub:{seq}:events")
+            snapshot = await usage("hub:{seq}:snap") + await usage("hub:{seq}:snapidx")
+            id_key = await usage("hub:{seq}:id:seq-0")
+        finally:
+            await direct.aclose()
+            await backend.close()
+            server.kill()
+    print(
+        f"persistence {persistence}, {len(data)}-byte data, {count} keyed events with ids:\n"
+        f"  one at a time          {one_by_one:8.0f} events/s\n"
+        f"  20 concurrent          {concurrent:8.0f} events/s\n"
+        f"  batches of 100         {batched:8.0f} events/s\n"
+        f"  read of 1000 events    {replay_ms:8.1f} ms\n"
+        f"  memory per event       {stream / count:8.0f} bytes\n"
+        f"  memory per snapshot key{snapshot / count:8.0f} bytes\n"
+        f"  memory per id          {id_key:8.0f} bytes"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.redis_support")
     sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="publish rates and memory on a fresh redis-server")
+    bench.add_argument("--persistence", choices=["none", "always", "everysec"], default="none")
+    bench.add_argument("--count", type=int, default=3000)
     publish = sub.add_parser("publish")
     publish.add_argument("url")
     publish.add_argument("project")
@@ -437,7 +507,10 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("--batch", type=int, default=1)
     publish.add_argument("--tag", default=str(os.getpid()))
     args = parser.parse_args(argv)
-    asyncio.run(_publish_main(args.url, args.project, args.count, args.batch, args.tag))
+    if args.command == "bench":
+        asyncio.run(_bench_main(args.persistence, args.count))
+    else:
+        asyncio.run(_publish_main(args.url, args.project, args.count, args.batch, args.tag))
 
 
 if __name__ == "__main__":

@@ -186,3 +186,19 @@ async def test_hub_serve_takes_redis_from_the_backend_flag_or_hub_backend(
         await wait_for(lambda: watcher.seqs == [1], what="the event, via the other process")
         assert isinstance(watcher.events[0], EventFrame) and watcher.events[0].data == {"x": 1}
         await watcher.close()
+
+
+async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
+    sock = tmp_path / "redis.sock"
+    with running_redis(tmp_path / "unix", extra=["--unixsocket", str(sock)]):
+        url = f"unix://{sock}?db=0"
+        async with run_hub(
+            fast_settings(url), backend=RedisBackend(url, fast_settings(url))
+        ) as hub:
+            watcher = await WsRecorder(hub.ws_url("p1")).open()
+            await wait_for(lambda: watcher.welcome is not None)
+            assert await hub.hub.publish("p1", "a.b", {"via": "unix"}) == 1
+            await wait_for(lambda: watcher.seqs == [1])
+            async with hub.http() as http:
+                assert (await http.get("/readyz")).status_code == 200
+            await watcher.close()

@@ -121,12 +121,13 @@ class RedisStore:
         options: dict[str, Any] = {
             "socket_timeout": s.redis_socket_timeout_s,
             "socket_connect_timeout": s.redis_connect_timeout_s,
-            "socket_keepalive": True,
-            "socket_keepalive_options": _keepalive_options(s.redis_socket_timeout_s),
             "health_check_interval": max(1, round(s.redis_health_check_s)),
             "retry": Retry(NoBackoff(), 0),
             "client_name": "hub",
         }
+        if not self.url.startswith("unix:"):  # keepalive is a TCP option
+            options["socket_keepalive"] = True
+            options["socket_keepalive_options"] = _keepalive_options(s.redis_socket_timeout_s)
         if self.cluster:
             return RedisCluster.from_url(self.url, max_connections=max_connections, **options)
         pool = BlockingConnectionPool.from_url(
