@@ -231,6 +231,9 @@ class TokenVerifier:
                     options={
                         "require": ["exp", "sub"],
                         "enforce_minimum_key_length": True,
+                        # `iat` grants nothing; checking it refuses tokens minted on a
+                        # machine whose clock runs a second ahead of ours.
+                        "verify_iat": False,
                     },
                 )
             except jwt.InvalidSignatureError:
@@ -467,17 +470,25 @@ _TOKEN_IN_TEXT = re.compile(r"(?i)(token=|bearer\s+)[^\s&\"']+")
 
 class RedactTokens(logging.Filter):
     """Rewrites `token=...` and `Bearer ...` in log records (uvicorn logs every socket's
-    path with its query string)."""
+    path with its query string, and websockets' debug log prints request headers).
+
+    The message and each string argument are redacted in place, so formatters that read
+    the arguments themselves (uvicorn's access log) still get the shape they expect.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken record is the logging module's problem, not ours
-            return True
-        if _TOKEN_IN_TEXT.search(message):
-            record.msg = _TOKEN_IN_TEXT.sub(r"\1[redacted]", message)
-            record.args = None
+        if isinstance(record.msg, str):
+            record.msg = _redact(record.msg)
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: _redact(v) if isinstance(v, str) else v for k, v in args.items()}
         return True
+
+
+def _redact(text: str) -> str:
+    return _TOKEN_IN_TEXT.sub(r"\1[redacted]", text) if _TOKEN_IN_TEXT.search(text) else text
 
 
 # Filters run only for records made by their own logger: name each one that logs paths.

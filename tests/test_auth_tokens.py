@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from uvicorn.logging import AccessFormatter
 
 from hub.auth import (
     OPEN,
@@ -80,6 +81,16 @@ def test_minted_tokens_name_their_key_and_pin_hs256() -> None:
     assert header["alg"] == "HS256"
     assert header["kid"] == key_id(SECRET)
     assert key_id(SECRET) != key_id(OLD_SECRET)
+
+
+def test_a_token_minted_on_a_clock_running_ahead_is_accepted() -> None:
+    token = mint_token(SECRET, subject="a", projects=["p"], now=time.time() + 30)
+    assert TokenVerifier([SECRET]).verify(token).subject == "a"
+
+
+def test_a_token_not_valid_yet_is_refused() -> None:
+    token = jwt.encode(claims(nbf=int(time.time()) + 60), SECRET, algorithm="HS256")
+    assert "not yet valid" in refused(TokenVerifier([SECRET]), token)
 
 
 def test_expired_token_is_refused() -> None:
@@ -359,6 +370,35 @@ def test_log_records_lose_their_tokens(message: str, args: tuple[object, ...]) -
     text = record.getMessage()
     assert "SECRETTOKEN" not in text
     assert "[redacted]" in text
+
+
+def test_redacted_access_log_records_still_format() -> None:
+    # uvicorn's access formatter unpacks the record's arguments itself
+    args = ("1.2.3.4:5", "GET", "/v1/projects/p/events?token=SECRETTOKEN", "1.1", 200)
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', args, None
+    )
+    assert RedactTokens().filter(record)
+    text = AccessFormatter("%(client_addr)s %(request_line)s %(status_code)s").format(record)
+    assert text == "1.2.3.4:5 GET /v1/projects/p/events?token=[redacted] HTTP/1.1 200 OK"
+
+
+def test_headers_in_debug_records_lose_their_tokens() -> None:
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.DEBUG,
+        __file__,
+        1,
+        "< %s: %s",
+        ("authorization", "Bearer x.y.z"),
+        None,
+    )
+    RedactTokens().filter(record)
+    assert record.getMessage() == "< authorization: Bearer [redacted]"
+    mapping = logging.LogRecord("x", logging.INFO, __file__, 1, "%(p)s", None, None)
+    mapping.args = {"p": "/ws?since=1&token=abc"}
+    RedactTokens().filter(mapping)
+    assert mapping.getMessage() == "/ws?since=1&token=[redacted]"
 
 
 # --- hub token ---------------------------------------------------------------------------
