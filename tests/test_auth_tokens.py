@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import inspect
 import json
 import logging
 import time
@@ -25,7 +27,7 @@ from hub.auth import (
     mint_token,
     parse_secrets,
 )
-from hub.cli import main as hub_main
+from hub.cli import build_parser
 from hub.config import Settings
 from hub.errors import Forbidden, Unauthorized
 from hub.topics import TypeFilter
@@ -401,7 +403,15 @@ def test_headers_in_debug_records_lose_their_tokens() -> None:
     assert mapping.getMessage() == "/ws?since=1&token=[redacted]"
 
 
-# --- hub token ---------------------------------------------------------------------------
+# --- hub token, hub serve --secret --------------------------------------------------------
+
+
+def hub_main(argv: list[str]) -> None:
+    """Run a `hub` subcommand without `main`'s logging setup (it would replace pytest's)."""
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    if inspect.iscoroutine(result):
+        asyncio.run(result)
 
 
 def test_hub_token_mints_a_token_the_hub_accepts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -466,3 +476,28 @@ def test_hub_token_refuses_bad_arguments(
         hub_main(argv)
     assert info.value.code == 2
     assert capsys.readouterr().err.startswith("hub token: ")
+
+
+def test_hub_serve_refuses_a_short_secret_before_listening(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUB_SECRET", raising=False)
+    with pytest.raises(SystemExit) as info:
+        hub_main(["serve", "--port", "0", "--secret", "short"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hub: a secret must be at least 32 bytes")
+    assert "short" not in err.replace("a secret must", "")
+
+
+def test_hub_serve_takes_secret_and_origins_from_flags_or_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hub.cli import settings_from_args
+
+    monkeypatch.setenv("HUB_SECRET", OLD_SECRET)
+    args = build_parser().parse_args(["serve", "--allowed-origins", "https://a.example"])
+    settings = settings_from_args(args)
+    assert (settings.secret, settings.allowed_origins) == (OLD_SECRET, "https://a.example")
+    args = build_parser().parse_args(["serve", "--secret", SECRET])
+    assert settings_from_args(args).secret == SECRET

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -441,6 +442,30 @@ async def test_an_idle_kept_alive_connection_is_closed(impatient_hub: RunningHub
     data = await closed_by_server(reader, within=3)
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b'{"status":"ok"}')
     await hang_up(writer)
+
+
+async def test_a_frame_trickled_after_the_upgrade_is_cut_by_the_heartbeat() -> None:
+    # The head deadline ends at the upgrade; then a peer busy trickling one frame cannot
+    # answer pings, and a missed pong closes it (1011) within two heartbeats.
+    async with run_hub(Settings(heartbeat_s=0.5)) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(UPGRADE)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 101")
+        payload = b'{"op":"ping","id":"' + b"x" * 300 + b'"}'
+        frame = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(payload)) + b"\0\0\0\0"
+        frame += payload  # masked with a zero key
+        closed = asyncio.create_task(closed_by_server(reader, within=5))
+        sent = 0
+        while not closed.done() and sent < len(frame) - 1:
+            writer.write(frame[sent : sent + 1])
+            sent += 1
+            await asyncio.sleep(0.02)
+        data = await closed
+        assert sent < len(frame) - 1, "the frame completed before the cut"
+        assert struct.pack("!H", 1011) + b"keepalive ping timeout" in data  # the close frame
+        await wait_for(lambda: running.hub.manager.connection_count == 0, what="removed")
+        await hang_up(writer)
 
 
 async def test_a_publish_body_that_never_arrives_gets_408(impatient_hub: RunningHub) -> None:
