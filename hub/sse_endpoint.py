@@ -252,7 +252,7 @@ class _SseStream(Response):
         expiry = schedule_expiry(
             principal,
             lambda: connection.close(
-                CloseCode.UNAUTHORIZED, "token_expired", "token expired; reconnect with a new one"
+                CloseCode.UNAUTHORIZED, "unauthorized", "token expired; reconnect with a new one"
             ),
         )
         try:
