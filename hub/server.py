@@ -29,6 +29,7 @@ __all__ = [
     "HeadTimeoutH11Protocol",
     "HubServer",
     "head_timeout_protocol",
+    "raise_open_files_limit",
     "serve",
     "uvicorn_config",
 ]
