@@ -64,6 +64,11 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 5.0) 
             logger.debug("redis task ended with %r", task.exception())
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class Cursor:
     """Where the reader stands in one watched project: `seq` is None until pinned."""
 
@@ -134,10 +139,6 @@ class StreamReader:
         if cursor.refs <= 0:
             del self.cursors[project]
 
-    def pinned(self, project: str) -> bool:
-        cursor = self.cursors.get(project)
-        return cursor is not None and cursor.seq is not None
-
     async def pin(self, project: str) -> Position | None:
         """Pin an unpinned watched project's cursor to its head now; None if nothing to pin.
 
@@ -149,6 +150,7 @@ class StreamReader:
             return None
         if cursor.pin is None:
             cursor.pin = asyncio.create_task(self._pin(project, cursor), name="redis-pin")
+            cursor.pin.add_done_callback(_retrieve)  # its callers may all have gone
         return await asyncio.shield(cursor.pin)
 
     async def _pin(self, project: str, cursor: Cursor) -> Position:
