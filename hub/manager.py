@@ -36,13 +36,14 @@ class _Group:
 
 
 class _Project:
-    __slots__ = ("epoch", "groups", "pending", "size")
+    __slots__ = ("epoch", "groups", "last_seq", "pending", "size")
 
     def __init__(self) -> None:
         self.groups: dict[TypeFilter, _Group] = {}
         self.pending: list[StoredEvent] = []
         self.size = 0
         self.epoch: str | None = None
+        self.last_seq: int | None = None  # highest seq dispatched, to notice holes
 
 
 class ConnectionManager:
@@ -127,12 +128,19 @@ class ConnectionManager:
     def dispatch(self, project: str, epoch: str, events: Sequence[StoredEvent]) -> None:
         """Backend listener: queue `events` for this tick's flush (never awaits)."""
         entry = self._projects.get(project)
-        if entry is None or not events:
+        if entry is None:
             return
         if entry.epoch is not None and entry.epoch != epoch:
-            self._epoch_changed(project, entry, epoch)
+            self._epoch_changed(project, entry, epoch)  # an empty batch can announce it
+            return
+        if not events:
             return
         entry.epoch = epoch
+        if entry.last_seq is not None and events[0].seq > entry.last_seq + 1:
+            # The backend skipped seqs (e.g. trimmed before this instance read them): never
+            # let clients pass over a hole silently; they resume and are told `gap`.
+            self._resync(project, entry, entry.last_seq + 1, events[0].seq - 1)
+        entry.last_seq = max(entry.last_seq or 0, events[-1].seq)
         self.stats.events += len(events)
         if not entry.pending:
             self._dirty.append(entry)
@@ -176,17 +184,32 @@ class ConnectionManager:
         """
         logger.warning("project %s: epoch changed %s -> %s", project, entry.epoch, epoch)
         entry.epoch = epoch
-        entry.pending = []
-        for group in entry.groups.values():
-            for connection in list(group.connections):
-                connection.close(
-                    CloseCode.GOING_AWAY,
-                    "epoch_changed",
-                    "the project's sequence restarted; reconnect with since and epoch",
-                    retryable=True,
-                )
+        entry.last_seq = None
+        self._close_project(
+            entry,
+            CloseCode.GOING_AWAY,
+            "epoch_changed",
+            "the project's sequence restarted; reconnect with since and epoch",
+        )
         if self.on_epoch_change is not None:
             self.on_epoch_change(project, epoch)
+
+    def _resync(self, project: str, entry: _Project, first: int, last: int) -> None:
+        logger.warning("project %s: seqs %d..%d never reached this hub", project, first, last)
+        self._close_project(
+            entry,
+            CloseCode.SLOW_CONSUMER,
+            "resync",
+            f"seqs {first}..{last} did not reach this hub in time; reconnect with since",
+        )
+
+    def _close_project(self, entry: _Project, code: int, error_code: str, message: str) -> None:
+        entry.pending = []
+        if entry in self._dirty:
+            self._dirty.remove(entry)
+        for group in entry.groups.values():
+            for connection in list(group.connections):
+                connection.close(code, error_code, message, retryable=True)
 
     def close_all(self, code: int, error_code: str, message: str) -> int:
         """Close every connection (shutdown drain); returns how many were open."""

@@ -88,7 +88,8 @@ class Backend(Protocol):
         """The latest retained-or-not event per key, and the position it was taken at."""
 
     async def watch(self, project: str) -> None:
-        """Start delivering `project`'s events to the listener (idempotent, reference counted
-        by the caller: the ConnectionManager calls it once per project it serves)."""
+        """Start delivering `project`'s events to the listener: every event with a seq above
+        the head of a `position()` made after this call returns reaches it, in order (the
+        ConnectionManager calls it once per project it serves, before reading history)."""
 
     async def unwatch(self, project: str) -> None: ...
