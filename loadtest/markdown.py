@@ -18,10 +18,10 @@ from typing import Any
 __all__ = ["clean", "load_runs", "main", "table"]
 
 _HEADER = (
-    "| scenario | N | projects | rate ev/s | published ev/s hub / base | deliveries/s hub | "
+    "| scenario | N | projects | rate ev/s | posts in flight | published ev/s hub / base | deliveries/s hub | "
     "deliveries/s baseline | hub/baseline | p50 ms hub / base | p99 ms hub / base | "
     "p99.9 ms hub / base | missing+dup hub / base | hub RSS/conn KiB | runs kept hub / base |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 _GROUP_BY = ("scenario", "connections", "projects", "rate", "events", "publishers", "batch", "pad")
 
@@ -89,6 +89,7 @@ def _row(group: list[dict[str, Any]], kept: list[dict[str, Any]]) -> str:
     all_base = [r for r in group if r["target"] == "baseline"]
     return (
         f"| {p['scenario']} | {p['connections']:,} | {p['projects']} | {rate} | "
+        f"{p['publishers']} | "
         f"{pair('publish', 'events_per_second')} | {_num(hub_rate)} | {_num(base_rate)} | "
         f"{ratio} | {pair('latency_ms', 'p50')} | {pair('latency_ms', 'p99')} | "
         f"{pair('latency_ms', 'p99_9')} | {_loss(all_hub)} / {_loss(all_base)} | "
