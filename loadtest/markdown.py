@@ -18,9 +18,10 @@ from typing import Any
 __all__ = ["clean", "load_runs", "main", "table"]
 
 _HEADER = (
-    "| scenario | N | projects | rate ev/s | posts in flight | published ev/s hub / base | deliveries/s hub | "
-    "deliveries/s baseline | hub/baseline | p50 ms hub / base | p99 ms hub / base | "
-    "p99.9 ms hub / base | missing+dup hub / base | hub RSS/conn KiB | runs kept hub / base |\n"
+    "| scenario | N | projects | rate ev/s | posts in flight | published ev/s hub / base | "
+    "deliveries/s hub | deliveries/s baseline | hub/baseline | p50 ms hub / base | "
+    "p99 ms hub / base | p99.9 ms hub / base | missing+dup hub / base | hub RSS/conn KiB | "
+    "runs kept hub / base |\n"
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 _GROUP_BY = ("scenario", "connections", "projects", "rate", "events", "publishers", "batch", "pad")
