@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="hub",
         help="what to start and load; 'both' runs baseline then hub (default hub)",
     )
-    target.add_argument("--url", help="load an already running server on loopback instead")
+    target.add_argument(
+        "--url",
+        action="append",
+        help="load an already running server on loopback instead; repeat it for hub "
+        "instances sharing Redis: worker processes are spread over them round-robin and "
+        "events are published to the first",
+    )
     target.add_argument(
         "--server-pid",
         type=int,
@@ -163,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if args.url is not None:
         if args.target == "both":
-            console.print("[red]--url names one running server: pick --target hub or baseline")
+            console.print("[red]--url names running servers: pick --target hub or baseline")
             return 2
         try:
-            loopback_address(args.url)
+            for url in args.url:
+                loopback_address(url)
         except NotLoopback as exc:
             console.print(f"[red]{exc}")
             return 2

@@ -37,7 +37,9 @@ __all__ = ["Progress", "run_once"]
 Progress = Callable[[dict[str, Any]], None]  # receives live state for the display
 
 
-def _specs(p: RunParams, host: str, port: int, projects: list[str]) -> list[WorkerSpec]:
+def _specs(
+    p: RunParams, addresses: list[tuple[str, int]], projects: list[str]
+) -> list[WorkerSpec]:
     per_worker: list[list[tuple[str, bool]]] = [[] for _ in range(p.workers)]
     for i in range(p.connections):  # round-robin, so projects and slow readers spread evenly
         per_worker[i % p.workers].append((projects[i % p.projects], i < p.slow))
@@ -45,8 +47,7 @@ def _specs(p: RunParams, host: str, port: int, projects: list[str]) -> list[Work
     return [
         WorkerSpec(
             i,
-            host,
-            port,
+            *addresses[i % len(addresses)],  # several hub instances: workers round-robin
             subs,
             p.types,
             p.connect_concurrency,
@@ -71,7 +72,7 @@ async def run_once(
     run_name: str,
     progress: Progress,
     *,
-    url: str | None = None,
+    url: str | list[str] | None = None,
     server_pid: int | None = None,
     server_args: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -84,12 +85,22 @@ async def run_once(
         server = await start_server(target, out_dir / f"{run_name}-server.log", server_args)
         host, port, pid = server.host, server.port, server.pid
         server_json = server.to_json()
+        addresses = [(host, port)]
     else:
-        host, port = loopback_address(url)
+        urls = [url] if isinstance(url, str) else url
+        addresses = [loopback_address(u) for u in urls]
+        host, port = addresses[0]
         pid = server_pid or find_listening_pid(port)
-        server_json = {"target": target, "url": url, "pid": pid, "started_by_tool": False}
+        # RSS and CPU are those of the first server (the one events are published to).
+        server_json = {
+            "target": target,
+            "url": urls[0],
+            "urls": urls,
+            "pid": pid,
+            "started_by_tool": False,
+        }
     try:
-        result = await _Run(target, params, host, port, pid, progress).execute()
+        result = await _Run(target, params, host, port, pid, progress, addresses).execute()
     finally:
         if server is not None:
             await server.stop()
@@ -108,8 +119,10 @@ class _Run:
         port: int,
         pid: int | None,
         progress: Progress,
+        addresses: list[tuple[str, int]] | None = None,
     ) -> None:
         self.target = target
+        self.addresses = addresses or [(host, port)]
         self.p = params
         self.host = host
         self.port = port
@@ -165,7 +178,7 @@ class _Run:
 
     async def execute(self) -> dict[str, Any]:
         p = self.p
-        pool = WorkerPool(_specs(p, self.host, self.port, self.projects), self._on_tick)
+        pool = WorkerPool(_specs(p, self.addresses, self.projects), self._on_tick)
         monitor = asyncio.create_task(self._monitor())
         rss_start = self._sample()
         started = time.time()
