@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .auth import Principal, authorize, schedule_expiry
+from .auth import Principal, authorize
 from .backends.base import StoredEvent
 from .connection import Connection
 from .core import Hub
 from .errors import BadRequest, HubError
 from .limits import ConnectionSlot, admit_connection
-from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, encode, resume_plan
+from .protocol import GapFrame, ReplayedFrame, WelcomeFrame, encode
+from .session import open_connection, start_stream
 from .subscription import SubscriptionParams, parse_since, parse_subscription
 
 __all__ = [
@@ -189,12 +190,6 @@ class SseSink:
 # --- the endpoint and its session ---------------------------------------------------------
 
 
-class _ReplayOverrun(HubError):
-    code = "replay_overrun"
-    close_code = CloseCode.SLOW_CONSUMER
-    retryable = True
-
-
 async def sse_endpoint(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     settings = hub.settings
@@ -232,29 +227,14 @@ class _SseStream(Response):
 
     async def _stream(self, receive: Receive, send: Send) -> None:
         hub, params, settings = self._hub, self._params, self._hub.settings
-        principal = self._principal
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         sink = SseSink(send, settings.heartbeat_s)
-        connection = Connection(
-            params.project,
-            sink,
-            principal.type_filter(params.types),
-            queue_events=settings.queue_events,
-            queue_bytes=settings.queue_bytes,
-            max_frame_bytes=settings.max_frame_bytes,
-            user=principal.subject,
-        )
+        connection, expiry = open_connection(hub, params, self._principal, sink)
         await hub.manager.add(connection)
         hub.stats.sse_connections += 1
         sink.start(connection)
         session = asyncio.create_task(_run_session(hub, connection, sink, params))
         disconnect = asyncio.create_task(_wait_for_disconnect(receive))
-        expiry = schedule_expiry(
-            principal,
-            lambda: connection.close(
-                CloseCode.UNAUTHORIZED, "unauthorized", "token expired; reconnect with a new one"
-            ),
-        )
         try:
             await asyncio.wait({session, disconnect}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -278,79 +258,38 @@ async def _run_session(
     hub: Hub, connection: Connection, sink: SseSink, params: SubscriptionParams
 ) -> None:
     try:
-        await _start_stream(hub, connection, sink, params)
+        await start_stream(hub, connection, params, _SseStreamWriter(sink))
     except HubError as exc:  # e.g. the backend went away while replaying
         connection.close(exc.close_code, exc.code, exc.message, retryable=exc.retryable)
     await sink.finished.wait()
 
 
-async def _start_stream(
-    hub: Hub, connection: Connection, sink: SseSink, params: SubscriptionParams
-) -> None:
-    backend = hub.backend
-    position = await backend.position(params.project)
-    hub.manager.note_epoch(params.project, position.epoch)
-    epoch = sink.epoch = position.epoch.encode()
-    plan = resume_plan(params.since, params.epoch, position.epoch, position.oldest, position.head)
-    welcome = WelcomeFrame(
-        params.project, position.epoch, position.head, position.oldest, hub.settings.heartbeat_s
-    )
-    # Live only: the stream stands at head, so a resume from the welcome's id loses nothing.
-    here = b"%s:%d" % (epoch, position.head) if plan.action == "live" else None
-    await sink.send_blocks(format_control("welcome", encode(welcome), here))
-    if plan.action == "live":
-        connection.go_live(position.head)
-        return
-    if plan.action == "replay":
-        replayed_up_to, count = await _replay(hub, connection, sink, plan.since)
-        hub.manager.stats.replays += 1
-        replayed = encode(ReplayedFrame(count, replayed_up_to))
-        await sink.send_blocks(
-            format_control("replayed", replayed, b"%s:%d" % (epoch, replayed_up_to))
-        )
-        connection.go_live(replayed_up_to)
-        return
-    assert plan.reason is not None
-    hub.manager.stats.gaps += 1
-    gap = GapFrame(plan.reason, plan.since, position.oldest, position.head)
-    await sink.send_blocks(format_control("gap", encode(gap)))
-    snap_position, events = await backend.snapshot(params.project)
-    matched = [e.frame for e in events if connection.filter.matches(e.type)]
-    snapshot = b'{"op":"snapshot","head":%d,"events":[%s]}' % (
-        snap_position.head,
-        b",".join(matched),
-    )
-    await sink.send_blocks(
-        format_control("snapshot", snapshot, b"%s:%d" % (epoch, snap_position.head))
-    )
-    connection.go_live(snap_position.head)
+class _SseStreamWriter:
+    """Session framing for SSE: control messages that move the position carry an `id`."""
 
+    def __init__(self, sink: SseSink) -> None:
+        self._sink = sink
 
-async def _replay(hub: Hub, connection: Connection, sink: SseSink, since: int) -> tuple[int, int]:
-    """Send retained events after `since` until none are left; return (last seq, count)."""
-    backend, settings = hub.backend, hub.settings
-    cursor, count = since, 0
-    chunk = min(settings.history_max_limit, 1000)
-    while True:
-        result = await backend.read(connection.project, cursor, chunk)
-        events = result.events
-        if events and events[0].seq != cursor + 1:
-            raise _ReplayOverrun(f"events after {cursor} were evicted during replay")
-        blocks: list[bytes] = []
-        size = 0
-        for event in events:
-            if not connection.filter.matches(event.type):
-                continue
-            block = format_event(sink.epoch, event)
-            blocks.append(block)
-            size += len(block)
-            count += 1
-            if size >= settings.max_frame_bytes:
-                await sink.send_blocks(b"".join(blocks))
-                blocks, size = [], 0
-        if blocks:
-            await sink.send_blocks(b"".join(blocks))
-        if events:
-            cursor = events[-1].seq
-        if len(events) < chunk:
-            return cursor, count
+    def _id(self, seq: int) -> bytes:
+        return b"%s:%d" % (self._sink.epoch, seq)
+
+    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None:
+        self._sink.epoch = frame.epoch.encode()
+        # Live only: the stream stands at head, so a resume from the welcome's id loses nothing.
+        here = self._id(frame.head) if at_head else None
+        await self._sink.send_blocks(format_control("welcome", encode(frame), here))
+
+    async def events(self, events: list[StoredEvent]) -> None:
+        epoch = self._sink.epoch
+        await self._sink.send_blocks(b"".join(format_event(epoch, e) for e in events))
+
+    async def replayed(self, frame: ReplayedFrame) -> None:
+        block = format_control("replayed", encode(frame), self._id(frame.head))
+        await self._sink.send_blocks(block)
+
+    async def gap(self, frame: GapFrame) -> None:
+        await self._sink.send_blocks(format_control("gap", encode(frame)))
+
+    async def snapshot(self, head: int, frames: list[bytes]) -> None:
+        body = b'{"op":"snapshot","head":%d,"events":[%s]}' % (head, b",".join(frames))
+        await self._sink.send_blocks(format_control("snapshot", body, self._id(head)))

@@ -10,7 +10,7 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .auth import Principal, authorize, schedule_expiry
+from .auth import Principal, authorize
 from .backends.base import StoredEvent
 from .connection import AsgiSink, Connection, DirectSink, Sink
 from .core import Hub
@@ -31,8 +31,8 @@ from .protocol import (
     decode_client_frame,
     encode,
     encode_batch,
-    resume_plan,
 )
+from .session import open_connection, start_stream
 from .subscription import SubscriptionParams, parse_subscription
 from .topics import validate_pattern
 from .uvicorn_ws import EXTENSION
@@ -65,28 +65,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 async def _serve(
     hub: Hub, websocket: WebSocket, params: SubscriptionParams, principal: Principal
 ) -> None:
-    settings = hub.settings
     await websocket.accept()
     sink = _make_sink(websocket)
-    connection = Connection(
-        params.project,
-        sink,
-        principal.type_filter(params.types),
-        queue_events=settings.queue_events,
-        queue_bytes=settings.queue_bytes,
-        max_frame_bytes=settings.max_frame_bytes,
-        user=principal.subject,
-    )
+    connection, expiry = open_connection(hub, params, principal, sink)
     await hub.manager.add(connection)
     sink.start(connection)
-    expiry = schedule_expiry(
-        principal,
-        lambda: connection.close(
-            CloseCode.UNAUTHORIZED, "unauthorized", "token expired; reconnect with a new one"
-        ),
-    )
     try:
-        await _start_stream(hub, connection, sink, params)
+        await start_stream(hub, connection, params, _WebSocketStreamWriter(sink))
         await _serve_ops(hub, websocket, connection, sink, params, principal)
     except WebSocketDisconnect:
         pass
@@ -119,70 +104,28 @@ def _make_sink(websocket: WebSocket) -> Sink:
     return AsgiSink(websocket.send)
 
 
-async def _start_stream(
-    hub: Hub, connection: Connection, sink: Sink, params: SubscriptionParams
-) -> None:
-    backend, settings = hub.backend, hub.settings
-    position = await backend.position(params.project)
-    hub.manager.note_epoch(params.project, position.epoch)
-    welcome = WelcomeFrame(
-        params.project, position.epoch, position.head, position.oldest, settings.heartbeat_s
-    )
-    await sink.send(encode(welcome))
-    plan = resume_plan(params.since, params.epoch, position.epoch, position.oldest, position.head)
-    if plan.action == "live":
-        connection.go_live(position.head)
-        return
-    if plan.action == "replay":
-        replayed_up_to, count = await _replay(hub, connection, sink, plan.since)
-        hub.manager.stats.replays += 1
-        await sink.send(encode(ReplayedFrame(count, replayed_up_to)))
-        connection.go_live(replayed_up_to)
-        return
-    assert plan.reason is not None
-    hub.manager.stats.gaps += 1
-    await sink.send(encode(GapFrame(plan.reason, plan.since, position.oldest, position.head)))
-    snap_position, events = await backend.snapshot(params.project)
-    matched = [e.frame for e in events if connection.filter.matches(e.type)]
-    await sink.send(
-        b'{"op":"snapshot","head":%d,"events":[%s]}' % (snap_position.head, b",".join(matched))
-    )
-    connection.go_live(snap_position.head)
+class _WebSocketStreamWriter:
+    """Session framing for WebSocket: one JSON object per message, events as arrays."""
 
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
 
-async def _replay(hub: Hub, connection: Connection, sink: Sink, since: int) -> tuple[int, int]:
-    """Send retained events after `since` until none are left; return (last seq, count)."""
-    backend, settings = hub.backend, hub.settings
-    cursor, count = since, 0
-    chunk = min(settings.history_max_limit, 1000)
-    while True:
-        result = await backend.read(connection.project, cursor, chunk)
-        events: list[StoredEvent] = result.events
-        if events and events[0].seq != cursor + 1:
-            # retention moved past the cursor while we replayed: the client must be told
-            raise _ReplayOverrun(f"events after {cursor} were evicted during replay")
-        matched = [e for e in events if connection.filter.matches(e.type)]
-        batch: list[bytes] = []
-        size = 0
-        for event in matched:
-            batch.append(event.frame)
-            size += len(event.frame)
-            if size >= settings.max_frame_bytes:
-                await sink.send(encode_batch(batch))
-                batch, size = [], 0
-        if batch:
-            await sink.send(encode_batch(batch))
-        count += len(matched)
-        if events:
-            cursor = events[-1].seq
-        if len(events) < chunk:
-            return cursor, count
+    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None:
+        await self._sink.send(encode(frame))
 
+    async def events(self, events: list[StoredEvent]) -> None:
+        await self._sink.send(encode_batch([e.frame for e in events]))
 
-class _ReplayOverrun(HubError):
-    code = "replay_overrun"
-    close_code = CloseCode.SLOW_CONSUMER
-    retryable = True
+    async def replayed(self, frame: ReplayedFrame) -> None:
+        await self._sink.send(encode(frame))
+
+    async def gap(self, frame: GapFrame) -> None:
+        await self._sink.send(encode(frame))
+
+    async def snapshot(self, head: int, frames: list[bytes]) -> None:
+        await self._sink.send(
+            b'{"op":"snapshot","head":%d,"events":[%s]}' % (head, b",".join(frames))
+        )
 
 
 async def _serve_ops(

@@ -1,0 +1,125 @@
+"""The subscription session both transports share (WebSocket and SSE).
+
+Register the connection (live events queue up), `welcome`, then replay from `since` or
+`gap` + `snapshot`, then go live with the queued events above what was sent. Only the
+framing differs between transports: each passes a StreamWriter.
+"""
+
+from __future__ import annotations
+
+from asyncio import TimerHandle
+from typing import Protocol
+
+from .auth import Principal, schedule_expiry
+from .backends.base import StoredEvent
+from .connection import Connection, Sink
+from .core import Hub
+from .errors import HubError
+from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
+from .subscription import SubscriptionParams
+
+__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "start_stream"]
+
+
+class StreamWriter(Protocol):
+    """How one transport frames the session's control messages and replayed events."""
+
+    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None: ...
+    async def events(self, events: list[StoredEvent]) -> None: ...
+    async def replayed(self, frame: ReplayedFrame) -> None: ...
+    async def gap(self, frame: GapFrame) -> None: ...
+    async def snapshot(self, head: int, frames: list[bytes]) -> None: ...
+
+
+class ReplayOverrun(HubError):
+    """Retention moved past a running replay: the client resumes and is told `gap`."""
+
+    code = "replay_overrun"
+    close_code = CloseCode.SLOW_CONSUMER
+    retryable = True
+
+
+def open_connection(
+    hub: Hub, params: SubscriptionParams, principal: Principal, sink: Sink
+) -> tuple[Connection, TimerHandle | None]:
+    """A Connection for this subscription, and the timer that closes it when its token expires."""
+    settings = hub.settings
+    connection = Connection(
+        params.project,
+        sink,
+        principal.type_filter(params.types),
+        queue_events=settings.queue_events,
+        queue_bytes=settings.queue_bytes,
+        max_frame_bytes=settings.max_frame_bytes,
+        user=principal.subject,
+    )
+    expiry = schedule_expiry(
+        principal,
+        lambda: connection.close(
+            CloseCode.UNAUTHORIZED, "unauthorized", "token expired; reconnect with a new one"
+        ),
+    )
+    return connection, expiry
+
+
+async def start_stream(
+    hub: Hub, connection: Connection, params: SubscriptionParams, writer: StreamWriter
+) -> None:
+    """Everything between registration and live (the connection is already registered)."""
+    backend = hub.backend
+    position = await backend.position(params.project)
+    hub.manager.note_epoch(params.project, position.epoch)
+    plan = resume_plan(params.since, params.epoch, position.epoch, position.oldest, position.head)
+    welcome = WelcomeFrame(
+        params.project, position.epoch, position.head, position.oldest, hub.settings.heartbeat_s
+    )
+    await writer.welcome(welcome, plan.action == "live")
+    if plan.action == "live":
+        connection.go_live(position.head)
+        return
+    if plan.action == "replay":
+        replayed_up_to, count = await _replay(hub, connection, plan.since, writer)
+        hub.manager.stats.replays += 1
+        await writer.replayed(ReplayedFrame(count, replayed_up_to))
+        connection.go_live(replayed_up_to)
+        return
+    assert plan.reason is not None
+    hub.manager.stats.gaps += 1
+    await writer.gap(GapFrame(plan.reason, plan.since, position.oldest, position.head))
+    snap_position, events = await backend.snapshot(params.project)
+    await writer.snapshot(
+        snap_position.head, [e.frame for e in events if connection.filter.matches(e.type)]
+    )
+    connection.go_live(snap_position.head)
+
+
+async def _replay(
+    hub: Hub, connection: Connection, since: int, writer: StreamWriter
+) -> tuple[int, int]:
+    """Send retained events after `since` until none are left; return (last seq, count)."""
+    backend, settings = hub.backend, hub.settings
+    cursor, count = since, 0
+    chunk = min(settings.history_max_limit, 1000)
+    while True:
+        result = await backend.read(connection.project, cursor, chunk)
+        events = result.events
+        if events and events[0].seq != cursor + 1:
+            raise ReplayOverrun(f"events after {cursor} were evicted during replay")
+        batch: list[StoredEvent] = []
+        size = 0
+        for event in events:
+            if not connection.filter.matches(event.type):
+                continue
+            batch.append(event)
+            size += len(event.frame)
+            if size >= settings.max_frame_bytes:
+                await writer.events(batch)
+                count += len(batch)
+                batch, size = [], 0
+        if batch:
+            await writer.events(batch)
+            count += len(batch)
+        if events:
+            cursor = events[-1].seq
+        if len(events) < chunk:
+            return cursor, count
