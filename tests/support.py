@@ -9,7 +9,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import msgspec
 from starlette.routing import BaseRoute
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from hub.app import LifespanHook, create_app
 from hub.backends.base import Backend
@@ -80,8 +83,9 @@ async def run_hub(
         settings, backend=backend, catalog=catalog, routes=routes, lifespan_hooks=lifespan_hooks
     )
     options = {"log_level": "warning", **uvicorn_options}
-    server = HubServer(uvicorn_config(app, host, port, settings, **options),
-                       install_signal_handlers=False)
+    server = HubServer(
+        uvicorn_config(app, host, port, settings, **options), install_signal_handlers=False
+    )
     task = asyncio.create_task(server.serve())
     try:
         await wait_for(lambda: server.started or task.done(), what="server start")
@@ -92,3 +96,45 @@ async def run_hub(
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
+
+
+class FrameRecorder:
+    """A raw WebSocket subscriber recording every frame (arrays flattened) and how it closed."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self.closed: ConnectionClosed | None = None
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                decoded = msgspec.json.decode(await self.ws.recv())
+                self.frames.extend(decoded if isinstance(decoded, list) else [decoded])
+        except ConnectionClosed as exc:
+            self.closed = exc
+
+    def ops(self, op: str) -> list[dict[str, Any]]:
+        return [f for f in self.frames if f["op"] == op]
+
+    @property
+    def seqs(self) -> list[int]:
+        return [f["seq"] for f in self.ops("event")]
+
+    @property
+    def close_code(self) -> int | None:
+        rcvd = self.closed.rcvd if self.closed is not None else None
+        return rcvd.code if rcvd is not None else None
+
+    async def wait_closed(self) -> ConnectionClosed:
+        await wait_for(lambda: self.closed is not None, timeout=5, what="connection closed")
+        assert self.closed is not None
+        return self.closed
+
+    async def wait_frames(self, n: int) -> None:
+        await wait_for(lambda: len(self.frames) >= n, timeout=5, what=f"{n} frames")
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self.task

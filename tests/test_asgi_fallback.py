@@ -16,40 +16,13 @@ from websockets.exceptions import ConnectionClosed
 from hub.config import Settings
 from hub.connection import AsgiSink
 
-from .support import RunningHub, run_hub, wait_for
+from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
 STOCK_WS = "websockets-sansio"
 
 
-class Recorder:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.frames: list[dict[str, Any]] = []
-        self.closed: ConnectionClosed | None = None
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                decoded = msgspec.json.decode(await self.ws.recv())
-                self.frames.extend(decoded if isinstance(decoded, list) else [decoded])
-        except ConnectionClosed as exc:
-            self.closed = exc
-
-    def ops(self, op: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f["op"] == op]
-
-    @property
-    def seqs(self) -> list[int]:
-        return [f["seq"] for f in self.ops("event")]
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.task
-
-
-async def recorder(running: RunningHub, project: str = "p1", **query: Any) -> Recorder:
-    rec = Recorder(await connect(running.ws_url(project, **query), max_size=None))
+async def recorder(running: RunningHub, project: str = "p1", **query: Any) -> FrameRecorder:
+    rec = FrameRecorder(await connect(running.ws_url(project, **query), max_size=None))
     await wait_for(lambda: bool(rec.ops("welcome")), timeout=5, what="welcome")
     return rec
 

@@ -3,66 +3,25 @@ and a second client of the same project keeps receiving every event throughout."
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import msgspec
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from hub.config import Settings
 
-from .support import RunningHub, run_hub, wait_for
+from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
 PROJECT = "p1"
 
 
-class Client:
-    """A raw subscriber that records every frame (arrays flattened) and how it was closed."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.frames: list[dict[str, Any]] = []
-        self.closed: ConnectionClosed | None = None
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                message = await self.ws.recv()
-                decoded = msgspec.json.decode(message)
-                self.frames.extend(decoded if isinstance(decoded, list) else [decoded])
-        except ConnectionClosed as exc:
-            self.closed = exc
-
-    def ops(self, op: str) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f["op"] == op]
-
-    @property
-    def seqs(self) -> list[int]:
-        return [f["seq"] for f in self.ops("event")]
-
-    async def wait_closed(self) -> ConnectionClosed:
-        await wait_for(lambda: self.closed is not None, timeout=5, what="connection closed")
-        assert self.closed is not None
-        return self.closed
-
-    async def wait_frames(self, n: int) -> None:
-        await wait_for(lambda: len(self.frames) >= n, timeout=5, what=f"{n} frames")
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.task
-
-
-async def open_client(running: RunningHub, project: str = PROJECT, **query: Any) -> Client:
+async def open_client(running: RunningHub, project: str = PROJECT, **query: Any) -> FrameRecorder:
     ws = await connect(running.ws_url(project, **query), max_size=None)
-    return Client(ws)
+    return FrameRecorder(ws)
 
 
-async def welcomed(running: RunningHub, **query: Any) -> Client:
+async def welcomed(running: RunningHub, **query: Any) -> FrameRecorder:
     client = await open_client(running, **query)
     await wait_for(lambda: bool(client.ops("welcome")), timeout=5, what="welcome")
     return client
@@ -80,7 +39,7 @@ async def publish(running: RunningHub, n: int) -> list[int]:
 
 
 async def assert_everyone_gets_everything(
-    running: RunningHub, clients: list[Client], already: list[int]
+    running: RunningHub, clients: list[FrameRecorder], already: list[int]
 ) -> None:
     """Publish more events; each client must then hold every seq published, in order, once."""
     published = already + await publish(running, 5)
@@ -178,55 +137,55 @@ async def test_subscribe_after_an_error_still_works(hub_1k: RunningHub) -> None:
 
 # --- errors that close the connection ----------------------------------------------------
 
-Abuse = Callable[[RunningHub], Awaitable[Client]]
+Abuse = Callable[[RunningHub], Awaitable[FrameRecorder]]
 
 
-async def send_binary(running: RunningHub) -> Client:
+async def send_binary(running: RunningHub) -> FrameRecorder:
     client = await welcomed(running)
     await client.ws.send(b"\x00\x01binary")
     return client
 
 
-async def send_oversize(running: RunningHub) -> Client:
+async def send_oversize(running: RunningHub) -> FrameRecorder:
     client = await welcomed(running)
     await client.ws.send('{"op":"ping","id":"' + "x" * 2000 + '"}')
     return client
 
 
-async def send_invalid_utf8(running: RunningHub) -> Client:
+async def send_invalid_utf8(running: RunningHub) -> FrameRecorder:
     client = await welcomed(running)
     await client.ws.send(b'{"op":"ping","id":"\xff\xfe"}', text=True)  # raw bytes, text opcode
     return client
 
 
-async def exceed_error_budget(running: RunningHub) -> Client:
+async def exceed_error_budget(running: RunningHub) -> FrameRecorder:
     client = await welcomed(running)
     for i in range(4):  # budget is 3
         await client.ws.send('{"op":"nope","id":%d}' % i)  # noqa: UP031
     return client
 
 
-async def bad_since(running: RunningHub) -> Client:
+async def bad_since(running: RunningHub) -> FrameRecorder:
     return await open_client(running, since="abc")
 
 
-async def negative_since(running: RunningHub) -> Client:
+async def negative_since(running: RunningHub) -> FrameRecorder:
     return await open_client(running, since="-1")
 
 
-async def bad_types(running: RunningHub) -> Client:
+async def bad_types(running: RunningHub) -> FrameRecorder:
     return await open_client(running, types="agent.*,Bad Pattern")
 
 
-async def too_many_types(running: RunningHub) -> Client:
+async def too_many_types(running: RunningHub) -> FrameRecorder:
     return await open_client(running, types="a.*,b.*,c.*")
 
 
-async def bad_project(running: RunningHub) -> Client:
+async def bad_project(running: RunningHub) -> FrameRecorder:
     return await open_client(running, project="-not-a-project")
 
 
-async def long_project(running: RunningHub) -> Client:
+async def long_project(running: RunningHub) -> FrameRecorder:
     return await open_client(running, project="p" * 129)
 
 

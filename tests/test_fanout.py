@@ -31,9 +31,9 @@ class Recorder:
                     self.others.append(frame)
 
 
-async def open_recorders(running: RunningHub, project: str, n: int, **query: object) -> list[
-    tuple[Recorder, asyncio.Task[None]]
-]:
+async def open_recorders(
+    running: RunningHub, project: str, n: int, **query: object
+) -> list[tuple[Recorder, asyncio.Task[None]]]:
     async def one() -> tuple[Recorder, asyncio.Task[None]]:
         ws = await connect(running.ws_url(project, **query), max_size=None)
         recorder = Recorder(ws)

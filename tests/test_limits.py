@@ -13,8 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 from starlette.applications import Starlette
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect
 
 from hub.auth import mint_token
 from hub.config import Settings
@@ -27,7 +26,7 @@ from hub.limits import (
     TokenBucket,
 )
 
-from .support import RunningHub, run_hub, wait_for
+from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
 SECRET = "limits-test-secret-at-least-32-bytes-long"
 
@@ -156,42 +155,13 @@ def limits_of(running: RunningHub) -> Limits:
     return limits
 
 
-class Subscriber:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.frames: list[dict[str, Any]] = []
-        self.closed: ConnectionClosed | None = None
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                decoded = msgspec.json.decode(await self.ws.recv())
-                self.frames.extend(decoded if isinstance(decoded, list) else [decoded])
-        except ConnectionClosed as exc:
-            self.closed = exc
-
-    @property
-    def seqs(self) -> list[int]:
-        return [f["seq"] for f in self.frames if f["op"] == "event"]
-
-    @property
-    def close_code(self) -> int | None:
-        rcvd = self.closed.rcvd if self.closed is not None else None
-        return rcvd.code if rcvd is not None else None
-
-    async def close(self) -> None:
-        await self.ws.close()
-        await self.task
-
-
-async def subscribe(running: RunningHub, project: str = "p1", **options: Any) -> Subscriber:
+async def subscribe(running: RunningHub, project: str = "p1", **options: Any) -> FrameRecorder:
     headers = options.pop("headers", None)
     ws = await connect(running.ws_url(project, **options), additional_headers=headers)
-    return Subscriber(ws)
+    return FrameRecorder(ws)
 
 
-async def welcomed(running: RunningHub, project: str = "p1", **options: Any) -> Subscriber:
+async def welcomed(running: RunningHub, project: str = "p1", **options: Any) -> FrameRecorder:
     subscriber = await subscribe(running, project, **options)
     await wait_for(
         lambda: bool(subscriber.frames) or subscriber.closed is not None, what="first frame"
@@ -219,7 +189,7 @@ async def test_a_flood_beyond_the_connection_limit_gets_1013_and_the_others_keep
         existing = [await welcomed(running) for _ in range(10)]
         published = [await hub.publish("p1", "ingest.job.updated", {"i": i}) for i in range(3)]
 
-        async def one_more() -> Subscriber:
+        async def one_more() -> FrameRecorder:
             subscriber = await subscribe(running)
             await wait_for(lambda: subscriber.closed is not None, what="refused")
             return subscriber

@@ -100,8 +100,7 @@ async def test_since_older_than_retention_yields_gap_then_snapshot_of_latest_per
         assert snapshot.head == 50
         latest = {e.key: (e.seq, e.data) for e in snapshot.events}
         # i = 47, 48, 49 got seqs 48, 49, 50 and keys job2, job0, job1
-        assert latest == {"job2": (48, {"i": 47}), "job0": (49, {"i": 48}),
-                          "job1": (50, {"i": 49})}
+        assert latest == {"job2": (48, {"i": 47}), "job0": (49, {"i": 48}), "job1": (50, {"i": 49})}
 
 
 async def test_wrong_epoch_yields_gap_epoch_and_snapshot(running_hub: RunningHub) -> None:

@@ -77,7 +77,9 @@ async def test_stalled_reader_is_closed_with_4008_while_others_receive_everythin
         assert last.close == 4008 and last.retryable
         assert protocol.close_rcvd is not None and protocol.close_rcvd.code == 4008
         delivered = [
-            f.seq for t in texts[:-1] for f in decode_server_frames(t.data)
+            f.seq
+            for t in texts[:-1]
+            for f in decode_server_frames(t.data)
             if isinstance(f, EventFrame)
         ]
         assert delivered == list(range(1, len(delivered) + 1))  # a prefix, in order
