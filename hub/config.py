@@ -94,6 +94,12 @@ class Settings(msgspec.Struct, kw_only=True):
     body_timeout_s: float = 30.0  # a publish body must arrive within this (else 408)
     max_request_head: int = 16 * KiB  # request line + headers
 
+    # Memory bounds (docs/operations.md, "Memory and bounds"); memory backend only.
+    snapshot_bytes: int = 32 * MiB  # snapshot frames per project; least recently updated go
+    # every project's retention + snapshot together (frames + ~320 B/event): the largest
+    # projects lose their oldest data first, subscribers behind it get `gap`
+    memory_budget_bytes: int = 512 * MiB
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -140,6 +146,9 @@ class Settings(msgspec.Struct, kw_only=True):
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         self._check_redis()
+        for name in ("snapshot_bytes", "memory_budget_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
 
     def _check_redis(self) -> None:
         for name in (

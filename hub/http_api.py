@@ -152,12 +152,14 @@ async def snapshot(request: Request) -> Response:
             request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
         )
     )
-    position, events = await hub.backend.snapshot(project)
+    view = await hub.backend.snapshot_view(project)
+    position, events = view.position, view.events
     frames = [e.frame for e in events if type_filter.matches(e.type)]
-    head = b'{"epoch":%s,"head":%d,"oldest":%d,"events":[' % (
+    head = b'{"epoch":%s,"head":%d,"oldest":%d,"truncated":%s,"events":[' % (
         _encoder.encode(position.epoch),
         position.head,
         position.oldest,
+        b"true" if view.truncated else b"false",
     )
     return json_response(head + b",".join(frames) + b"]}")
 

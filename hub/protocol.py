@@ -108,6 +108,7 @@ class GapFrame(msgspec.Struct, tag_field="op", tag="gap"):
 class SnapshotFrame(msgspec.Struct, tag_field="op", tag="snapshot"):
     head: int
     events: list[EventFrame]
+    truncated: bool = False  # the snapshot's bounds dropped keys in this epoch
 
 
 class SubscribedFrame(msgspec.Struct, tag_field="op", tag="subscribed"):

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Backend, EventListener, Position, PublishRequest, ReadResult, StoredEvent
+from .base import (
+    Backend,
+    EventListener,
+    Position,
+    PublishRequest,
+    ReadResult,
+    SnapshotView,
+    StoredEvent,
+)
 from .memory import MemoryBackend
 
 __all__ = [
@@ -13,6 +21,7 @@ __all__ = [
     "Position",
     "PublishRequest",
     "ReadResult",
+    "SnapshotView",
     "StoredEvent",
     "create_backend",
 ]

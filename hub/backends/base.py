@@ -20,6 +20,7 @@ __all__ = [
     "Position",
     "PublishRequest",
     "ReadResult",
+    "SnapshotView",
     "StoredEvent",
 ]
 
@@ -56,6 +57,15 @@ class ReadResult(msgspec.Struct, frozen=True):
     events: list[StoredEvent]
 
 
+class SnapshotView(msgspec.Struct, frozen=True):
+    """A snapshot and whether its bounds (keys, bytes, memory budget) have dropped keys from
+    it in this epoch: then some keys' latest events are missing from `events`."""
+
+    position: Position
+    events: list[StoredEvent]
+    truncated: bool = False
+
+
 # Called with (project, epoch, events in seq order) for every project being watched.
 EventListener = Callable[[str, str, Sequence[StoredEvent]], None]
 
@@ -79,13 +89,18 @@ class Backend(Protocol):
         A request whose `id` was seen within retention returns its first seq and adds nothing.
         """
 
-    async def position(self, project: str) -> Position: ...
+    async def position(self, project: str) -> Position:
+        """Where `project` stands. Reads never create a project: one that does not exist
+        answers head 0 in the epoch its first publish will have."""
 
     async def read(self, project: str, since: int, limit: int) -> ReadResult:
         """Retained events with seq > since, oldest first, at most `limit` of them."""
 
     async def snapshot(self, project: str) -> tuple[Position, list[StoredEvent]]:
         """The latest retained-or-not event per key, and the position it was taken at."""
+
+    async def snapshot_view(self, project: str) -> SnapshotView:
+        """snapshot(), and whether keys were left out of it by its bounds."""
 
     async def watch(self, project: str) -> None:
         """Start delivering `project`'s events to the listener: every event with a seq above

@@ -2,6 +2,10 @@
 
 Publishing calls the listener synchronously, so an event reaches the ConnectionManager in
 the same loop tick it got its seq. Idle projects are evicted so memory stays bounded.
+
+Only publishing creates a project: reads (position, history, snapshot, watch) of one that
+does not exist answer an empty view in the epoch its first publish will have (EpochBook),
+so nobody who cannot write can allocate memory or push another project out.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from ..config import Settings
-from ..retention import ProjectLog, RetentionLimits, new_epoch
-from .base import EventListener, Position, PublishRequest, ReadResult, StoredEvent
+from ..retention import MemoryLedger, ProjectLog, RetentionLimits
+from .base import EventListener, Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
+from .memory_budget import enforce_budget
+from .memory_epochs import EpochBook
 
 __all__ = ["MemoryBackend"]
 
@@ -31,7 +37,11 @@ class MemoryBackend:
             settings.retention_bytes,
             settings.retention_age_s,
             settings.snapshot_keys,
+            settings.snapshot_bytes,
         )
+        self._budget = settings.memory_budget_bytes
+        self.ledger = MemoryLedger()
+        self._epochs = EpochBook()
         self._idle_s = settings.project_idle_s
         self._max_projects = settings.max_projects
         self._clock = clock
@@ -39,6 +49,8 @@ class MemoryBackend:
         self._logs: OrderedDict[str, ProjectLog] = OrderedDict()
         self._last_active: dict[str, float] = {}
         self._watched: dict[str, int] = {}
+        # epochs told to subscribers of projects that do not exist yet (bounded by watches)
+        self._promised: dict[str, str] = {}
         self._listener: EventListener | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -57,9 +69,11 @@ class MemoryBackend:
         return True
 
     def _log(self, project: str) -> ProjectLog:
+        """The project's log, created if need be: for publishing only."""
         log = self._logs.get(project)
         if log is None:
-            log = ProjectLog(project, self._limits, self._clock, new_epoch())
+            epoch = self._promised.get(project) or self._epochs.epoch(project)
+            log = ProjectLog(project, self._limits, self._clock, epoch, self.ledger)
             self._logs[project] = log
             self._last_active[project] = self._clock()
             self._evict_over_capacity(keep=project)
@@ -68,30 +82,52 @@ class MemoryBackend:
             self._last_active[project] = self._clock()
         return log
 
+    def _empty(self, project: str) -> Position:
+        """What a project that does not exist looks like: no events, its future epoch."""
+        epoch = self._promised.get(project) or self._epochs.epoch(project)
+        return Position(epoch, 1, 0)
+
     async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
+        if not requests:
+            return []
         log = self._log(project)
         head_before = log.head
         seqs = [log.append(r.type, r.data, r.key, r.id) for r in requests]
         if log.head > head_before and self._listener is not None:
             fresh = log.read(head_before, log.head - head_before)
             self._listener(project, log.epoch, fresh)
+        # After the listener: live subscribers get every event even if the budget drops it.
+        enforce_budget(self._logs.values(), self.ledger, self._budget)
         return seqs
 
     async def position(self, project: str) -> Position:
-        return self._log(project).position()
+        log = self._logs.get(project)
+        return log.position() if log is not None else self._empty(project)
 
     async def read(self, project: str, since: int, limit: int) -> ReadResult:
-        log = self._log(project)
+        log = self._logs.get(project)
+        if log is None:
+            return ReadResult(self._empty(project), [])
         events = log.read(since, limit)
         return ReadResult(log.position(), events)
 
     async def snapshot(self, project: str) -> tuple[Position, list[StoredEvent]]:
-        log = self._log(project)
-        return log.position(), log.snapshot()
+        view = await self.snapshot_view(project)
+        return view.position, view.events
+
+    async def snapshot_view(self, project: str) -> SnapshotView:
+        log = self._logs.get(project)
+        if log is None:
+            return SnapshotView(self._empty(project), [])
+        return SnapshotView(log.position(), log.snapshot(), log.snapshot_truncated)
 
     async def watch(self, project: str) -> None:
         self._watched[project] = self._watched.get(project, 0) + 1
-        self._log(project)
+        if project in self._logs:
+            self._logs.move_to_end(project)
+            self._last_active[project] = self._clock()
+        elif project not in self._promised:
+            self._promised[project] = self._epochs.epoch(project)
 
     async def unwatch(self, project: str) -> None:
         left = self._watched.get(project, 0) - 1
@@ -99,6 +135,7 @@ class MemoryBackend:
             self._watched[project] = left
         else:
             self._watched.pop(project, None)
+            self._promised.pop(project, None)
             if project in self._last_active:
                 self._last_active[project] = self._clock()
 
@@ -108,8 +145,11 @@ class MemoryBackend:
         return len(self._logs)
 
     def _drop(self, project: str) -> None:
-        self._logs.pop(project, None)
+        log = self._logs.pop(project, None)
         self._last_active.pop(project, None)
+        if log is not None:
+            log.release()
+            self._epochs.dropped(project)  # if it comes back, it is in a new epoch
 
     def _evict_over_capacity(self, keep: str) -> None:
         """Drop least recently active unwatched projects (never `keep`, just created)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..config import Settings
-from .base import EventListener, Position, PublishRequest, ReadResult, StoredEvent
+from .base import EventListener, Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
 from .redis_reader import StreamReader
 from .redis_store import RedisStore
 
@@ -58,6 +58,10 @@ class RedisBackend:
         return await self.store.read(project, since, limit)
 
     async def snapshot(self, project: str) -> tuple[Position, list[StoredEvent]]:
+        view = await self.store.snapshot(project)
+        return view.position, view.events
+
+    async def snapshot_view(self, project: str) -> SnapshotView:
         return await self.store.snapshot(project)
 
     async def watch(self, project: str) -> None:

@@ -8,11 +8,20 @@ Per project `p` (the `{p}` hash tag keeps all of them in one Cluster slot):
                           "<epoch> <ts> <type> <key length or -> <key><data>"
     <prefix>:{p}:snap     hash: key -> "<seq> <ts> <type> <data>" (latest event per key)
     <prefix>:{p}:snapidx  sorted set: key -> seq, to drop the least recently updated key
+    <prefix>:{p}:snaptrunc  "1" once the key bound has dropped a key in this epoch
     <prefix>:{p}:id:<id>  "<epoch> <seq>" with a TTL: publish idempotency
 
 The script runs atomically, so seqs stay contiguous with any number of publishers, and a lost
-counter can never be mistaken for a live one: with no counter (or no epoch) the script starts a
+counter can never be mistaken for a live one: with no counter (or no epoch) a publish starts a
 new epoch, drops the old life's stream and snapshot, and counts from 1 again.
+
+Only a publish writes: a read of a project with no live sequence answers an empty view (head
+0) and creates no key. Its epoch is the one the first publish will take, derived alike by
+every hub from the key name and the key-TTL period (a life that expired began at least one
+TTL earlier, so the next one gets another epoch). When there is evidence of an earlier life
+(an epoch key left beside a lost counter, or a caller that saw seqs in another epoch) the data
+was lost: reads answer an epoch derived from that evidence and the publish starts a random
+one, so every client holding a seq is told `gap`.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ __all__ = ["HUB_SCRIPT", "ProjectKeys"]
 class ProjectKeys:
     """The keys of one project, in the order the script takes them."""
 
-    __slots__ = ("epoch", "events", "id_prefix", "seq", "snap", "snapidx")
+    __slots__ = ("epoch", "events", "id_prefix", "seq", "snap", "snapidx", "snaptrunc")
 
     def __init__(self, prefix: str, project: str) -> None:
         base = f"{prefix}:{{{project}}}"
@@ -32,16 +41,17 @@ class ProjectKeys:
         self.events = f"{base}:events"
         self.snap = f"{base}:snap"
         self.snapidx = f"{base}:snapidx"
+        self.snaptrunc = f"{base}:snaptrunc"
         self.id_prefix = f"{base}:id:"
 
     def script_keys(self) -> list[str]:
-        return [self.seq, self.epoch, self.events, self.snap, self.snapidx]
+        return [self.seq, self.epoch, self.events, self.snap, self.snapidx, self.snaptrunc]
 
     def id_key(self, idempotency_id: str) -> str:
         return self.id_prefix + idempotency_id
 
 
-# KEYS: seq, epoch, events, snap, snapidx, then one key per idempotency id of a publish.
+# KEYS: seq, epoch, events, snap, snapidx, snaptrunc, then one key per idempotency id.
 # ARGV[1] op: "position" | "read" | "snapshot" | "publish"; ARGV[2] a fresh random epoch
 # (used only if a new one must start); ARGV[3] key TTL in ms (0: none); ARGV[4], ARGV[5] the
 # epoch and the highest seq the caller has seen ("", 0: none): a counter below it was
@@ -51,10 +61,10 @@ class ProjectKeys:
 #             ARGV[9] n, then 5 per event: type, has_key ("0"/"1"), key, id key index
 #             (0: none), data
 # Every op returns {epoch, head, oldest, ...}: read adds the XRANGE entries, snapshot the
-# snap hash (flat), publish one seq per event.
+# snap hash (flat) and 1 if keys were dropped from it, publish one seq per event.
 HUB_SCRIPT = r"""
 local seq_key, epoch_key, events_key = KEYS[1], KEYS[2], KEYS[3]
-local snap_key, index_key = KEYS[4], KEYS[5]
+local snap_key, index_key, trunc_key = KEYS[4], KEYS[5], KEYS[6]
 local op, ttl = ARGV[1], tonumber(ARGV[3])
 
 local function keep(key)
@@ -73,16 +83,41 @@ end
 
 local head = tonumber(redis.call('GET', seq_key) or '')
 local epoch = redis.call('GET', epoch_key)
-if head and epoch then
+local live = head and epoch
+if live then
   -- a counter behind its own stream was restored from somewhere else: never reuse a seq
   local top = redis.call('XREVRANGE', events_key, '+', '-', 'COUNT', 1)[1]
-  if top and seq_of(top[1]) > head then head = nil end
+  if top and seq_of(top[1]) > head then live = false end
   -- a counter behind what a hub already saw in this epoch went back in time
-  if head and epoch == ARGV[4] and head < tonumber(ARGV[5]) then head = nil end
+  if live and epoch == ARGV[4] and head < tonumber(ARGV[5]) then live = false end
 end
-if not head or not epoch then
-  epoch, head = ARGV[2], 0
-  redis.call('DEL', events_key, snap_key, index_key)
+if not live then
+  local evidence = epoch or ''
+  if ARGV[4] ~= '' and tonumber(ARGV[5]) > 0 then evidence = evidence .. '|' .. ARGV[4] end
+  local next_epoch
+  if evidence == '' then
+    -- a first life, as far as anyone knows: every hub derives the same epoch for it
+    local period = 0
+    if ttl > 0 then
+      period = math.floor(tonumber(redis.call('TIME')[1]) / math.ceil(ttl / 1000))
+    end
+    next_epoch = string.sub(redis.sha1hex(epoch_key .. ' ' .. period), 1, 12)
+  elseif op == 'publish' then
+    next_epoch = ARGV[2]  -- after a loss: a fresh epoch, never one a client may hold
+  else
+    next_epoch = string.sub(redis.sha1hex(epoch_key .. ' ' .. evidence), 1, 12)
+  end
+  if op == 'position' then
+    return {next_epoch, 0, 1}
+  elseif op == 'read' then
+    return {next_epoch, 0, 1, {}}
+  elseif op == 'snapshot' then
+    return {next_epoch, 0, 1, {}, 0}
+  elseif op ~= 'publish' then
+    return redis.error_reply('unknown op ' .. tostring(op))
+  end
+  epoch, head = next_epoch, 0
+  redis.call('DEL', events_key, snap_key, index_key, trunc_key)
   redis.call('SET', epoch_key, epoch)
   redis.call('SET', seq_key, 0)
   keep(epoch_key)
@@ -96,7 +131,8 @@ elseif op == 'read' then
   local entries = redis.call('XRANGE', events_key, (since + 1) .. '-0', '+', 'COUNT', limit)
   return {epoch, head, oldest(head), entries}
 elseif op == 'snapshot' then
-  return {epoch, head, oldest(head), redis.call('HGETALL', snap_key)}
+  local truncated = redis.call('EXISTS', trunc_key)
+  return {epoch, head, oldest(head), redis.call('HGETALL', snap_key), truncated}
 elseif op ~= 'publish' then
   return redis.error_reply('unknown op ' .. tostring(op))
 end
@@ -148,6 +184,8 @@ if keyed then
   if excess > 0 then
     local dropped = redis.call('ZPOPMIN', index_key, excess)
     for j = 1, #dropped, 2 do redis.call('HDEL', snap_key, dropped[j]) end
+    redis.call('SET', trunc_key, '1')
+    keep(trunc_key)
   end
 end
 keep(seq_key)

@@ -28,7 +28,7 @@ from ..config import Settings
 from ..errors import BackendUnavailable
 from ..protocol import EventFrame
 from ..retention import new_epoch
-from .base import Position, PublishRequest, ReadResult, StoredEvent
+from .base import Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
 from .redis_scripts import HUB_SCRIPT, ProjectKeys
 
 __all__ = [
@@ -202,7 +202,8 @@ class RedisStore:
 
     def _position(self, project: str, reply: Sequence[Any]) -> Position:
         position = _position(reply)
-        self.note(project, position.epoch, position.head)
+        if position.head > 0:  # an empty view is no evidence of a sequence (redis_scripts)
+            self.note(project, position.epoch, position.head)
         return position
 
     async def position(self, project: str) -> Position:
@@ -218,14 +219,14 @@ class RedisStore:
         events = [event_from_entry(project, i, f)[1] for i, f in reply[3]] if limit > 0 else []
         return ReadResult(self._position(project, reply), events)
 
-    async def snapshot(self, project: str) -> tuple[Position, list[StoredEvent]]:
+    async def snapshot(self, project: str) -> SnapshotView:
         keys = self.keys(project).script_keys()
         args = self._common_args("snapshot", project)
         reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
         flat = reply[3]
         events = [_snapshot_event(project, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         events.sort(key=lambda e: e.seq)
-        return self._position(project, reply), events
+        return SnapshotView(self._position(project, reply), events, bool(int(reply[4])))
 
     async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
         if not requests:
