@@ -277,6 +277,65 @@ async def test_snapshot_key_bound_drops_the_least_recently_updated_key(
     assert [(e.key, e.seq) for e in events] == [("a", 3), ("c", 4)]
 
 
+async def test_snapshot_view_says_when_the_key_bound_left_keys_out(
+    make_backend: MakeBackend,
+) -> None:
+    backend = (await make_backend(snapshot_keys=2)).backend
+    for key in ["a", "b", "a"]:
+        await backend.publish("p1", [req(key, key=key)])
+    assert (await backend.snapshot_view("p1")).truncated is False
+    await backend.publish("p1", [req("c", key="c")])
+    view = await backend.snapshot_view("p1")
+    assert view.truncated is True
+    assert [(e.key, e.seq) for e in view.events] == [("a", 3), ("c", 4)]
+    assert (view.position, view.events) == await backend.snapshot("p1")
+
+
+# --- reads never create a project (issue 11.1) ------------------------------------------------
+
+
+async def stored_projects(backend: Backend) -> int:
+    """Projects the backend holds: memory logs, or Redis keys under the backend's prefix."""
+    if isinstance(backend, MemoryBackend):
+        return backend.project_count()
+    assert isinstance(backend, RedisBackend)
+    pattern = f"{backend.settings.redis_key_prefix}:{{*"
+    return len([k async for k in backend.store.client.scan_iter(match=pattern)])
+
+
+async def test_reads_of_a_missing_project_create_nothing(make_backend: MakeBackend) -> None:
+    backend = (await make_backend()).backend
+    for n in range(20):
+        project = f"ghost-{n}"
+        position = await backend.position(project)
+        assert (position.oldest, position.head) == (1, 0)
+        assert (await backend.read(project, 0, 10)) == (await backend.read(project, 5, 10))
+        assert (await backend.snapshot_view(project)).events == []
+    await backend.watch("ghost-w")
+    await backend.position("ghost-w")
+    await backend.unwatch("ghost-w")
+    assert await stored_projects(backend) == 0
+
+
+async def test_the_empty_view_is_in_the_epoch_the_first_publish_takes(
+    make_backend: MakeBackend,
+) -> None:
+    harness = await make_backend()
+    backend = harness.backend
+    empty = await backend.position("p1")
+    assert await backend.position("p1") == empty  # stable while nobody publishes
+    await backend.watch("p1")
+    assert (await backend.position("p1")).epoch == empty.epoch
+    await backend.publish("p1", [req(1), req(2)])
+    position = await backend.position("p1")
+    assert (position.epoch, position.head) == (empty.epoch, 2)
+    plan = resume_plan(0, empty.epoch, position.epoch, position.oldest, position.head)
+    assert (plan.action, plan.since) == ("replay", 0)
+    await wait_for(lambda: harness.seqs("p1") == [1, 2], what="both events")
+    assert {epoch for epoch, _ in harness.delivered["p1"]} == {empty.epoch}
+    await backend.unwatch("p1")
+
+
 # --- frames ----------------------------------------------------------------------------------
 
 
