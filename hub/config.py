@@ -96,7 +96,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
     # Memory bounds (docs/operations.md, "Memory and bounds"); memory backend only.
     snapshot_bytes: int = 32 * MiB  # snapshot frames per project; least recently updated go
-    # every project's retention + snapshot together (frames + ~320 B/event): the largest
+    # every project's retention + snapshot together (frames + 256 B/event): the largest
     # projects lose their oldest data first, subscribers behind it get `gap`
     memory_budget_bytes: int = 512 * MiB
 

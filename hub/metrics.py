@@ -22,6 +22,8 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .backends.memory import MemoryBackend
+
 if TYPE_CHECKING:
     from .core import Hub
 
@@ -98,6 +100,9 @@ class HubCollector(Collector):
             value=sum(c.queued_bytes for c in connections),
         )
 
+        if isinstance(hub.backend, MemoryBackend):
+            yield from _memory_metrics(hub.backend)
+
         latency = manager.stats.latency
         buckets = [
             ("+Inf" if bound == float("inf") else repr(bound / 1000.0), float(count))
@@ -109,6 +114,40 @@ class HubCollector(Collector):
             buckets=buckets,
             sum_value=latency.sum_ms / 1000.0,
         )
+
+
+def _memory_metrics(backend: MemoryBackend) -> Iterable[Metric]:
+    """The memory backend's bounds (docs/operations.md, "Memory and bounds")."""
+    ledger = backend.ledger
+    yield GaugeMetricFamily(
+        "hub_memory_retained_bytes",
+        "Retained events and snapshot entries of every project (frames + per-event overhead).",
+        value=ledger.held_bytes,
+    )
+    yield GaugeMetricFamily(
+        "hub_memory_budget_bytes",
+        "memory_budget_bytes: the bound on retained bytes.",
+        value=backend.budget_bytes,
+    )
+    yield GaugeMetricFamily(
+        "hub_projects", "Projects the memory backend holds.", value=backend.project_count()
+    )
+    evictions = CounterMetricFamily(
+        "hub_memory_evictions",
+        "Events and snapshot keys dropped by a bound, by cause.",
+        labels=["cause"],
+    )
+    for cause, count in ledger.evictions.items():
+        evictions.add_metric([cause], count)
+    yield evictions
+    dropped = CounterMetricFamily(
+        "hub_projects_dropped",
+        "Projects dropped with their data: over max_projects, or idle project_idle_s.",
+        labels=["cause"],
+    )
+    for cause, count in backend.projects_dropped.items():
+        dropped.add_metric([cause], count)
+    yield dropped
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -39,8 +39,9 @@ class MemoryBackend:
             settings.snapshot_keys,
             settings.snapshot_bytes,
         )
-        self._budget = settings.memory_budget_bytes
+        self.budget_bytes = settings.memory_budget_bytes
         self.ledger = MemoryLedger()
+        self.projects_dropped = {"max_projects": 0, "project_idle": 0}  # by cause, for /metrics
         self._epochs = EpochBook()
         self._idle_s = settings.project_idle_s
         self._max_projects = settings.max_projects
@@ -97,7 +98,7 @@ class MemoryBackend:
             fresh = log.read(head_before, log.head - head_before)
             self._listener(project, log.epoch, fresh)
         # After the listener: live subscribers get every event even if the budget drops it.
-        enforce_budget(self._logs.values(), self.ledger, self._budget)
+        enforce_budget(self._logs.values(), self.ledger, self.budget_bytes)
         return seqs
 
     async def position(self, project: str) -> Position:
@@ -144,7 +145,8 @@ class MemoryBackend:
     def project_count(self) -> int:
         return len(self._logs)
 
-    def _drop(self, project: str) -> None:
+    def _drop(self, project: str, cause: str) -> None:
+        self.projects_dropped[cause] += 1
         log = self._logs.pop(project, None)
         self._last_active.pop(project, None)
         if log is not None:
@@ -159,7 +161,7 @@ class MemoryBackend:
             if len(self._logs) <= self._max_projects:
                 break
             if project != keep and project not in self._watched:
-                self._drop(project)
+                self._drop(project, "max_projects")
 
     def sweep(self) -> None:
         """Trim aged events and drop projects idle (unwatched, unpublished) for too long."""
@@ -168,7 +170,7 @@ class MemoryBackend:
             if project in self._watched:
                 self._logs[project].trim()
             elif now - self._last_active.get(project, now) > self._idle_s:
-                self._drop(project)
+                self._drop(project, "project_idle")
             else:
                 self._logs[project].trim()
 
