@@ -18,7 +18,7 @@ from .errors import HubError
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
 from .subscription import SubscriptionParams
 
-__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "start_stream"]
+__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "snapshot_body", "start_stream"]
 
 
 class StreamWriter(Protocol):
@@ -28,7 +28,13 @@ class StreamWriter(Protocol):
     async def events(self, events: list[StoredEvent]) -> None: ...
     async def replayed(self, frame: ReplayedFrame) -> None: ...
     async def gap(self, frame: GapFrame) -> None: ...
-    async def snapshot(self, head: int, frames: list[bytes]) -> None: ...
+    async def snapshot(self, head: int, frames: list[bytes], truncated: bool) -> None: ...
+
+
+def snapshot_body(head: int, frames: list[bytes], truncated: bool) -> bytes:
+    """The `snapshot` frame from encoded event frames (`truncated` only when true)."""
+    flag = b',"truncated":true' if truncated else b""
+    return b'{"op":"snapshot","head":%d%s,"events":[%s]}' % (head, flag, b",".join(frames))
 
 
 class ReplayOverrun(HubError):
@@ -86,11 +92,10 @@ async def start_stream(
     assert plan.reason is not None
     hub.manager.stats.gaps += 1
     await writer.gap(GapFrame(plan.reason, plan.since, position.oldest, position.head))
-    snap_position, events = await backend.snapshot(params.project)
-    await writer.snapshot(
-        snap_position.head, [e.frame for e in events if connection.filter.matches(e.type)]
-    )
-    connection.go_live(snap_position.head)
+    view = await backend.snapshot_view(params.project)
+    frames = [e.frame for e in view.events if connection.filter.matches(e.type)]
+    await writer.snapshot(view.position.head, frames, view.truncated)
+    connection.go_live(view.position.head)
 
 
 async def _replay(

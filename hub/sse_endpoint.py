@@ -27,7 +27,7 @@ from .core import Hub
 from .errors import BadRequest, HubError
 from .limits import ConnectionSlot, admit_connection
 from .protocol import GapFrame, ReplayedFrame, WelcomeFrame, encode
-from .session import open_connection, start_stream
+from .session import open_connection, snapshot_body, start_stream
 from .subscription import SubscriptionParams, parse_since, parse_subscription
 
 __all__ = [
@@ -290,6 +290,6 @@ class _SseStreamWriter:
     async def gap(self, frame: GapFrame) -> None:
         await self._sink.send_blocks(format_control("gap", encode(frame)))
 
-    async def snapshot(self, head: int, frames: list[bytes]) -> None:
-        body = b'{"op":"snapshot","head":%d,"events":[%s]}' % (head, b",".join(frames))
+    async def snapshot(self, head: int, frames: list[bytes], truncated: bool) -> None:
+        body = snapshot_body(head, frames, truncated)
         await self._sink.send_blocks(format_control("snapshot", body, self._id(head)))

@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 from hub.backends.base import PublishRequest, StoredEvent
 from hub.backends.memory import MemoryBackend
 from hub.config import Settings
+from hub.protocol import SnapshotFrame, decode_server_frames
 from hub.retention import EVENT_OVERHEAD, MemoryLedger, ProjectLog, RetentionLimits
 
 from .support import run_hub
@@ -195,3 +196,23 @@ async def test_a_subscriber_behind_budget_evictions_is_told_gap_and_gets_the_sna
         assert 0 < samples[("hub_memory_retained_bytes", "")] <= budget
         assert samples[("hub_memory_evictions_total", "budget_events")] > 0
         assert samples[("hub_projects", "")] == 1
+
+
+async def test_snapshot_frame_and_response_say_when_keys_were_left_out() -> None:
+    async with run_hub(Settings(snapshot_bytes=20 * KiB)) as running:
+        hub = running.hub
+        for i in range(10):
+            await hub.publish("p1", "ingest.job.updated", {"b": "x" * 8000}, key=f"k/{i}")
+        async with running.http() as http:
+            body = (await http.get("/v1/projects/p1/snapshot")).json()
+        assert body["truncated"] is True
+        assert [e["key"] for e in body["events"]] == ["k/8", "k/9"]
+        frames: list[Any] = []
+        async with connect(running.ws_url("p1", since=50), max_size=None) as ws:
+            while not any(isinstance(f, SnapshotFrame) for f in frames):
+                frames += decode_server_frames(await asyncio.wait_for(ws.recv(), 5))
+        snapshot = next(f for f in frames if isinstance(f, SnapshotFrame))
+        assert snapshot.truncated and [e.key for e in snapshot.events] == ["k/8", "k/9"]
+        async with running.http() as http:
+            body = (await http.get("/v1/projects/other/snapshot")).json()
+        assert body["truncated"] is False
