@@ -1,0 +1,51 @@
+"""RSS of the memory backend under issue 11's findings 2 and 5, with the default settings:
+`python -m tests.bounds_rss` (figures in docs/operations.md, "Memory and bounds")."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from hub.backends.base import PublishRequest
+from hub.backends.memory import MemoryBackend
+from hub.config import Settings
+
+MiB = 2**20
+
+
+def rss() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def main() -> None:
+    b = MemoryBackend(Settings())  # defaults: snapshot_bytes 32 MiB, memory_budget 512 MiB
+    data = msgspec.Raw(msgspec.json.encode({"blob": "x" * 900_000}))
+    base = rss()
+    peak = 0
+    # finding 2: 1,500 events of 900 KB with distinct keys, one project
+    for i in range(1500):
+        await b.publish("one", [PublishRequest("ingest.job.updated", data, f"k/{i}")])
+        peak = max(peak, rss())
+    report("finding 2: 1,500 x 900 KB, distinct keys, one project", b, base, peak)
+    # finding 5: 40 projects x 36 x 900 KB
+    for n in range(40):
+        for _ in range(36):
+            await b.publish(f"t{n}", [PublishRequest("ingest.job.updated", data, None)])
+            peak = max(peak, rss())
+    report("finding 5: then 40 projects x 36 x 900 KB", b, base, peak)
+
+
+def report(what: str, backend: MemoryBackend, base: int, peak: int) -> None:
+    print(
+        f"{what}: accounted {backend.ledger.held_bytes / MiB:.0f} MiB,"
+        f" RSS +{(rss() - base) / MiB:.0f} MiB (peak +{(peak - base) / MiB:.0f} MiB)"
+        f" over a baseline of {base / MiB:.0f} MiB; evictions {backend.ledger.evictions}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
