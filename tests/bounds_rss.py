@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 
 import msgspec
 
@@ -47,5 +49,29 @@ def report(what: str, backend: MemoryBackend, base: int, peak: int) -> None:
     )
 
 
+async def per_event_cost(keyed: bool, size: int, n: int = 5_000) -> None:
+    """Traced bytes per retained event beside its frame (EVENT_OVERHEAD is sized on this)."""
+    backend = MemoryBackend(Settings(retention_events=n))
+    data = msgspec.Raw(msgspec.json.encode({"payload": "x" * size}))
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        request = PublishRequest("ingest.job.updated", data, f"job/{i}" if keyed else None)
+        await backend.publish("p", [request])
+    gc.collect()
+    used = (tracemalloc.get_traced_memory()[0] - base) / n
+    tracemalloc.stop()
+    frame = len((await backend.read("p", 0, 1)).events[0].frame)
+    print(
+        f"{'keyed' if keyed else 'unkeyed'} event, {size}-byte payload: {used:.0f} bytes"
+        f" traced, frame {frame}, overhead {used - frame:.0f};"
+        f" accounted {backend.ledger.held_bytes / n:.0f}"
+    )
+
+
 if __name__ == "__main__":
+    for keyed in (False, True):
+        for size in (100, 1000):
+            asyncio.run(per_event_cost(keyed, size))
     asyncio.run(main())
