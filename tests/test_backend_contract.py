@@ -414,3 +414,23 @@ async def test_each_watched_project_is_delivered_on_its_own(make_backend: MakeBa
     for project in projects:
         frames = [msgspec.json.decode(e.frame) for _, e in harness.delivered[project]]
         assert {f["project"] for f in frames} == {project}
+
+
+async def test_redis_reads_after_a_lost_project_answer_another_epoch_and_create_nothing(
+    redis_url: str,
+) -> None:
+    backend = RedisBackend(redis_url, Settings(redis_key_prefix=f"lost{next(_prefixes)}"))
+    try:
+        await backend.publish("p1", [req(1), req(2)])
+        before = await backend.position("p1")
+        keys = backend.store.keys("p1")
+        await backend.store.client.delete(*keys.script_keys())  # lost: flushed, evicted
+        after = await backend.position("p1")
+        assert (after.head, after.oldest) == (0, 1) and after.epoch != before.epoch
+        assert await backend.position("p1") == after  # stable
+        assert await stored_projects(backend) == 0
+        await backend.publish("p1", [req(3)])
+        reborn = await backend.position("p1")
+        assert reborn.head == 1 and reborn.epoch not in (before.epoch, after.epoch)
+    finally:
+        await backend.close()
