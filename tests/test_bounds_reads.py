@@ -15,7 +15,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from hub.auth import mint_token
+from hub.backends.base import PublishRequest
 from hub.backends.memory import MemoryBackend
+from hub.backends.memory_epochs import EpochBook
 from hub.config import Settings
 
 from .support import RunningHub, run_hub, wait_for
@@ -169,3 +171,39 @@ async def test_a_client_that_read_the_empty_view_replays_from_zero_after_the_fir
             got += frames(await asyncio.wait_for(ws.recv(), 5))
     assert [f["op"] for f in got] == ["welcome", "event", "replayed"]
     assert got[0]["epoch"] == empty["epoch"]
+
+
+# --- epochs of projects that do not exist yet (memory backend) --------------------------------
+
+
+def test_the_epoch_book_is_stable_per_project_and_moves_on_when_one_is_dropped() -> None:
+    book = EpochBook("e0")
+    first = book.epoch("p1")
+    assert book.epoch("p1") == first != book.epoch("p2")
+    assert EpochBook("e1").epoch("p1") != first  # another process, another epoch
+    book.dropped("p1")
+    assert book.epoch("p1") != first
+
+
+async def test_a_live_subscribers_epoch_is_pinned_until_the_project_exists() -> None:
+    backend = MemoryBackend(Settings())
+    await backend.watch("p1")
+    promised = (await backend.position("p1")).epoch
+    backend._epochs.dropped("p1")  # a project of the same slot was dropped meanwhile
+    assert (await backend.position("p1")).epoch == promised
+    await backend.publish("p1", [PublishRequest("ingest.job.updated", msgspec.Raw(b"1"))])
+    assert (await backend.position("p1")).epoch == promised
+    await backend.unwatch("p1")
+
+
+async def test_a_dropped_project_comes_back_in_a_new_epoch() -> None:
+    backend = MemoryBackend(Settings(max_projects=1))
+    one = PublishRequest("ingest.job.updated", msgspec.Raw(b"1"))
+    await backend.publish("p1", [one])
+    epoch = (await backend.position("p1")).epoch
+    await backend.publish("p2", [one])  # pushes p1 out
+    assert backend.projects_dropped["max_projects"] == 1
+    empty = await backend.position("p1")
+    assert (empty.head, empty.epoch != epoch) == (0, True)
+    await backend.publish("p1", [one])
+    assert (await backend.position("p1")).epoch == empty.epoch
