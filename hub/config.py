@@ -94,10 +94,10 @@ class Settings(msgspec.Struct, kw_only=True):
     body_timeout_s: float = 30.0  # a publish body must arrive within this (else 408)
     max_request_head: int = 16 * KiB  # request line + headers
 
-    # Memory bounds (docs/operations.md, "Memory and bounds"); memory backend only.
-    snapshot_bytes: int = 32 * MiB  # snapshot frames per project; least recently updated go
-    # every project's retention + snapshot together (frames + 256 B/event): the largest
-    # projects lose their oldest data first, subscribers behind it get `gap`
+    # Memory bounds (docs/operations.md, "Memory and bounds").
+    snapshot_bytes: int = 32 * MiB  # snapshot size per project; least recently updated go
+    # Memory backend: every project's retention + snapshot (frames + 256 B/event) together;
+    # over it the largest projects lose their oldest data first (subscribers behind: `gap`)
     memory_budget_bytes: int = 512 * MiB
 
     def __post_init__(self) -> None:

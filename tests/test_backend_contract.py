@@ -434,3 +434,20 @@ async def test_redis_reads_after_a_lost_project_answer_another_epoch_and_create_
         assert reborn.head == 1 and reborn.epoch not in (before.epoch, after.epoch)
     finally:
         await backend.close()
+
+
+async def test_snapshot_byte_bound_drops_the_least_recently_updated_keys(
+    make_backend: MakeBackend,
+) -> None:
+    backend = (await make_backend(snapshot_bytes=10_000)).backend
+    for i in range(30):
+        await backend.publish("p1", [req("x" * 998, key=f"k/{i}")])
+    await backend.publish("p1", [req("y" * 998, key="k/29")])  # replacing keeps the count
+    view = await backend.snapshot_view("p1")
+    keys = [e.key for e in view.events]
+    assert 7 <= len(keys) <= 10 and view.truncated
+    assert keys == [f"k/{i}" for i in range(30 - len(keys), 30)]
+    assert msgspec.json.decode(view.events[-1].frame)["data"] == "y" * 998
+    await backend.publish("p2", [req("z" * 50_000, key="big")])
+    alone = await backend.snapshot_view("p2")  # the newest entry stays, even over the bound
+    assert [e.key for e in alone.events] == ["big"] and not alone.truncated

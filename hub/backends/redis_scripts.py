@@ -8,7 +8,8 @@ Per project `p` (the `{p}` hash tag keeps all of them in one Cluster slot):
                           "<epoch> <ts> <type> <key length or -> <key><data>"
     <prefix>:{p}:snap     hash: key -> "<seq> <ts> <type> <data>" (latest event per key)
     <prefix>:{p}:snapidx  sorted set: key -> seq, to drop the least recently updated key
-    <prefix>:{p}:snaptrunc  "1" once the key bound has dropped a key in this epoch
+    <prefix>:{p}:snapmeta hash: `bytes` of the snap hash's values, `truncated` once a bound
+                          dropped a key in this epoch
     <prefix>:{p}:id:<id>  "<epoch> <seq>" with a TTL: publish idempotency
 
 The script runs atomically, so seqs stay contiguous with any number of publishers, and a lost
@@ -32,7 +33,7 @@ __all__ = ["HUB_SCRIPT", "ProjectKeys"]
 class ProjectKeys:
     """The keys of one project, in the order the script takes them."""
 
-    __slots__ = ("epoch", "events", "id_prefix", "seq", "snap", "snapidx", "snaptrunc")
+    __slots__ = ("epoch", "events", "id_prefix", "seq", "snap", "snapidx", "snapmeta")
 
     def __init__(self, prefix: str, project: str) -> None:
         base = f"{prefix}:{{{project}}}"
@@ -41,30 +42,30 @@ class ProjectKeys:
         self.events = f"{base}:events"
         self.snap = f"{base}:snap"
         self.snapidx = f"{base}:snapidx"
-        self.snaptrunc = f"{base}:snaptrunc"
+        self.snapmeta = f"{base}:snapmeta"
         self.id_prefix = f"{base}:id:"
 
     def script_keys(self) -> list[str]:
-        return [self.seq, self.epoch, self.events, self.snap, self.snapidx, self.snaptrunc]
+        return [self.seq, self.epoch, self.events, self.snap, self.snapidx, self.snapmeta]
 
     def id_key(self, idempotency_id: str) -> str:
         return self.id_prefix + idempotency_id
 
 
-# KEYS: seq, epoch, events, snap, snapidx, snaptrunc, then one key per idempotency id.
+# KEYS: seq, epoch, events, snap, snapidx, snapmeta, then one key per idempotency id.
 # ARGV[1] op: "position" | "read" | "snapshot" | "publish"; ARGV[2] a fresh random epoch
 # (used only if a new one must start); ARGV[3] key TTL in ms (0: none); ARGV[4], ARGV[5] the
 # epoch and the highest seq the caller has seen ("", 0: none): a counter below it was
 # restored from an older copy (RDB, AOF everysec, a failover), so a new epoch starts.
 #   read:     ARGV[6] since, ARGV[7] limit
 #   publish:  ARGV[6] retention (MAXLEN ~), ARGV[7] snapshot key bound, ARGV[8] id TTL ms,
-#             ARGV[9] n, then 5 per event: type, has_key ("0"/"1"), key, id key index
-#             (0: none), data
+#             ARGV[9] n, ARGV[10] snapshot byte bound, then 5 per event: type, has_key
+#             ("0"/"1"), key, id key index (0: none), data
 # Every op returns {epoch, head, oldest, ...}: read adds the XRANGE entries, snapshot the
 # snap hash (flat) and 1 if keys were dropped from it, publish one seq per event.
 HUB_SCRIPT = r"""
 local seq_key, epoch_key, events_key = KEYS[1], KEYS[2], KEYS[3]
-local snap_key, index_key, trunc_key = KEYS[4], KEYS[5], KEYS[6]
+local snap_key, index_key, meta_key = KEYS[4], KEYS[5], KEYS[6]
 local op, ttl = ARGV[1], tonumber(ARGV[3])
 
 local function keep(key)
@@ -117,7 +118,7 @@ if not live then
     return redis.error_reply('unknown op ' .. tostring(op))
   end
   epoch, head = next_epoch, 0
-  redis.call('DEL', events_key, snap_key, index_key, trunc_key)
+  redis.call('DEL', events_key, snap_key, index_key, meta_key)
   redis.call('SET', epoch_key, epoch)
   redis.call('SET', seq_key, 0)
   keep(epoch_key)
@@ -131,19 +132,20 @@ elseif op == 'read' then
   local entries = redis.call('XRANGE', events_key, (since + 1) .. '-0', '+', 'COUNT', limit)
   return {epoch, head, oldest(head), entries}
 elseif op == 'snapshot' then
-  local truncated = redis.call('EXISTS', trunc_key)
+  local truncated = redis.call('HEXISTS', meta_key, 'truncated')
   return {epoch, head, oldest(head), redis.call('HGETALL', snap_key), truncated}
 elseif op ~= 'publish' then
   return redis.error_reply('unknown op ' .. tostring(op))
 end
 
 local retention, snap_max, id_ttl, n = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
+local snap_bytes_max = tonumber(ARGV[10])
 local now = redis.call('TIME')
 local ts = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
 local result = {epoch, 0, 0}
 local keyed = false
 for i = 0, n - 1 do
-  local at = 10 + i * 5
+  local at = 11 + i * 5
   local etype, has_key, ekey, id_index, data =
     ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
   local seq = nil
@@ -167,7 +169,10 @@ for i = 0, n - 1 do
     redis.call('XADD', events_key, 'MAXLEN', '~', retention, seq .. '-0',
       'v', epoch .. ' ' .. ts .. ' ' .. etype .. ' ' .. key_part .. data)
     if has_key == '1' then
-      redis.call('HSET', snap_key, ekey, seq .. ' ' .. ts .. ' ' .. etype .. ' ' .. data)
+      local value = seq .. ' ' .. ts .. ' ' .. etype .. ' ' .. data
+      local replaced = redis.call('HSTRLEN', snap_key, ekey)
+      redis.call('HSET', snap_key, ekey, value)
+      redis.call('HINCRBY', meta_key, 'bytes', #value - replaced)
       redis.call('ZADD', index_key, seq, ekey)
       keyed = true
     end
@@ -179,13 +184,25 @@ for i = 0, n - 1 do
 end
 
 redis.call('SET', seq_key, head)
+local function drop_oldest_keys(count)
+  local dropped = redis.call('ZPOPMIN', index_key, count)
+  for j = 1, #dropped, 2 do
+    redis.call('HINCRBY', meta_key, 'bytes', -redis.call('HSTRLEN', snap_key, dropped[j]))
+    redis.call('HDEL', snap_key, dropped[j])
+  end
+  redis.call('HSET', meta_key, 'truncated', '1')
+end
+
 if keyed then
-  local excess = redis.call('ZCARD', index_key) - snap_max
-  if excess > 0 then
-    local dropped = redis.call('ZPOPMIN', index_key, excess)
-    for j = 1, #dropped, 2 do redis.call('HDEL', snap_key, dropped[j]) end
-    redis.call('SET', trunc_key, '1')
-    keep(trunc_key)
+  local size = redis.call('ZCARD', index_key)
+  if size > snap_max then
+    drop_oldest_keys(size - snap_max)
+    size = snap_max
+  end
+  -- least recently updated keys go first; the newest stays even alone over the bound
+  while size > 1 and tonumber(redis.call('HGET', meta_key, 'bytes') or '0') > snap_bytes_max do
+    drop_oldest_keys(1)
+    size = size - 1
   end
 end
 keep(seq_key)
@@ -193,6 +210,7 @@ keep(epoch_key)
 keep(events_key)
 keep(snap_key)
 keep(index_key)
+keep(meta_key)
 result[2] = head
 result[3] = oldest(head)
 return result

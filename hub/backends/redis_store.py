@@ -241,6 +241,7 @@ class RedisStore:
             s.snapshot_keys,
             self._id_ttl_ms,
             len(requests),
+            s.snapshot_bytes,
         ]
         for request in requests:
             index = 0
