@@ -2,8 +2,9 @@
 idempotency ids. Synchronous and clock-injected, so bounds and ages are unit-testable.
 
 Memory accounting: `held_bytes` counts every event the log references (retained, in the
-snapshot, or both) once, as its frame plus EVENT_OVERHEAD, and reports each change to a
-shared MemoryLedger, so the process-wide total is a running sum (O(1) per publish).
+snapshot, or both) once, as its frame plus EVENT_OVERHEAD, and each idempotency id, and
+reports each change to a shared MemoryLedger, so the process-wide total is a running sum
+(O(1) per publish).
 """
 
 from __future__ import annotations
@@ -18,13 +19,21 @@ import msgspec
 from .backends.base import Position, StoredEvent
 from .protocol import EventFrame
 
-__all__ = ["EVENT_OVERHEAD", "MemoryLedger", "ProjectLog", "RetentionLimits", "new_epoch"]
+__all__ = [
+    "EVENT_OVERHEAD",
+    "ID_OVERHEAD",
+    "MemoryLedger",
+    "ProjectLog",
+    "RetentionLimits",
+    "new_epoch",
+]
 
 _encoder = msgspec.json.Encoder()
 
 # Bytes an event costs besides its frame (StoredEvent, bytes header, type and key strings,
 # deque and dict slots): tracemalloc measured 163 B unkeyed, 243 B keyed (docs/operations.md).
 EVENT_OVERHEAD: Final = 256
+ID_OVERHEAD: Final = 128  # an idempotency id's dict entry, str header and seq, beside its text
 
 
 def new_epoch() -> str:
@@ -119,6 +128,7 @@ class ProjectLog:
             self._put_snapshot(key, event)
         if idem is not None:
             self._ids[idem] = self.head
+            self._hold(len(idem) + ID_OVERHEAD)
         self.trim()
         return self.head
 
@@ -200,6 +210,7 @@ class ProjectLog:
             if ids[first] >= oldest:
                 break
             del ids[first]
+            self._hold(-len(first) - ID_OVERHEAD)
 
     def release(self) -> None:
         """The log is being dropped: take its bytes off the shared total."""

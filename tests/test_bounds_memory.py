@@ -20,7 +20,7 @@ from hub.backends.base import PublishRequest, StoredEvent
 from hub.backends.memory import MemoryBackend
 from hub.config import Settings
 from hub.protocol import SnapshotFrame, decode_server_frames
-from hub.retention import EVENT_OVERHEAD, MemoryLedger, ProjectLog, RetentionLimits
+from hub.retention import EVENT_OVERHEAD, ID_OVERHEAD, MemoryLedger, ProjectLog, RetentionLimits
 
 from .support import run_hub
 
@@ -55,7 +55,8 @@ def referenced_cost(log: ProjectLog) -> int:
     """What held_bytes should be: every event the log references, counted once."""
     held: dict[int, StoredEvent] = {id(e): e for e in log.read(0, 1 << 30)}
     held.update((id(e), e) for e in log.snapshot())
-    return sum(len(e.frame) + EVENT_OVERHEAD for e in held.values())
+    ids = sum(len(i) + ID_OVERHEAD for i in log._ids)
+    return ids + sum(len(e.frame) + EVENT_OVERHEAD for e in held.values())
 
 
 # --- the snapshot's byte bound ---------------------------------------------------------------
@@ -85,7 +86,7 @@ def test_the_newest_snapshot_entry_stays_even_alone_over_the_byte_bound() -> Non
 OPS = st.lists(
     st.one_of(
         st.tuples(
-            st.just("append"),
+            st.sampled_from(["append", "append_with_id"]),
             st.integers(0, 3_000),
             st.one_of(st.none(), st.sampled_from("abcde")),
         ),
@@ -106,8 +107,9 @@ def test_held_bytes_always_equal_what_the_logs_reference(
     logs = [make_log(ledger, snapshot_bytes=snapshot_bytes, events=events) for _ in range(2)]
     for n, (op, value, key) in enumerate(ops):
         log = logs[n % 2]
-        if op == "append":
-            log.append("ingest.job.updated", blob(value), key, None)
+        if op.startswith("append"):
+            idem = f"id-{value % 7}" if op == "append_with_id" else None
+            log.append("ingest.job.updated", blob(value), key, idem)
         elif op == "evict":
             log.evict_oldest()
         elif op == "drop_key":
