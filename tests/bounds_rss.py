@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import tracemalloc
 
 import msgspec
@@ -70,8 +71,28 @@ async def per_event_cost(keyed: bool, size: int, n: int = 5_000) -> None:
     )
 
 
+async def budget_pass_cost(projects: int = 10_000, size: int = 1_000) -> None:
+    """How long the publishes that cross the budget take (one enforcement pass each)."""
+    backend = MemoryBackend(Settings(max_projects=projects))
+    data = msgspec.Raw(msgspec.json.encode("x" * size))
+    passes: list[float] = []
+    rounds = int(backend.budget_bytes * 1.3 / (projects * (size + 400))) + 1
+    for _ in range(rounds):
+        for p in range(projects):
+            evicted = backend.ledger.evictions["budget_events"]
+            start = time.perf_counter()
+            await backend.publish(f"p{p}", [PublishRequest("ingest.job.updated", data, None)])
+            if backend.ledger.evictions["budget_events"] != evicted:
+                passes.append(time.perf_counter() - start)
+    print(
+        f"budget passes, {projects} projects of {size}-byte events: {len(passes)} passes,"
+        f" mean {sum(passes) / len(passes) * 1000:.1f} ms, worst {max(passes) * 1000:.1f} ms"
+    )
+
+
 if __name__ == "__main__":
+    asyncio.run(main())  # first: RSS deltas need a fresh process
     for keyed in (False, True):
         for size in (100, 1000):
             asyncio.run(per_event_cost(keyed, size))
-    asyncio.run(main())
+    asyncio.run(budget_pass_cost())
