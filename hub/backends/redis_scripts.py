@@ -18,8 +18,8 @@ new epoch, drops the old life's stream and snapshot, and counts from 1 again.
 
 Only a publish writes: a read of a project with no live sequence answers an empty view (head
 0) and creates no key. Its epoch is the one the first publish will take, derived alike by
-every hub from the key name and the key-TTL period (a life that expired began at least one
-TTL earlier, so the next one gets another epoch). When there is evidence of an earlier life
+every hub from the key name and the hour it starts in (the key TTL if shorter: a life that
+expired began at least one TTL earlier, so the next one gets another epoch). When there is evidence of an earlier life
 (an epoch key left beside a lost counter, or a caller that saw seqs in another epoch) the data
 was lost: reads answer an epoch derived from that evidence and the publish starts a random
 one, so every client holding a seq is told `gap`.
@@ -97,11 +97,11 @@ if not live then
   if ARGV[4] ~= '' and tonumber(ARGV[5]) > 0 then evidence = evidence .. '|' .. ARGV[4] end
   local next_epoch
   if evidence == '' then
-    -- a first life, as far as anyone knows: every hub derives the same epoch for it
-    local period = 0
-    if ttl > 0 then
-      period = math.floor(tonumber(redis.call('TIME')[1]) / math.ceil(ttl / 1000))
-    end
+    -- a first life, as far as anyone knows: every hub derives the same epoch for it, from
+    -- the hour (or key TTL, if shorter) it starts in
+    local period_s = 3600
+    if ttl > 0 and ttl < period_s * 1000 then period_s = math.ceil(ttl / 1000) end
+    local period = math.floor(tonumber(redis.call('TIME')[1]) / period_s)
     next_epoch = string.sub(redis.sha1hex(epoch_key .. ' ' .. period), 1, 12)
   elseif op == 'publish' then
     next_epoch = ARGV[2]  -- after a loss: a fresh epoch, never one a client may hold
