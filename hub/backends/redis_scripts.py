@@ -19,10 +19,10 @@ new epoch, drops the old life's stream and snapshot, and counts from 1 again.
 Only a publish writes: a read of a project with no live sequence answers an empty view (head
 0) and creates no key. Its epoch is the one the first publish will take, derived alike by
 every hub from the key name and the hour it starts in (the key TTL if shorter: a life that
-expired began at least one TTL earlier, so the next one gets another epoch). When there is evidence of an earlier life
-(an epoch key left beside a lost counter, or a caller that saw seqs in another epoch) the data
-was lost: reads answer an epoch derived from that evidence and the publish starts a random
-one, so every client holding a seq is told `gap`.
+expired began at least one TTL earlier, so the next one gets another epoch). When there is
+evidence of an earlier life (an epoch key left beside a lost counter, or a caller that saw
+seqs in another epoch) the data was lost: reads answer an epoch derived from that evidence
+and the publish starts a random one, so every client holding a seq is told `gap`.
 """
 
 from __future__ import annotations
