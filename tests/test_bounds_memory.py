@@ -215,6 +215,16 @@ async def test_snapshot_frame_and_response_say_when_keys_were_left_out() -> None
                 frames += decode_server_frames(await asyncio.wait_for(ws.recv(), 5))
         snapshot = next(f for f in frames if isinstance(f, SnapshotFrame))
         assert snapshot.truncated and [e.key for e in snapshot.events] == ["k/8", "k/9"]
+        async with (
+            running.http() as http,
+            http.stream("GET", "/v1/projects/p1/sse?since=50") as response,
+        ):
+            lines = response.aiter_lines()
+            async for line in lines:
+                if line == "event: snapshot":
+                    break
+            data = msgspec.json.decode((await anext(lines)).removeprefix("data: "))
+        assert data["truncated"] is True and len(data["events"]) == 2
         async with running.http() as http:
             body = (await http.get("/v1/projects/other/snapshot")).json()
         assert body["truncated"] is False
