@@ -79,8 +79,8 @@ def _decode_publish_body(body: bytes, max_batch: int, max_depth: int) -> list[Pu
     if not body.strip():
         raise EventValidationError("empty body: expected an event object or an array of them")
     try:
-        # Before decoding, which recurses: +2 for the batch array and the event object.
-        check_json(body, max_depth + 2)
+        # Before decoding, which recurses (the data of each event is checked again after).
+        check_json(body, max_depth, envelope=2)
     except JsonRuleError as exc:
         raise EventValidationError(f"invalid event: {exc.message}") from None
     try:

@@ -63,9 +63,16 @@ class JsonRuleError(ValueError):
 
 
 def check_json(
-    data: bytes | str | msgspec.Raw, max_depth: int = DEFAULT_MAX_DEPTH, path: str = "$"
+    data: bytes | str | msgspec.Raw,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    path: str = "$",
+    *,
+    envelope: int = 0,
 ) -> None:
     """Raise JsonRuleError if `data` breaks an input rule; `path` names where `data` sits.
+
+    `envelope` levels (a publish body's batch array and event object) hold the data and do
+    not count against `max_depth`.
 
     Malformed JSON is left to the decoder (the scan stops at it); what decodes afterwards
     follows the rules. Cheap C-speed checks go first: the scan runs only on suspicion.
@@ -74,8 +81,8 @@ def check_json(
         raw = data.encode("utf-8", "surrogatepass")
     else:
         raw = data if isinstance(data, bytes) else bytes(data)
-    if _suspicious(raw, max_depth):
-        _scan(raw, max_depth, path)
+    if _suspicious(raw, max_depth + envelope):
+        _scan(raw, max_depth, envelope, path)
 
 
 def _suspicious(raw: bytes, max_depth: int) -> bool:
@@ -116,7 +123,7 @@ class _Level:
         return "[" + self.key[:40].decode(errors="replace") + "]"
 
 
-def _scan(raw: bytes, max_depth: int, path: str) -> None:
+def _scan(raw: bytes, max_depth: int, envelope: int, path: str) -> None:
     stack: list[_Level] = []
 
     def where() -> str:
@@ -142,7 +149,7 @@ def _scan(raw: bytes, max_depth: int, path: str) -> None:
                     top.index += 1
                     top.expect_key = top.is_object
             elif token in b"[{":
-                if len(stack) >= max_depth:
+                if len(stack) >= max_depth + envelope:
                     raise JsonRuleError(f"nested deeper than {max_depth} levels", where())
                 stack.append(_Level(token == b"{"))
             elif not stack:
