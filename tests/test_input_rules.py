@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -85,6 +86,109 @@ def test_check_json_puts_the_path_under_the_given_one() -> None:
 
 def test_the_integer_rule_is_javascripts() -> None:
     assert MAX_SAFE_INTEGER == 2**53 - 1 == 9007199254740991
+
+
+# --- big bodies: past 64 KiB a violation is named by its byte offset, and cheaply ----------
+
+
+def big_array(element: bytes, last: bytes, size: int = 1_000_000) -> bytes:
+    return b"[" + b",".join([element] * (size // (len(element) + 1))) + b"," + last + b"]"
+
+
+@pytest.mark.parametrize(
+    ("last", "reason"),
+    [
+        (b'"\xff"', "invalid UTF-8"),
+        (b'"\\ud800"', "lone UTF-16 surrogate \\ud800"),
+        (b"1e999", "number 1e999 is out of range"),
+        (b"9007199254740992", "integer 9007199254740992 is outside"),
+        (b"[" * 70 + b"]" * 70, "nested deeper than 64 levels"),
+    ],
+    ids=["utf8", "surrogate", "finite", "integer", "depth"],
+)
+@pytest.mark.parametrize("element", [b"1", b'"a,b"', b'{"a":[1,{"b":2}]}', b"[" * 8 + b"]" * 8])
+def test_a_violation_deep_in_a_big_body_is_named_by_its_byte_offset(
+    element: bytes, last: bytes, reason: str
+) -> None:
+    body = big_array(element, last)
+    with pytest.raises(JsonRuleError) as info:
+        check_json(body, 64)
+    assert reason in info.value.reason
+    assert info.value.path == "$" and info.value.offset is not None
+    assert len(body) - len(last) - 1 <= info.value.offset < len(body) - 1, "inside `last`"
+    assert info.value.message.endswith(f"- at byte {info.value.offset} of `$`")
+
+
+def test_refusing_a_hostile_1_mib_body_costs_about_what_parsing_it_costs() -> None:
+    # Each body makes the check trace or locate a violation at its very end; the baseline is
+    # stdlib json parsing the same body without it, in the same run (best of 3, both).
+    for element in (b"1", b'{"a":1}', b"[" * 8 + b"1" + b"]" * 8, b'"x"'):
+        bad = big_array(element, b"1e999")
+        good = big_array(element, b"1")
+        cost = best_of_3(lambda bad=bad: refused(bad))  # type: ignore[misc]
+        baseline = best_of_3(lambda good=good: json.loads(good))  # type: ignore[misc]
+        print(f"{element[:12]!r}: check {cost * 1000:.0f} ms, json.loads {baseline * 1000:.0f} ms")
+        assert cost < 12 * baseline  # a token-by-token scan costs 20-50 times json.loads
+
+
+def refused(body: bytes) -> None:
+    with pytest.raises(JsonRuleError):
+        check_json(body, 64, envelope=2)
+
+
+def best_of_3(action: Callable[[], object]) -> float:
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# --- the path is right whatever the shape (property) --------------------------------------
+
+leaves = st.integers(-(2**53) + 1, 2**53 - 1) | st.text(alphabet='a,[]{}":\\ ', max_size=6)
+shapes = st.recursive(
+    leaves,
+    lambda inner: (
+        st.lists(inner, max_size=70)
+        | st.dictionaries(st.from_regex(r"\A[a-z]{1,3}\Z"), inner, max_size=6)
+    ),
+    max_leaves=200,
+)
+BAD = "@@bad@@"
+
+
+def leaf_paths(value: Any, path: str = "$") -> list[tuple[str, list[Any]]]:
+    """Every leaf's path and the keys that lead to it (an explicit stack)."""
+    found: list[tuple[str, list[Any]]] = []
+    stack: list[tuple[Any, str, list[Any]]] = [(value, path, [])]
+    while stack:
+        item, where, keys = stack.pop()
+        if isinstance(item, list) and item:
+            stack.extend((v, f"{where}[{i}]", [*keys, i]) for i, v in enumerate(item))
+        elif isinstance(item, dict) and item:
+            stack.extend((v, f"{where}.{k}", [*keys, k]) for k, v in item.items())
+        else:
+            found.append((where, keys))
+    return found
+
+
+@PURE
+@given(shape=shapes, data=st.data())
+def test_the_reported_path_is_the_bad_leafs(shape: Any, data: st.DataObject) -> None:
+    path, keys = data.draw(st.sampled_from(leaf_paths(shape)))
+    if not keys:
+        shape = BAD
+    else:
+        parent = shape
+        for key in keys[:-1]:
+            parent = parent[key]
+        parent[keys[-1]] = BAD
+    text = json.dumps(shape).replace(f'"{BAD}"', "1e999").encode()
+    with pytest.raises(JsonRuleError) as info:
+        check_json(text, 64)
+    assert info.value.path == path
 
 
 # --- the rule holds for any JSON text (property) -------------------------------------------

@@ -344,6 +344,8 @@ async def test_any_body_is_refused_naming_a_field_or_decodes_the_same_everywhere
             json.loads(body, parse_constant=_refuse)
         except ValueError:
             return  # not JSON: "malformed JSON" is the whole answer
+        except RecursionError:
+            pass  # JSON, too deep for stdlib json itself
         assert "- at `$" in message, message
         return
     [seq] = response.json()["seqs"]
