@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from itertools import accumulate, compress
 from typing import Any, Final
 
@@ -37,31 +37,6 @@ _SIMPLE_TOKENS: Final = (
     rb"|(?P<num>-?\d++(?:\.\d*+)?(?:[eE][+-]?\d++)?)|(?P<punct>[\[\]{},])"
 )
 _TOKEN: Final = re.compile(_SIMPLE_TOKENS, re.S)
-# Or a run of 2-64 container members, each scalars, strings and containers nested at most
-# _RUN_DEPTH deep, ending in a comma, in one token: when nothing in it is suspect the scan
-# skips it whole, so a refused 1 MiB body does not cost a Python step per member.
-_RUN_DEPTH: Final = 6
-_SCALARS: Final = rb'(?:[^"\[\]{},]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")'
-
-
-def _nested_containers(depth: int) -> bytes:
-    """A regular expression for any container nested at most `depth` deep (no recursion)."""
-    member = _SCALARS
-    for _ in range(depth):
-        container = rb"(?:\[(?:%s|,)*+\]|\{(?:%s|,)*+\})" % (member, member)
-        member = rb"(?:%s|%s)" % (_SCALARS, container)
-    return container
-
-
-_CONTAINERS: Final = _nested_containers(_RUN_DEPTH)
-# An opening bracket is a token first: a run never starts with the container that holds it,
-# which would make the engine match the whole container before failing.
-_TOKEN_OR_RUN: Final = re.compile(
-    rb"(?P<open>[\[{])|(?P<run>(?:(?:%s|%s)*+,){2,64}+)|%s"
-    % (_SCALARS, _CONTAINERS, _SIMPLE_TOKENS),
-    re.S,
-)
-_STRING_OR_CONTAINER: Final = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|' + _CONTAINERS, re.S)
 # A surrogate pair, a lone surrogate, or any other escape (so `\\ud800` is not one).
 _ESCAPE: Final = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
@@ -82,9 +57,10 @@ _SAFE_DIGITS: Final = len(str(MAX_SAFE_INTEGER))
 _NAME: Final = re.compile(rb"[A-Za-z_][A-Za-z0-9_]{0,39}")
 _NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
 _BRACKET_MASK: Final = bytes(1 if b in b"[]{}" else 0 for b in range(256))
-# The scan traces a JSON path through this many bytes (about 10 ms); past them a violation
-# is found by C-speed searches and named by its byte offset (a hostile 1 MiB body is cheap).
-_TRACE_BYTES: Final = 64 * 1024
+# The scan traces a JSON path through this many bytes (5-15 ms); past them a violation is
+# found by C-speed searches and named by its byte offset, so a hostile 1 MiB body costs
+# about what parsing it costs, not a Python step per token.
+_TRACE_BYTES: Final = 32 * 1024
 # Where a suspect number shows (simple alternatives: the engine skips ahead fast), and the
 # whole number around it.
 _SUSPECT_DIGITS: Final = re.compile(rb"[0-9]{16}|[eE][+-]?[0-9]{3}")
@@ -124,17 +100,31 @@ def check_json(
         raw = data.encode("utf-8", "surrogatepass")
     else:
         raw = data if isinstance(data, bytes) else bytes(data)
-    if _suspicious(raw, max_depth + envelope):
-        _scan(raw, max_depth, envelope, path)
+    stripped = cache(partial(_Stripped, raw))  # computed once, if at all
+    if _suspicious(raw, max_depth + envelope, stripped):
+        _scan(raw, max_depth, envelope, path, stripped)
 
 
-def _suspicious(raw: bytes, max_depth: int) -> bool:
+class _Stripped:
+    """A JSON text with every string emptied to `""`: numbers and brackets are all that is left."""
+
+    __slots__ = ("bare", "strings")
+
+    def __init__(self, raw: bytes) -> None:
+        self.bare, self.strings = _without_strings(raw)
+
+    def raw_offset(self, in_bare: int) -> int:
+        before = self.bare.count(b'""', 0, in_bare)
+        return in_bare + sum(map(len, self.strings[:before]))
+
+
+def _suspicious(raw: bytes, max_depth: int, stripped: Callable[[], _Stripped]) -> bool:
     if _bad_text(raw):
         return True
     deep = raw.count(b"[") + raw.count(b"{") > max_depth
     if not deep and not _suspect_numbers(raw):
         return False
-    bare = _without_strings(raw)[0]  # hex ids and brackets inside strings are no suspects
+    bare = stripped().bare  # hex ids and brackets inside strings are no suspects
     if _suspect_numbers(bare):
         return True
     brackets = bare.translate(None, _NOT_BRACKETS)
@@ -193,34 +183,27 @@ class _Level:
         return "[" + self.key[:40].decode(errors="replace") + "]"
 
 
-def _scan(raw: bytes, max_depth: int, envelope: int, path: str) -> None:
+def _scan(
+    raw: bytes, max_depth: int, envelope: int, path: str, stripped: Callable[[], _Stripped]
+) -> None:
     stack: list[_Level] = []
 
     def where() -> str:
         return path + "".join(level.segment() for level in stack)
 
-    for match in _TOKEN_OR_RUN.finditer(raw):
+    for match in _TOKEN.finditer(raw):
         if match.start() > _TRACE_BYTES:
-            _locate(raw, match.start(), len(stack), max_depth, envelope, path)
+            _locate(
+                raw, match.start(), len(stack), max_depth + envelope, max_depth, path, stripped()
+            )
             return
-        if match.lastgroup != "run":
-            if not _step(match, stack, max_depth, envelope, where):
-                return
-            continue
-        members = match.group()
-        nests = b"[" in members or b"{" in members
-        too_deep = nests and len(stack) + _RUN_DEPTH > max_depth + envelope
-        if too_deep or _bad_text(members) or _suspect_numbers(members):
-            for token in _TOKEN.finditer(raw, match.start(), match.end()):
-                _step(token, stack, max_depth, envelope, where)
-        elif stack:
-            top = stack[-1]
-            if not top.is_object:  # an object's index is not in its path: skip the count
-                top.index += _STRING_OR_CONTAINER.sub(b"", members).count(b",")
-            top.expect_key = top.is_object
+        if not _step(match, stack, max_depth, envelope, where):
+            return
 
 
-def _locate(raw: bytes, start: int, depth: int, max_depth: int, envelope: int, path: str) -> None:
+def _locate(
+    raw: bytes, start: int, depth: int, limit: int, max_depth: int, path: str, text: _Stripped
+) -> None:
     """Find a violation in `raw[start:]` (`depth` levels open there) without tracing a path."""
     rest = raw[start:]
     try:
@@ -232,29 +215,27 @@ def _locate(raw: bytes, start: int, depth: int, max_depth: int, envelope: int, p
             if escape.lastgroup == "lone":
                 reason = f"lone UTF-16 surrogate {escape.group().decode()} in a string"
                 raise JsonRuleError(reason, path, start + escape.start())
-    bare, strings = _without_strings(rest)
-
-    def offset(in_bare: int) -> int:  # where a position of `bare` is in `raw`
-        before = bare.count(b'""', 0, in_bare)
-        return start + in_bare + sum(map(len, strings[:before]))
-
-    if _suspect_numbers(bare):
-        pos = 0
+    bare = text.bare
+    begin = start - sum(map(len, text.strings[: len(_STRING.findall(raw, 0, start))]))
+    if _suspect_numbers(bare[begin:]):
+        pos = begin
         while (suspect := _SUSPECT_DIGITS.search(bare, pos)) is not None:
             number = _NUMBER.match(bare, _number_start(bare, suspect.start()))
             if number is None:  # not a number after all (malformed): the decoder says so
                 pos = suspect.end()
                 continue
-            _check_number(number.group(), lambda: path, partial(offset, number.start()))
+            at = partial(text.raw_offset, number.start())
+            _check_number(number.group(), lambda: path, at)
             pos = max(number.end(), suspect.end())
-    limit = max_depth + envelope
-    brackets = bare.translate(None, _NOT_BRACKETS)
+    brackets = bare[begin:].translate(None, _NOT_BRACKETS)
     # Depth moves by one per bracket: deeper than the limit means reaching limit + 1.
     if limit + 1 in accumulate(map(_DEPTH_STEP.__getitem__, brackets), initial=depth):
         depths = list(accumulate(map(_DEPTH_STEP.__getitem__, brackets), initial=depth))
         first = depths.index(limit + 1) - 1  # `initial` comes first
-        position = list(compress(range(len(bare)), bare.translate(_BRACKET_MASK)))[first]
-        raise JsonRuleError(f"nested deeper than {max_depth} levels", path, offset(position))
+        mask = bare[begin:].translate(_BRACKET_MASK)
+        position = list(compress(range(begin, len(bare)), mask))[first]
+        reason = f"nested deeper than {max_depth} levels"
+        raise JsonRuleError(reason, path, text.raw_offset(position))
 
 
 def _number_start(text: bytes, position: int) -> int:
@@ -284,7 +265,9 @@ def _step(
             stack[-1].expect_key = False
         _check_string(token, where)
     elif kind == "num":
-        _check_number(match.group(), where)
+        token = match.group()
+        if len(token) >= _SAFE_DIGITS or b"e" in token or b"E" in token:  # else it is fine
+            _check_number(token, where)
     elif kind == "quote":
         return False  # an unterminated string
     else:

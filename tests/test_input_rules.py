@@ -119,16 +119,16 @@ def test_a_violation_deep_in_a_big_body_is_named_by_its_byte_offset(
     assert info.value.message.endswith(f"- at byte {info.value.offset} of `$`")
 
 
-def test_refusing_a_hostile_1_mib_body_costs_about_what_parsing_it_costs() -> None:
-    # Each body makes the check trace or locate a violation at its very end; the baseline is
-    # stdlib json parsing the same body without it, in the same run (best of 3, both).
-    for element in (b"1", b'{"a":1}', b"[" * 8 + b"1" + b"]" * 8, b'"x"'):
+def test_refusing_a_hostile_1_mib_body_costs_about_what_parsing_one_costs() -> None:
+    # Each body makes the check trace or locate a violation at its very end. The baseline,
+    # measured in the same run: stdlib json parsing a 1 MiB array of numbers (best of 3).
+    reference = big_array(b"1", b"1")
+    baseline = best_of_3(lambda: json.loads(reference))
+    for element in (b"1", b'{"a":1}', b"[" * 8 + b"1" + b"]" * 8, b'"x"', b'"\\u00e9"'):
         bad = big_array(element, b"1e999")
-        good = big_array(element, b"1")
         cost = best_of_3(lambda bad=bad: refused(bad))  # type: ignore[misc]
-        baseline = best_of_3(lambda good=good: json.loads(good))  # type: ignore[misc]
-        print(f"{element[:12]!r}: check {cost * 1000:.0f} ms, json.loads {baseline * 1000:.0f} ms")
-        assert cost < 12 * baseline  # a token-by-token scan costs 20-50 times json.loads
+        print(f"{element[:12]!r}: {cost * 1000:.0f} ms; json.loads: {baseline * 1000:.0f} ms")
+        assert cost < 15 * baseline  # 2-6 times here; a token-by-token scan: 20-80 times
 
 
 def refused(body: bytes) -> None:
