@@ -395,3 +395,23 @@ async def test_client_backoff_starts_over_after_a_connection_that_delivered() ->
         await client.close()
         assert received == [1, 2, 3, 4, 5, 6]
         assert len(connections) == 6
+
+
+# --- settings -----------------------------------------------------------------------------
+
+
+def test_the_input_rule_settings_come_from_the_environment_and_are_bounded() -> None:
+    environ = {
+        "HUB_MAX_JSON_DEPTH": "8",
+        "HUB_MAX_EVENT_BYTES": "1000",
+        "HUB_MAX_TYPE_LENGTH": "40",
+    }
+    settings = Settings.from_env(environ)
+    assert (settings.max_json_depth, settings.max_event_bytes, settings.max_type_length) == (
+        8,
+        1000,
+        40,
+    )
+    for bad in ({"max_json_depth": 0}, {"max_json_depth": 257}, {"max_type_length": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Settings(**bad)

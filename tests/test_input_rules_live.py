@@ -217,6 +217,17 @@ async def test_long_names_in_a_url_are_refused_naming_the_parameter(guarded: Gua
         assert error["close"] == 4400 and "epoch" in error["message"]
 
 
+async def test_long_values_in_read_queries_are_refused_naming_the_parameter(
+    guarded: Guarded,
+) -> None:
+    http = guarded.http
+    assert "since" in refusal(await http.get("/v1/projects/p1/events?since=" + "9" * 5000), 400)
+    long_id = {"Last-Event-ID": "e" * 100 + ":1"}
+    assert "Last-Event-ID" in refusal(await http.get("/v1/projects/p1/sse", headers=long_id), 400)
+    many = ",".join(["a.*"] * 1000)
+    assert "too many" in refusal(await http.get(f"/v1/projects/p1/snapshot?types={many}"), 400)
+
+
 async def aborted_publish(running: RunningHub, sent: int, declared: int) -> None:
     """A publish whose client hangs up after `sent` of `declared` body bytes."""
     _, writer = await asyncio.open_connection("127.0.0.1", running.port)
@@ -360,3 +371,52 @@ async def test_any_body_is_refused_naming_a_field_or_decodes_the_same_everywhere
 
 def _refuse(name: str) -> None:
     raise ValueError(name)
+
+
+# --- property: any client op over a live socket gets a reply, never a dropped socket ------
+
+json_ids = st.recursive(
+    st.integers() | st.floats() | st.text(alphabet=st.characters(codec=None), max_size=6),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def op_text(op: str, id_text: str, types_depth: int) -> str:
+    types = (
+        "" if types_depth == 0 else ',"types":' + "[" * types_depth + '"a.*"' + "]" * types_depth
+    )
+    return '{"op":"%s","id":%s%s}' % (op, id_text, types)  # noqa: UP031
+
+
+op_texts = st.builds(
+    op_text,
+    st.sampled_from(["ping", "subscribe", "unsubscribe"]),
+    json_ids.map(json.dumps) | st.integers(1, 3000).map(lambda n: "[" * n + "1" + "]" * n),
+    st.sampled_from([0, 1, 2, 70, 2500]),
+)
+
+
+@pytest.fixture
+async def ws_session(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Guarded]:
+    settings = Settings(
+        heartbeat_s=5.0, error_budget=1_000_000, client_ops_rate=1e6, client_ops_burst=1_000_000
+    )
+    async with guarded_hub(caplog, settings) as hub:
+        yield hub
+
+
+@LIVE
+@given(text=op_texts)
+async def test_any_op_gets_a_reply_and_the_socket_stays_open(
+    ws_session: Guarded, text: str
+) -> None:
+    async with connect(ws_session.running.ws_url("p1"), max_size=None) as ws:
+        assert json.loads(await ws.recv())["op"] == "welcome"
+        await ws.send(text)
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert reply["op"] in {"pong", "subscribed", "error"}, reply
+        if reply["op"] == "error":
+            assert reply["code"] in {"bad_request", "malformed_json"} and "close" not in reply
+        await ws.send('{"op":"ping","id":"after"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"op": "pong", "id": "after"}
