@@ -66,7 +66,9 @@ class Hub:
         """The input rules (hub/json_rules.py) and the size limit, on encoded event data."""
         limit = self.settings.max_event_bytes
         if len(data) > limit:
-            raise PayloadTooLarge(f"data of {len(data)} bytes is over the {limit} byte limit")
+            raise PayloadTooLarge(
+                f"data of {len(data)} bytes is over the {limit} byte limit - at `{path}`"
+            )
         try:
             check_json(data, self.settings.max_json_depth, path)
         except JsonRuleError as exc:
