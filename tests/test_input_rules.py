@@ -28,6 +28,8 @@ from hub.json_rules import MAX_SAFE_INTEGER, JsonRuleError, check_json
 from hub.protocol import EventFrame, FrameError, PingOp, decode_client_frame
 from hub.redis_publisher import RedisPublisher
 
+from .support import wait_for
+
 PURE = settings(max_examples=300, deadline=None, database=None)
 
 
@@ -379,6 +381,19 @@ async def test_client_backs_off_when_dropped_right_after_welcome() -> None:
                 async for _ in client:
                     pass
         assert len(connections) == 4
+
+
+async def test_client_backoff_starts_over_after_a_connection_open_for_healthy_after() -> None:
+    # healthy_after=0: every welcomed connection counts as healthy, so it never gives up.
+    async with fake_hub(lambda: [WELCOME]) as (url, connections):
+        client = HubClient(url, "p", backoff_initial=0.001, max_attempts=2, healthy_after=0.0)
+        consumer = asyncio.create_task(anext(aiter(client), None))
+        await wait_for(lambda: len(connections) >= 6, what="more drops than max_attempts")
+        assert not consumer.done()
+        await client.close()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
 
 
 async def test_client_backoff_starts_over_after_a_connection_that_delivered() -> None:
