@@ -70,7 +70,8 @@ _DEPTH_STEP: Final = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in
 
 
 class JsonRuleError(ValueError):
-    """JSON that breaks an input rule; `message` ends with the bad field's path."""
+    """JSON that breaks an input rule; `message` ends with the bad field's JSON path, or with
+    its byte offset when it lies past the first 32 KiB of a text."""
 
     def __init__(self, reason: str, path: str, offset: int | None = None) -> None:
         self.reason = reason
