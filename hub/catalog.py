@@ -11,11 +11,10 @@ from typing import Any
 import msgspec
 
 from .errors import EventValidationError
+from .json_rules import JsonRuleError, encode_value
 from .protocol import is_valid_event_type
 
 __all__ = ["EventCatalog"]
-
-_encoder = msgspec.json.Encoder()
 
 
 class EventCatalog:
@@ -65,8 +64,12 @@ class EventCatalog:
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise EventValidationError(f"invalid {event_type}: {_rebase(str(exc), path)}") from None
 
-    def encode_data(self, event_type: str, data: Any) -> bytes:
-        """Encode in-process `data` (a Struct, a dict, ...) and validate it; return JSON bytes."""
+    def encode_data(self, event_type: str, data: Any, *, validate: bool = True) -> bytes:
+        """Encode in-process `data` (a Struct, a dict, ...) and validate it; return JSON bytes.
+
+        With `validate=False` the caller runs `validate_json` itself (the hub checks the input
+        rules first, so that no decoder sees deep data).
+        """
         self.check_type(event_type)
         payload = self._payloads.get(event_type)
         if payload is not None and isinstance(data, msgspec.Struct):
@@ -76,11 +79,12 @@ class EventCatalog:
                     f"got {type(data).__name__} - at `$.data`"
                 )
         try:
-            encoded = _encoder.encode(data)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise EventValidationError(f"invalid {event_type}: data is not JSON: {exc}") from None
+            encoded = encode_value(data, path="$.data")
+        except JsonRuleError as exc:
+            raise EventValidationError(f"invalid {event_type}: {exc.message}") from None
         # Structs are validated on construction only for types; decode checks constraints too.
-        self.validate_json(event_type, encoded)
+        if validate:
+            self.validate_json(event_type, encoded)
         return encoded
 
     def json_schema(self) -> dict[str, Any]:

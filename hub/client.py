@@ -4,6 +4,13 @@ Reconnects with jittered exponential backoff, resumes with `since` + `epoch`, dr
 duplicates by seq, accepts array frames and hands `gap` / `snapshot` to the caller, who
 must rebuild state from the snapshot. A client that has seen no event yet resumes from the
 `head` of its first `welcome`, so a drop before the first event loses nothing either.
+
+A frame it cannot decode (invalid UTF-8, a number msgspec cannot hold, ...) is handed to the
+caller as an `UndecodableFrame` and the connection goes on: the other frames of an array
+frame are still delivered, and when the bad one is an event whose seq can be read, the
+client moves past it. The backoff starts over only once a connection has delivered an event
+or stayed open for `healthy_after` seconds, so a hub that drops it right after `welcome`
+is not hammered.
 """
 
 from __future__ import annotations
@@ -11,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -25,16 +34,75 @@ from .protocol import (
     EventFrame,
     GapFrame,
     ReplayedFrame,
+    ServerFrame,
     SnapshotFrame,
     WelcomeFrame,
     decode_server_frames,
 )
 
-__all__ = ["ClientFrame", "HubClient", "HubClientError"]
+__all__ = ["ClientFrame", "HubClient", "HubClientError", "UndecodableFrame", "decode_frames"]
 
 logger = logging.getLogger("hub.client")
 
-ClientFrame = EventFrame | GapFrame | SnapshotFrame
+
+class UndecodableFrame(msgspec.Struct, frozen=True):
+    """A frame, or one element of an array frame, that this client could not decode.
+
+    `raw` is what arrived, `error` why it failed, `seq` the event's seq if it could be read.
+    """
+
+    raw: bytes
+    error: str
+    seq: int | None = None
+
+
+ClientFrame = EventFrame | GapFrame | SnapshotFrame | UndecodableFrame
+
+
+class _SeqOnly(msgspec.Struct):
+    op: str
+    seq: int | None = None
+
+
+_frame_decoder: Final = msgspec.json.Decoder(ServerFrame)
+_elements_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_seq_decoder: Final = msgspec.json.Decoder(_SeqOnly)
+_EVENT_HEAD: Final = re.compile(rb'\{"op":"event","project":"[^"\\]*","seq":(\d{1,19}),')
+_DECODE_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+
+def decode_frames(message: bytes) -> list[ServerFrame | UndecodableFrame]:
+    """Decode a message (a frame or an array of them); what fails becomes UndecodableFrame."""
+    try:
+        return list(decode_server_frames(message))
+    except _DECODE_ERRORS:
+        pass
+    try:
+        elements = (
+            [bytes(e) for e in _elements_decoder.decode(message)]
+            if message.lstrip()[:1] == b"["
+            else [message]
+        )
+    except _DECODE_ERRORS:
+        elements = [message]
+    frames: list[ServerFrame | UndecodableFrame] = []
+    for element in elements:
+        try:
+            frames.append(_frame_decoder.decode(element))
+        except _DECODE_ERRORS as exc:
+            frames.append(UndecodableFrame(element, str(exc) or type(exc).__name__, _seq(element)))
+    return frames
+
+
+def _seq(element: bytes) -> int | None:
+    try:
+        head = _seq_decoder.decode(element)
+    except _DECODE_ERRORS:
+        # Too deep to skip: the hub writes op, project and seq before data.
+        match = _EVENT_HEAD.match(element)
+        return int(match[1]) if match else None
+    return head.seq if head.op == "event" else None
+
 
 # Close codes after which reconnecting cannot help: the client must change something.
 FATAL_CLOSE_CODES = frozenset(
@@ -73,6 +141,7 @@ class HubClient:
         backoff_max: float = 10.0,
         max_attempts: int | None = None,
         open_timeout: float = 10.0,
+        healthy_after: float = 5.0,
     ) -> None:
         self.url = url
         self.project = project
@@ -84,9 +153,11 @@ class HubClient:
         self.backoff_max = backoff_max
         self.max_attempts = max_attempts
         self.open_timeout = open_timeout
+        self.healthy_after = healthy_after  # open this long (or an event): backoff starts over
         self.state: Literal["idle", "connecting", "open", "closed"] = "idle"
         self.connects = 0  # successful connections so far
         self.duplicates_dropped = 0
+        self.undecodable = 0  # frames handed to the caller as UndecodableFrame
         self.welcome: WelcomeFrame | None = None
         self.last_error: ErrorFrame | None = None
         self._ws: ClientConnection | None = None
@@ -127,9 +198,12 @@ class HubClient:
 
     async def _frames(self) -> AsyncIterator[ClientFrame]:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while not self._closing:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
             self.state = "connecting"
+            opened_at: float | None = None
+            delivered = 0
             try:
                 async with connect(
                     self.ws_url(),
@@ -138,16 +212,18 @@ class HubClient:
                     max_size=None,
                 ) as ws:
                     self._ws = ws
-                    async for message in ws:
-                        for frame in decode_server_frames(message):
+                    while True:
+                        # Undecoded bytes: invalid UTF-8 in one event must not close the socket.
+                        message = await ws.recv(decode=False)
+                        for frame in decode_frames(message):
                             if isinstance(frame, WelcomeFrame):
                                 self._on_welcome(frame)
-                                attempt = 0
+                                opened_at = loop.time()
                                 continue
                             out = self._accept(frame)
                             if out is not None:
+                                delivered += isinstance(out, EventFrame)
                                 yield out
-                    code = ws.close_code
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
             except InvalidStatus as exc:
@@ -162,6 +238,10 @@ class HubClient:
                 self._ws = None
             if self._closing:
                 break
+            if delivered or (
+                opened_at is not None and loop.time() - opened_at >= self.healthy_after
+            ):
+                attempt = 0  # a healthy connection: the next drop starts the backoff over
             if code is not None and code in FATAL_CLOSE_CODES:
                 self.state = "closed"
                 detail = self.last_error.message if self.last_error else ""
@@ -189,6 +269,15 @@ class HubClient:
         self.last_error = None
 
     def _accept(self, frame: object) -> ClientFrame | None:
+        if isinstance(frame, UndecodableFrame):
+            if frame.seq is not None:
+                if self.last_seq is not None and frame.seq <= self.last_seq:
+                    self.duplicates_dropped += 1
+                    return None
+                self.last_seq = frame.seq  # move past it: a resume must not replay it forever
+            self.undecodable += 1
+            logger.warning("undecodable frame (seq %s): %s", frame.seq, frame.error)
+            return frame
         if isinstance(frame, EventFrame):
             if self.last_seq is not None and frame.seq <= self.last_seq:
                 self.duplicates_dropped += 1

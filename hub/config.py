@@ -100,6 +100,11 @@ class Settings(msgspec.Struct, kw_only=True):
     # over it the largest projects lose their oldest data first (subscribers behind: `gap`)
     memory_budget_bytes: int = 512 * MiB
 
+    # Input rules (docs/security.md, "Input rules"): what JSON and names the hub accepts.
+    max_json_depth: int = 64  # nesting of one event's data and of a client op (1-256)
+    max_event_bytes: int = 1 * MiB  # encoded `data` of one event
+    max_type_length: int = 128  # characters of an event type
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -147,6 +152,15 @@ class Settings(msgspec.Struct, kw_only=True):
             raise ValueError("log_format must be text or json")
         self._check_redis()
         for name in ("snapshot_bytes", "memory_budget_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        self._check_input_rules()
+
+    def _check_input_rules(self) -> None:
+        # msgspec decodes recursively: the depth stays far below Python's recursion limit.
+        if not 1 <= self.max_json_depth <= 256:
+            raise ValueError("max_json_depth must be 1-256")
+        for name in ("max_event_bytes", "max_type_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 

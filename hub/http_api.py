@@ -7,16 +7,18 @@ limits. The AuthGate middleware has already refused requests without a valid tok
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .auth import authorize
 from .backends.base import PublishRequest
 from .core import Hub
 from .errors import BadRequest, EventValidationError, HubError, PayloadTooLarge, Unauthorized
+from .json_rules import JsonRuleError, check_json
 from .limits import OverCapacity, RateLimitExceeded, RequestTimeout, check_publish_rate
 from .subscription import parse_since
 from .topics import parse_types_param
@@ -31,6 +33,8 @@ __all__ = [
     "schema",
     "snapshot",
 ]
+
+logger = logging.getLogger("hub.http")
 
 _encoder = msgspec.json.Encoder()
 _body_decoder = msgspec.json.Decoder(PublishRequest | list[PublishRequest])
@@ -71,9 +75,14 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     return b"".join(chunks)
 
 
-def _decode_publish_body(body: bytes, max_batch: int) -> list[PublishRequest]:
+def _decode_publish_body(body: bytes, max_batch: int, max_depth: int) -> list[PublishRequest]:
     if not body.strip():
         raise EventValidationError("empty body: expected an event object or an array of them")
+    try:
+        # Before decoding, which recurses (the data of each event is checked again after).
+        check_json(body, max_depth, envelope=2)
+    except JsonRuleError as exc:
+        raise EventValidationError(f"invalid event: {exc.message}") from None
     try:
         decoded = _body_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -95,8 +104,14 @@ async def publish(request: Request) -> Response:
     principal = authorize(request, project, "publish")
     settings = hub.settings
     check_publish_rate(request, project, principal, 1, take=False)  # before reading a body
-    body = await _read_body(request, settings.max_publish_body, settings.body_timeout_s)
-    requests = _decode_publish_body(body, settings.max_publish_batch)
+    try:
+        body = await _read_body(request, settings.max_publish_body, settings.body_timeout_s)
+    except ClientDisconnect:
+        # The publisher went away mid-body: nothing to answer, nothing published.
+        hub.stats.aborted_bodies += 1
+        logger.debug("publish body to %s aborted by the client", project)
+        return Response(status_code=400)
+    requests = _decode_publish_body(body, settings.max_publish_batch, settings.max_json_depth)
     check_publish_rate(request, project, principal, len(requests))
     seqs = await hub.publish_requests(project, requests)
     return json_response({"seqs": seqs}, 202)

@@ -49,11 +49,12 @@ _MANAGER_COUNTERS: tuple[tuple[str, str, str], ...] = (
 class HubStats:
     """Counters kept outside the fan-out (which keeps `ManagerStats`)."""
 
-    __slots__ = ("published", "sse_connections")
+    __slots__ = ("aborted_bodies", "published", "sse_connections")
 
     def __init__(self) -> None:
         self.published = 0  # events accepted by publish calls on this hub instance
         self.sse_connections = 0  # open SSE streams (the manager's others are WebSocket)
+        self.aborted_bodies = 0  # publish bodies the client abandoned halfway
 
 
 class HubCollector(Collector):
@@ -79,6 +80,11 @@ class HubCollector(Collector):
             "hub_events_published",
             "Events accepted by publish calls on this hub instance.",
             value=stats.published,
+        )
+        yield CounterMetricFamily(
+            "hub_publish_bodies_aborted",
+            "Publish bodies the client disconnected in the middle of (nothing published).",
+            value=stats.aborted_bodies,
         )
         for field, name, documentation in _MANAGER_COUNTERS:
             yield CounterMetricFamily(name, documentation, value=getattr(manager.stats, field))

@@ -12,6 +12,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from .json_rules import DEFAULT_MAX_DEPTH, JsonRuleError, check_json
+
 __all__ = [
     "EVENT_TYPE_RE",
     "MAX_CLOSE_REASON_BYTES",
@@ -204,8 +206,16 @@ def _frame_id(data: bytes | str) -> int | str | None:
         return None
 
 
-def decode_client_frame(data: bytes | str) -> ClientFrame:
-    """Decode one client op, raising FrameError with a message fit to show the client."""
+def decode_client_frame(data: bytes | str, max_depth: int = DEFAULT_MAX_DEPTH) -> ClientFrame:
+    """Decode one client op, raising FrameError with a message fit to show the client.
+
+    The input rules run first: msgspec decodes (and skips unknown fields) recursively, so
+    deep nesting must be refused before it sees the frame.
+    """
+    try:
+        check_json(data, max_depth)
+    except JsonRuleError as exc:
+        raise FrameError("bad_request", f"invalid frame: {exc.message}") from None
     try:
         op = _op_decoder.decode(data).op
     except msgspec.ValidationError as exc:

@@ -88,9 +88,7 @@ class RedisPublisher:
         """Publish one event (a msgspec Struct or JSON-able `data`); return its seq."""
         hub = self._hub
         hub.check_project(project)
-        encoded = hub.catalog.encode_data(type, data)
-        request = PublishRequest(type, msgspec.Raw(encoded), key, id or uuid.uuid4().hex)
-        hub.check_envelope(request)
+        request = hub.prepare(type, data, key=key, id=id or uuid.uuid4().hex)
         return (await self._publish(project, [request]))[0]
 
     async def publish_requests(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:

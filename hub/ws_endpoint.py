@@ -158,7 +158,7 @@ async def _serve_ops(
             )
             return
         try:
-            op = decode_client_frame(text)
+            op = decode_client_frame(text, settings.max_json_depth)
             if isinstance(op, PingOp):
                 reply = encode(PongFrame(op.id))
             else:
