@@ -2,7 +2,7 @@
 
 Reconnects with jittered exponential backoff, resumes with `since` + `epoch`, drops
 duplicates by seq, accepts array frames and hands `gap` / `snapshot` to the caller, who
-must rebuild state from the snapshot. A client that has seen no event yet resumes from the
+must rebuild state from the snapshot (a snapshot sent in pages is handed over once, whole). A client that has seen no event yet resumes from the
 `head` of its first `welcome`, so a drop before the first event loses nothing either.
 """
 
@@ -91,6 +91,7 @@ class HubClient:
         self.last_error: ErrorFrame | None = None
         self._ws: ClientConnection | None = None
         self._closing = False
+        self._snapshot_pages: list[EventFrame] = []  # events of `more` pages so far
 
     def ws_url(self) -> str:
         parts = urlsplit(self.url)
@@ -179,6 +180,7 @@ class HubClient:
         self.state = "closed"
 
     def _on_welcome(self, frame: WelcomeFrame) -> None:
+        self._snapshot_pages = []  # a new connection: pages of a cut one are void
         self.welcome = frame
         self.connects += 1
         self.state = "open"
@@ -198,6 +200,12 @@ class HubClient:
         if isinstance(frame, GapFrame):
             return frame
         if isinstance(frame, SnapshotFrame):
+            if frame.more:  # a page: hand the snapshot over once it is whole
+                self._snapshot_pages.extend(frame.events)
+                return None
+            if self._snapshot_pages:
+                frame = SnapshotFrame(frame.head, self._snapshot_pages + frame.events)
+                self._snapshot_pages = []
             # The snapshot replaces history: continue from its head in the current epoch.
             assert self.welcome is not None
             self.epoch = self.welcome.epoch

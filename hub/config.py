@@ -94,6 +94,14 @@ class Settings(msgspec.Struct, kw_only=True):
     body_timeout_s: float = 30.0  # a publish body must arrive within this (else 408)
     max_request_head: int = 16 * KiB  # request line + headers
 
+    # Heavy reads and paged snapshots (docs/operations.md, "Heavy reads and snapshots").
+    snapshot_drain_timeout_s: float = 10.0  # a subscriber taking no snapshot page this long: 4008
+    history_max_bytes: int = 4 * MiB  # a history page stops at about this size (`more`: true)
+    snapshot_page_bytes: int = 4 * MiB  # GET .../snapshot pages (`after`=`next`) of about this
+    heavy_read_bytes: int = 256 * KiB  # larger history/snapshot responses are heavy: streamed
+    max_heavy_reads: int = 16  # heavy reads in flight per process; beyond: 503 + Retry-After
+    heavy_read_timeout_s: float = 30.0  # a heavy response not taken within this is cut
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -140,6 +148,7 @@ class Settings(msgspec.Struct, kw_only=True):
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format must be text or json")
         self._check_redis()
+        self._check_heavy_reads()
 
     def _check_redis(self) -> None:
         for name in (
@@ -157,6 +166,19 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be >= 1")
         if self.redis_key_ttl_s < 0:
             raise ValueError("redis_key_ttl_s must be >= 0 (0: keys never expire)")
+
+    def _check_heavy_reads(self) -> None:
+        for name in (
+            "history_max_bytes",
+            "snapshot_page_bytes",
+            "heavy_read_bytes",
+            "max_heavy_reads",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("snapshot_drain_timeout_s", "heavy_read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -108,6 +108,7 @@ class GapFrame(msgspec.Struct, tag_field="op", tag="gap"):
 class SnapshotFrame(msgspec.Struct, tag_field="op", tag="snapshot"):
     head: int
     events: list[EventFrame]
+    more: bool = False  # a page: the snapshot continues in the next `snapshot` frame
 
 
 class SubscribedFrame(msgspec.Struct, tag_field="op", tag="subscribed"):

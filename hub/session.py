@@ -2,23 +2,25 @@
 
 Register the connection (live events queue up), `welcome`, then replay from `since` or
 `gap` + `snapshot`, then go live with the queued events above what was sent. Only the
-framing differs between transports: each passes a StreamWriter.
+framing differs between transports: each passes a StreamWriter. Snapshot pages go through
+the connection's bounded queue (`Connection.send_paced`), which each transport's sink drains.
 """
 
 from __future__ import annotations
 
 from asyncio import TimerHandle
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from .auth import Principal, schedule_expiry
 from .backends.base import StoredEvent
-from .connection import Connection, Sink
+from .connection import Connection, ControlFrame, Sink
 from .core import Hub
 from .errors import HubError
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
 from .subscription import SubscriptionParams
 
-__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "start_stream"]
+__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "snapshot_pages", "start_stream"]
 
 
 class StreamWriter(Protocol):
@@ -28,7 +30,6 @@ class StreamWriter(Protocol):
     async def events(self, events: list[StoredEvent]) -> None: ...
     async def replayed(self, frame: ReplayedFrame) -> None: ...
     async def gap(self, frame: GapFrame) -> None: ...
-    async def snapshot(self, head: int, frames: list[bytes]) -> None: ...
 
 
 class ReplayOverrun(HubError):
@@ -87,10 +88,34 @@ async def start_stream(
     hub.manager.stats.gaps += 1
     await writer.gap(GapFrame(plan.reason, plan.since, position.oldest, position.head))
     snap_position, events = await backend.snapshot(params.project)
-    await writer.snapshot(
-        snap_position.head, [e.frame for e in events if connection.filter.matches(e.type)]
+    head, matches = snap_position.head, connection.filter.matches
+    pages = snapshot_pages(
+        head, (e.frame for e in events if matches(e.type)), hub.settings.max_frame_bytes
     )
-    connection.go_live(snap_position.head)
+    for page, last in pages:
+        control = ControlFrame("snapshot", page, head if last else None)
+        await connection.send_paced(control, hub.settings.snapshot_drain_timeout_s)
+        if connection.closed:
+            return
+    connection.go_live(head)
+
+
+def snapshot_pages(
+    head: int, frames: Iterable[bytes], max_frame_bytes: int
+) -> Iterator[tuple[bytes, bool]]:
+    """`snapshot` frames of at most about `max_frame_bytes` each (at least one event each),
+    every one but the last marked `"more":true`; yields (frame, is_last)."""
+    prefix = b'{"op":"snapshot","head":%d,"events":[' % head
+    budget = max_frame_bytes - len(prefix) - len(b'],"more":true}')
+    page: list[bytes] = []
+    size = 0
+    for frame in frames:
+        if page and size + len(frame) + 1 > budget:
+            yield prefix + b",".join(page) + b'],"more":true}', False
+            page, size = [], 0
+        page.append(frame)
+        size += len(frame) + 1
+    yield prefix + b",".join(page) + b"]}", True
 
 
 async def _replay(

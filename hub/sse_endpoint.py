@@ -120,12 +120,14 @@ class SseSink:
 
     direct = False
 
-    def __init__(self, send: Send, heartbeat_s: float) -> None:
+    def __init__(self, send: Send, heartbeat_s: float, chunk_bytes: int) -> None:
         self._send = send
         self._heartbeat_s = heartbeat_s
+        self._chunk_bytes = chunk_bytes  # at most about this much per write: a cut socket
+        # keeps what was written last in its buffer
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._closing = False
+        self._last_block: bytes | None = None  # set by end(): the error block, then the end
         self._task: asyncio.Task[None] | None = None
         self._last_write = asyncio.get_running_loop().time()
         self.finished = asyncio.Event()  # the stream has ended (or must be cut)
@@ -148,10 +150,15 @@ class SseSink:
             await self._send({"type": "http.response.body", "body": blocks, "more_body": True})
             self._last_write = asyncio.get_running_loop().time()
 
-    def close(self, code: int, reason: str) -> None:
-        self._closing = True
+    def end(self, frame: bytes, code: int, reason: str) -> None:
+        self._last_block = format_control("error", frame)
         self._wake.set()
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.finished.set)
+        if self._lock.locked():
+            # A send is waiting for a congested socket to drain, which may be never: waiting
+            # for it would hold the connection and its slot. Cut the stream now.
+            self.finished.set()
+        else:
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.finished.set)
 
     def start(self, connection: Connection) -> None:
         self._task = asyncio.create_task(self._write_loop(connection), name="hub-sse-writer")
@@ -172,19 +179,33 @@ class SseSink:
                         async with asyncio.timeout(idle_for):
                             await self._wake.wait()
                 self._wake.clear()
-                if self._closing:
+                sent = False
+                while self._last_block is None and (blocks := self._next_blocks(connection)):
+                    await self.send_blocks(blocks)
+                    sent = True
+                if self._last_block is not None:
+                    await self.send_blocks(self._last_block)
                     async with self._lock:
                         await self._send({"type": "http.response.body", "body": b""})
                     return
-                events = connection.take_events() if connection.live else []
-                if events:
-                    await self.send_blocks(b"".join(format_event(self.epoch, e) for e in events))
-                elif loop.time() - self._last_write >= self._heartbeat_s:
+                if not sent and loop.time() - self._last_write >= self._heartbeat_s:
                     await self.send_blocks(KEEPALIVE)
         except Exception:  # the client went away; the session sees the disconnect too
             logger.debug("sse writer stopped", exc_info=True)
         finally:
             self.finished.set()
+
+    def _next_blocks(self, connection: Connection) -> bytes:
+        """The next write: one queued control frame, or queued events up to a chunk."""
+        control = connection.take_control()
+        if control is not None:
+            here = None if control.position is None else b"%s:%d" % (self.epoch, control.position)
+            return format_control(control.op, control.frame, here)
+        if not connection.live:
+            return b""
+        epoch = self.epoch
+        events = connection.take_events(self._chunk_bytes)
+        return b"".join(format_event(epoch, e) for e in events)
 
 
 # --- the endpoint and its session ---------------------------------------------------------
@@ -228,7 +249,7 @@ class _SseStream(Response):
     async def _stream(self, receive: Receive, send: Send) -> None:
         hub, params, settings = self._hub, self._params, self._hub.settings
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        sink = SseSink(send, settings.heartbeat_s)
+        sink = SseSink(send, settings.heartbeat_s, settings.max_frame_bytes)
         connection, expiry = open_connection(hub, params, self._principal, sink)
         await hub.manager.add(connection)
         hub.stats.sse_connections += 1
@@ -289,7 +310,3 @@ class _SseStreamWriter:
 
     async def gap(self, frame: GapFrame) -> None:
         await self._sink.send_blocks(format_control("gap", encode(frame)))
-
-    async def snapshot(self, head: int, frames: list[bytes]) -> None:
-        body = b'{"op":"snapshot","head":%d,"events":[%s]}' % (head, b",".join(frames))
-        await self._sink.send_blocks(format_control("snapshot", body, self._id(head)))

@@ -122,11 +122,6 @@ class _WebSocketStreamWriter:
     async def gap(self, frame: GapFrame) -> None:
         await self._sink.send(encode(frame))
 
-    async def snapshot(self, head: int, frames: list[bytes]) -> None:
-        await self._sink.send(
-            b'{"op":"snapshot","head":%d,"events":[%s]}' % (head, b",".join(frames))
-        )
-
 
 async def _serve_ops(
     hub: Hub,
