@@ -2,8 +2,9 @@
 
 Reconnects with jittered exponential backoff, resumes with `since` + `epoch`, drops
 duplicates by seq, accepts array frames and hands `gap` / `snapshot` to the caller, who
-must rebuild state from the snapshot (a snapshot sent in pages is handed over once, whole). A client that has seen no event yet resumes from the
-`head` of its first `welcome`, so a drop before the first event loses nothing either.
+must rebuild state from the snapshot (one sent in pages is handed over once, whole). A
+client that has seen no event yet resumes from the `head` of its first `welcome`, so a
+drop before the first event loses nothing either.
 """
 
 from __future__ import annotations

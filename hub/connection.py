@@ -322,9 +322,7 @@ class Connection:
                 async with asyncio.timeout(timeout_s):
                     await self._room
             except TimeoutError:
-                self.close_slow(
-                    f"snapshot not taken within {timeout_s:g}s; reconnect with since"
-                )
+                self.close_slow(f"snapshot not taken within {timeout_s:g}s; reconnect with since")
             finally:
                 self._room = None
         if self.closed:

@@ -146,7 +146,7 @@ async def test_never_reading_clients_hold_a_queue_not_a_snapshot_and_are_cut_wit
         await wait_for(lambda: hub.manager.connection_count == 0, what="connections released")
         assert limits_of(running).connections.count == 0
         # A stalled client that reads again finds pages, the reason, then the 4008 close.
-        protocol, reader, writer = stalled[0]
+        protocol, reader, _ = stalled[0]
         frames, close = [], None
         while close is None:
             data = await asyncio.wait_for(reader.read(65536), 10)
