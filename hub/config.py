@@ -95,7 +95,7 @@ class Settings(msgspec.Struct, kw_only=True):
     max_request_head: int = 16 * KiB  # request line + headers
 
     # Heavy reads and paged snapshots (docs/operations.md, "Heavy reads and snapshots").
-    snapshot_drain_timeout_s: float = 10.0  # a subscriber taking no snapshot page this long: 4008
+    stall_timeout_s: float = 10.0  # a subscriber taking nothing this long mid-replay/snapshot: 4008
     history_max_bytes: int = 4 * MiB  # a history page stops at about this size (`more`: true)
     snapshot_page_bytes: int = 4 * MiB  # GET .../snapshot pages (`after`=`next`) of about this
     heavy_read_bytes: int = 256 * KiB  # larger history/snapshot responses are heavy: streamed
@@ -176,7 +176,7 @@ class Settings(msgspec.Struct, kw_only=True):
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("snapshot_drain_timeout_s", "heavy_read_timeout_s"):
+        for name in ("stall_timeout_s", "heavy_read_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
 

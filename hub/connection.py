@@ -58,6 +58,7 @@ class DirectSink:
 
     def __init__(self, channel: DirectChannel) -> None:
         self._channel = channel
+        self._ended = asyncio.Event()  # wakes a send waiting for a socket that was cut
         self.framed = channel.framed
 
     def writable(self) -> bool:
@@ -70,13 +71,25 @@ class DirectSink:
             self._channel.write_text(payload)
 
     async def send(self, payload: bytes) -> None:
-        if not self._channel.open():
+        channel = self._channel
+        if not channel.open():
             return
-        await self._channel.wait_writable()
-        if self._channel.open():
-            self._channel.write_text(payload)
+        if not channel.writable():
+            # A cut socket may never drain (its peer does not read): stop waiting at the cut.
+            waits = [
+                asyncio.ensure_future(channel.wait_writable()),
+                asyncio.ensure_future(self._ended.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        if channel.open() and not self._ended.is_set():
+            channel.write_text(payload)
 
     def end(self, frame: bytes, code: int, reason: str) -> None:
+        self._ended.set()
         with contextlib.suppress(Exception):
             self.write(frame, text_frame(frame))
             self._channel.close(code, reason)

@@ -8,8 +8,9 @@ the connection's bounded queue (`Connection.send_paced`), which each transport's
 
 from __future__ import annotations
 
+import asyncio
 from asyncio import TimerHandle
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Protocol
 
 from .auth import Principal, schedule_expiry
@@ -66,7 +67,21 @@ def open_connection(
 async def start_stream(
     hub: Hub, connection: Connection, params: SubscriptionParams, writer: StreamWriter
 ) -> None:
-    """Everything between registration and live (the connection is already registered)."""
+    """Everything between registration and live (the connection is already registered).
+
+    A socket that takes nothing for `stall_timeout_s` meanwhile is cut with 4008: its queue
+    cannot overflow while nothing is published, so without this it would be held forever.
+    """
+    timeout_s = hub.settings.stall_timeout_s
+    try:
+        await _stream(hub, connection, params, _StallGuard(writer, timeout_s))
+    except _Stalled:
+        connection.close_slow(f"nothing taken within {timeout_s:g}s; reconnect with since")
+
+
+async def _stream(
+    hub: Hub, connection: Connection, params: SubscriptionParams, writer: StreamWriter
+) -> None:
     backend = hub.backend
     position = await backend.position(params.project)
     hub.manager.note_epoch(params.project, position.epoch)
@@ -94,10 +109,41 @@ async def start_stream(
     )
     for page, last in pages:
         control = ControlFrame("snapshot", page, head if last else None)
-        await connection.send_paced(control, hub.settings.snapshot_drain_timeout_s)
+        await connection.send_paced(control, hub.settings.stall_timeout_s)
         if connection.closed:
             return
     connection.go_live(head)
+
+
+class _Stalled(Exception):
+    """A send of the session did not complete within the stall timeout."""
+
+
+class _StallGuard:
+    """A StreamWriter whose every send must complete within `timeout_s`."""
+
+    def __init__(self, writer: StreamWriter, timeout_s: float) -> None:
+        self._writer = writer
+        self._timeout_s = timeout_s
+
+    async def _within(self, send: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await send
+        except TimeoutError:
+            raise _Stalled from None
+
+    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None:
+        await self._within(self._writer.welcome(frame, at_head))
+
+    async def events(self, events: list[StoredEvent]) -> None:
+        await self._within(self._writer.events(events))
+
+    async def replayed(self, frame: ReplayedFrame) -> None:
+        await self._within(self._writer.replayed(frame))
+
+    async def gap(self, frame: GapFrame) -> None:
+        await self._within(self._writer.gap(frame))
 
 
 def snapshot_pages(
@@ -125,7 +171,7 @@ async def _replay(
     backend, settings = hub.backend, hub.settings
     cursor, count = since, 0
     chunk = min(settings.history_max_limit, 1000)
-    while True:
+    while not connection.closed:
         result = await backend.read(connection.project, cursor, chunk)
         events = result.events
         if events and events[0].seq != cursor + 1:
@@ -147,4 +193,5 @@ async def _replay(
         if events:
             cursor = events[-1].seq
         if len(events) < chunk:
-            return cursor, count
+            break
+    return cursor, count

@@ -47,7 +47,7 @@ HEADERS = {
     "x-accel-buffering": "no",  # nginx: do not buffer the stream
 }
 KEEPALIVE = b": keepalive\n\n"
-CLOSE_GRACE_S = 5.0  # a stream that cannot take its last error block in this long is cut
+CLOSE_GRACE_S = 5.0  # an ended stream that cannot take its error block in this long is cut
 
 
 # --- framing (pure) ----------------------------------------------------------------------
@@ -151,23 +151,26 @@ class SseSink:
             self._last_write = asyncio.get_running_loop().time()
 
     def end(self, frame: bytes, code: int, reason: str) -> None:
+        # The stream ends now: its connection and slot are released at once. The writer
+        # gets the error block out in `stop()` unless the socket stays congested (a send
+        # waiting for it to drain may wait forever: the peer may never read).
         self._last_block = format_control("error", frame)
         self._wake.set()
-        if self._lock.locked():
-            # A send is waiting for a congested socket to drain, which may be never: waiting
-            # for it would hold the connection and its slot. Cut the stream now.
-            self.finished.set()
-        else:
-            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.finished.set)
+        self.finished.set()
 
     def start(self, connection: Connection) -> None:
         self._task = asyncio.create_task(self._write_loop(connection), name="hub-sse-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Give an ending stream CLOSE_GRACE_S to send its error block; else cut it."""
+        task = self._task
+        if task is None:
+            return
+        if self._last_block is not None:
+            await asyncio.wait([task], timeout=CLOSE_GRACE_S)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _write_loop(self, connection: Connection) -> None:
         loop = asyncio.get_running_loop()
@@ -267,6 +270,7 @@ class _SseStream(Response):
             await asyncio.gather(session, disconnect, return_exceptions=True)
             hub.stats.sse_connections -= 1
             await hub.manager.remove(connection)
+            self._slot.release()  # now, even while the error block waits for the socket
             await sink.stop()
 
 

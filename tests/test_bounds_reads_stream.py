@@ -115,9 +115,7 @@ async def test_hub_client_gets_a_paged_snapshot_whole_once() -> None:
 
 
 async def test_never_reading_clients_hold_a_queue_not_a_snapshot_and_are_cut_with_4008() -> None:
-    settings = Settings(
-        queue_bytes=256 * KiB, max_frame_bytes=32 * KiB, snapshot_drain_timeout_s=0.5
-    )
+    settings = Settings(queue_bytes=256 * KiB, max_frame_bytes=32 * KiB, stall_timeout_s=0.5)
     clients, keys, size = 8, 1000, 10 * KiB  # a 10 MB snapshot
     async with run_hub(settings) as running:
         hub = running.hub
@@ -196,9 +194,7 @@ async def test_sse_snapshot_pages_carry_an_id_only_on_the_last() -> None:
 
 
 async def test_never_reading_sse_clients_of_a_big_snapshot_are_cut_and_released() -> None:
-    settings = Settings(
-        queue_bytes=128 * KiB, max_frame_bytes=32 * KiB, snapshot_drain_timeout_s=0.5
-    )
+    settings = Settings(queue_bytes=128 * KiB, max_frame_bytes=32 * KiB, stall_timeout_s=0.5)
     async with run_hub(settings) as running:
         hub = running.hub
         await publish_keys(running, 500, 10 * KiB)
@@ -237,3 +233,23 @@ async def test_never_reading_sse_consumers_are_released_within_seconds(readers: 
             async with sse(running) as stream:
                 seq = await hub.publish(P, "test.item.added", {})
                 await stream.until("live event", lambda: seq in stream.seqs)
+
+
+# --- a stalled replay on a quiet project -------------------------------------------------
+
+
+async def test_never_reading_clients_of_a_long_replay_are_cut_and_released() -> None:
+    """Nothing is published, so no queue overflows: the stall timeout cuts them."""
+    settings = Settings(stall_timeout_s=0.5)
+    async with run_hub(settings) as running:
+        hub = running.hub
+        await publish_keys(running, 1000, 5 * KiB)  # 5 MB retained, nothing published later
+        stalled = [await open_stalled_client(running.ws_url(P, since=0)) for _ in range(3)]
+        async with stalled_sse(running, 3, "?since=0"):
+            await wait_for(
+                lambda: hub.manager.stats.slow_closes == 6, timeout=10, what="6 slow closes"
+            )
+            await wait_for(lambda: hub.manager.connection_count == 0, timeout=5)
+            await wait_for(lambda: limits_of(running).connections.count == 0, timeout=5)
+        for _, _, writer in stalled:
+            writer.close()
