@@ -70,7 +70,8 @@ def read_limiter_of(conn: HTTPConnection, settings: Settings) -> ReadLimiter:
 def json_array_chunks(
     head: bytes, frames: Sequence[bytes], tail: bytes, chunk_bytes: int
 ) -> Iterator[bytes]:
-    """`head` + frames joined by commas + `tail`, cut in chunks of about `chunk_bytes`."""
+    """`head` + frames joined by commas + `tail`, cut in chunks of about `chunk_bytes` (each
+    made by one join: concatenating large bytes copies them every time)."""
     part = [head]
     size = len(head)
     for i, frame in enumerate(frames):
@@ -91,7 +92,8 @@ def read_response(
     """A JSON response `head` + frames joined by commas + `tail`; streamed when heavy."""
     length = len(head) + sum(len(f) for f in frames) + max(0, len(frames) - 1) + len(tail)
     if length <= settings.heavy_read_bytes:
-        return Response(head + b",".join(frames) + tail, media_type="application/json")
+        body = b"".join(json_array_chunks(head, frames, tail, length + 1))  # one chunk
+        return Response(body, media_type="application/json")
     slot = read_limiter_of(conn, settings).acquire()  # OverCapacity: 503 + Retry-After
     return _StreamedJson(head, frames, tail, length, slot, settings.heavy_read_timeout_s)
 

@@ -112,6 +112,7 @@ async def _stream(
         await connection.send_paced(control, hub.settings.stall_timeout_s)
         if connection.closed:
             return
+        await asyncio.sleep(0)  # many sessions paging at once: let the others run too
     connection.go_live(head)
 
 
@@ -152,16 +153,25 @@ def snapshot_pages(
     """`snapshot` frames of at most about `max_frame_bytes` each (at least one event each),
     every one but the last marked `"more":true`; yields (frame, is_last)."""
     prefix = b'{"op":"snapshot","head":%d,"events":[' % head
-    budget = max_frame_bytes - len(prefix) - len(b'],"more":true}')
-    page: list[bytes] = []
+    budget = max_frame_bytes - len(prefix) - len(_MORE)
+    parts = [prefix]
     size = 0
     for frame in frames:
-        if page and size + len(frame) + 1 > budget:
-            yield prefix + b",".join(page) + b'],"more":true}', False
-            page, size = [], 0
-        page.append(frame)
+        if size and size + len(frame) + 1 > budget:
+            parts[-1] = _MORE  # in place of the last comma
+            yield b"".join(parts), False  # one join: concatenating copies every time
+            parts, size = [prefix], 0
+        parts += (frame, b",")
         size += len(frame) + 1
-    yield prefix + b",".join(page) + b"]}", True
+    if size:
+        parts[-1] = _LAST
+    else:
+        parts.append(_LAST)
+    yield b"".join(parts), True
+
+
+_MORE = b'],"more":true}'
+_LAST = b"]}"
 
 
 async def _replay(
