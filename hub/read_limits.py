@@ -19,7 +19,14 @@ from starlette.types import Receive, Scope, Send
 from .config import Settings
 from .limits import OverCapacity
 
-__all__ = ["CHUNK_BYTES", "ReadLimiter", "ReadSlot", "json_array_chunks", "read_response"]
+__all__ = [
+    "CHUNK_BYTES",
+    "ReadLimiter",
+    "ReadSlot",
+    "json_array_chunks",
+    "read_limiter_of",
+    "read_response",
+]
 
 logger = logging.getLogger("hub.reads")
 

@@ -259,15 +259,18 @@ class _SseStream(Response):
         sink.start(connection)
         session = asyncio.create_task(_run_session(hub, connection, sink, params))
         disconnect = asyncio.create_task(_wait_for_disconnect(receive))
+        # The stream may end while the session still waits for the socket (replaying).
+        finished = asyncio.create_task(sink.finished.wait())
+        tasks = (session, disconnect, finished)
         try:
-            await asyncio.wait({session, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if expiry is not None:
                 expiry.cancel()
             connection.closed = True
-            for task in (session, disconnect):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(session, disconnect, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             hub.stats.sse_connections -= 1
             await hub.manager.remove(connection)
             self._slot.release()  # now, even while the error block waits for the socket

@@ -253,3 +253,25 @@ async def test_never_reading_clients_of_a_long_replay_are_cut_and_released() -> 
             await wait_for(lambda: limits_of(running).connections.count == 0, timeout=5)
         for _, _, writer in stalled:
             writer.close()
+
+
+async def test_a_stalled_replay_cut_by_overflow_is_released_at_once() -> None:
+    """The session waits on a socket that will never drain: the cut must wake it."""
+    settings = Settings(stall_timeout_s=60, queue_bytes=64 * KiB)
+    async with run_hub(settings) as running:
+        hub = running.hub
+        await publish_keys(running, 1000, 5 * KiB)
+        stalled = [await open_stalled_client(running.ws_url(P, since=0)) for _ in range(2)]
+        async with stalled_sse(running, 2, "?since=0"):
+            await wait_for(lambda: hub.manager.connection_count == 4, what="all connected")
+            published = 0
+            while hub.manager.stats.slow_closes < 4 and published < 2000:
+                await hub.publish(P, "test.item.added", {"b": "x" * 1000})
+                published += 1
+                if published % 20 == 0:
+                    await asyncio.sleep(0)
+            assert hub.manager.stats.slow_closes == 4
+            await wait_for(lambda: hub.manager.connection_count == 0, timeout=3)
+            await wait_for(lambda: limits_of(running).connections.count == 0, timeout=3)
+        for _, _, writer in stalled:
+            writer.close()
