@@ -123,8 +123,7 @@ class SseSink:
     def __init__(self, send: Send, heartbeat_s: float, chunk_bytes: int) -> None:
         self._send = send
         self._heartbeat_s = heartbeat_s
-        self._chunk_bytes = chunk_bytes  # at most about this much per write: a cut socket
-        # keeps what was written last in its buffer
+        self._chunk_bytes = chunk_bytes  # per write: a cut socket keeps its last write
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._last_block: bytes | None = None  # set by end(): the error block, then the end
