@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from hub.client import HubClient
 from hub.config import Settings
 from hub.limits import Limits
-from hub.protocol import EventFrame, GapFrame, SnapshotFrame, decode_server_frames
+from hub.protocol import EventFrame, GapFrame, SnapshotFrame, WelcomeFrame, decode_server_frames
 from hub.session import snapshot_pages
 
 from .support import RunningHub, run_hub, wait_for
@@ -92,6 +92,21 @@ def test_an_empty_snapshot_is_one_unmarked_page_and_a_huge_event_gets_its_own() 
         snapshot_pages(7, [event_frame(1), event_frame(2, "x" * 5000), event_frame(3)], 1024)
     )
     assert [len(msgspec.json.decode(p)["events"]) for p, _ in pages] == [1, 1, 1]
+
+
+def test_hub_client_drops_the_pages_of_a_cut_connection() -> None:
+    client = HubClient("http://hub", P)
+    welcome = WelcomeFrame(P, "e", 9, 1, 5.0)
+    events = [msgspec.json.decode(event_frame(seq), type=EventFrame) for seq in range(1, 5)]
+    client._on_welcome(welcome)
+    assert client._accept(SnapshotFrame(9, events[:1], more=True)) is None
+    client._on_welcome(welcome)  # reconnected: that page is void
+    assert client._accept(SnapshotFrame(9, events[1:3], more=True)) is None
+    whole = client._accept(SnapshotFrame(9, events[3:]))
+    assert isinstance(whole, SnapshotFrame) and not whole.more
+    assert [e.seq for e in whole.events] == [2, 3, 4] and client.last_seq == 9
+    unpaged = client._accept(SnapshotFrame(12, events[:1]))
+    assert isinstance(unpaged, SnapshotFrame) and [e.seq for e in unpaged.events] == [1]
 
 
 # --- WebSocket ---------------------------------------------------------------------------
