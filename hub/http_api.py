@@ -20,7 +20,7 @@ from .backends.base import Backend, Position, PublishRequest, StoredEvent
 from .core import Hub
 from .errors import BadRequest, EventValidationError, HubError, PayloadTooLarge, Unauthorized
 from .limits import OverCapacity, RateLimitExceeded, RequestTimeout, check_publish_rate
-from .read_limits import read_response
+from .read_limits import read_limiter_of, read_response
 from .subscription import parse_since
 from .topics import parse_types_param
 
@@ -127,9 +127,12 @@ async def history(request: Request) -> Response:
             request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
         )
     )
-    page = await _history_page(
-        hub.backend, project, since, limit, type_filter.matches, settings.history_max_bytes
-    )
+    limiter = read_limiter_of(request, settings)
+    busy = limiter.busy  # no slot for a heavy answer: find that out after little work
+    budget = settings.heavy_read_bytes if busy else settings.history_max_bytes
+    page = await _history_page(hub.backend, project, since, limit, type_filter.matches, budget)
+    if busy and page.cut:
+        raise limiter.refusal()
     position = page.position
     head = b'{"epoch":%s,"head":%d,"oldest":%d,"next":%d,"more":%s,"gap":%s,"events":[' % (
         _encoder.encode(position.epoch),
@@ -155,10 +158,13 @@ async def snapshot(request: Request) -> Response:
             request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
         )
     )
+    limiter = read_limiter_of(request, settings)
+    busy = limiter.busy
+    budget = settings.heavy_read_bytes if busy else settings.snapshot_page_bytes
     position, events = await hub.backend.snapshot(project)
-    frames, last, more = _snapshot_page(
-        events, after, type_filter.matches, settings.snapshot_page_bytes
-    )
+    frames, last, more = _snapshot_page(events, after, type_filter.matches, budget)
+    if busy and more:
+        raise limiter.refusal()
     head = b'{"epoch":%s,"head":%d,"oldest":%d,"next":%d,"more":%s,"events":[' % (
         _encoder.encode(position.epoch),
         position.head,
@@ -177,6 +183,7 @@ class _HistoryPage(msgspec.Struct):
     frames: list[bytes]
     next: int  # the last seq scanned: the following page's `since`
     gap: bool
+    cut: bool = False  # stopped by the byte budget
 
 
 async def _history_page(
@@ -202,7 +209,8 @@ async def _history_page(
         for event in events:
             if matches(event.type):
                 if frames and size + len(event.frame) > max_bytes:
-                    return _HistoryPage(result.position, frames, cursor, _gap(since, first))
+                    gap = _gap(since, first)
+                    return _HistoryPage(result.position, frames, cursor, gap, cut=True)
                 frames.append(event.frame)
                 size += len(event.frame) + 1
             cursor = event.seq

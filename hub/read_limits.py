@@ -55,14 +55,21 @@ class ReadLimiter:
         self.in_flight = 0
         self.refused = 0
 
+    @property
+    def busy(self) -> bool:
+        return self.in_flight >= self.limit
+
     def acquire(self) -> ReadSlot:
-        if self.in_flight >= self.limit:
-            self.refused += 1
-            raise OverCapacity(
-                f"{self.limit} large reads in flight; retry shortly or ask for a smaller page"
-            )
+        if self.busy:
+            raise self.refusal()
         self.in_flight += 1
         return ReadSlot(self)
+
+    def refusal(self) -> OverCapacity:
+        self.refused += 1
+        return OverCapacity(
+            f"{self.limit} large reads in flight; retry shortly or ask for a smaller page"
+        )
 
 
 def read_limiter_of(conn: HTTPConnection, settings: Settings) -> ReadLimiter:

@@ -177,7 +177,7 @@ async def test_small_snapshot_is_one_page_and_bad_after_is_a_400() -> None:
 async def test_heavy_reads_beyond_the_limit_get_503_with_retry_after_and_light_ones_pass() -> None:
     settings = Settings(max_heavy_reads=2, heavy_read_bytes=16 * KiB, heavy_read_timeout_s=30)
     async with run_hub(settings) as running:
-        await publish_blobs(running, 600, 8 * KiB)  # 4.8 MB: more than any socket buffers
+        await publish_blobs(running, 600, 8 * KiB, keyed=True)  # 4.8 MB: beyond socket buffers
         heavy = f"/v1/projects/{P}/events?since=0"
         light = f"/v1/projects/{P}/events?since=0&limit=1"
         async with stalled_gets(running.port, heavy, 2):
@@ -192,6 +192,7 @@ async def test_heavy_reads_beyond_the_limit_get_503_with_retry_after_and_light_o
                 assert refused.json()["error"]["code"] == "over_capacity"
                 assert refused.json()["error"]["retryable"] is True
                 assert (await http.get(light)).status_code == 200
+                assert (await http.get(f"/v1/projects/{P}/snapshot")).status_code == 503
         # The stalled clients went away: their slots come back, heavy reads pass again.
         await wait_for(lambda: limiter.in_flight == 0, what="slots released")
         status, headers, size = await raw_get(running.port, heavy)
