@@ -202,7 +202,8 @@ async def _history_page(
     while True:
         want = min(limit - scanned, _READ_CHUNK)
         result = await backend.read(project, cursor, want)
-        first = first or result.position
+        if first is None:
+            first = result.position
         events = result.events
         if events and scanned and events[0].seq != cursor + 1:
             break  # retention moved past this page while it was read: the next one says gap
