@@ -91,8 +91,9 @@ def json_array_chunks(
     for i, frame in enumerate(frames):
         if i:
             part.append(b",")
+            size += 1
         part.append(frame)
-        size += len(frame) + 1
+        size += len(frame)
         if size >= chunk_bytes:
             yield b"".join(part)
             part, size = [], 0

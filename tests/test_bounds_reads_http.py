@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from websockets.asyncio.client import connect
 
@@ -98,6 +100,21 @@ def test_chunks_join_to_the_same_json_and_stay_near_the_chunk_size() -> None:
     assert b"".join(chunks) == b'{"events":[' + b",".join(frames) + b"]}"
     assert len(chunks) > 10 and all(len(c) < 4096 + 400 for c in chunks)
     assert list(json_array_chunks(b"[", [], b"]", 10)) == [b"[]"]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    frames=st.lists(st.binary(max_size=300), max_size=50),
+    head=st.binary(max_size=40),
+    tail=st.binary(max_size=10),
+    chunk_bytes=st.integers(1, 2000),
+)
+def test_chunks_always_join_to_the_whole_body(
+    frames: list[bytes], head: bytes, tail: bytes, chunk_bytes: int
+) -> None:
+    chunks = list(json_array_chunks(head, frames, tail, chunk_bytes))
+    assert b"".join(chunks) == head + b",".join(frames) + tail
+    assert all(chunks[:-1])  # no empty writes but possibly the last
 
 
 # --- per-request bounds ------------------------------------------------------------------

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 
 from hub.client import HubClient
@@ -107,6 +109,28 @@ def test_hub_client_drops_the_pages_of_a_cut_connection() -> None:
     assert [e.seq for e in whole.events] == [2, 3, 4] and client.last_seq == 9
     unpaged = client._accept(SnapshotFrame(12, events[:1]))
     assert isinstance(unpaged, SnapshotFrame) and [e.seq for e in unpaged.events] == [1]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), max_size=60),
+    max_frame_bytes=st.integers(1, 8000),
+    head=st.integers(0, 2**63 - 1),
+)
+def test_pages_hold_every_frame_once_in_order_within_the_bound(
+    sizes: list[int], max_frame_bytes: int, head: int
+) -> None:
+    frames = [event_frame(i, "x" * size) for i, size in enumerate(sizes)]
+    pages = list(snapshot_pages(head, frames, max_frame_bytes))
+    decoded = [msgspec.json.decode(page) for page, _ in pages]
+    assert [e["seq"] for d in decoded for e in d["events"]] == list(range(len(sizes)))
+    assert [last for _, last in pages] == [False] * (len(pages) - 1) + [True]
+    assert all(
+        d.get("more", False) is (not last) for d, (_, last) in zip(decoded, pages, strict=True)
+    )
+    assert all(d["head"] == head for d in decoded)
+    for (page, _), d in zip(pages, decoded, strict=True):
+        assert len(page) <= max_frame_bytes or len(d["events"]) <= 1
 
 
 # --- WebSocket ---------------------------------------------------------------------------
