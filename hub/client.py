@@ -2,8 +2,9 @@
 
 Reconnects with jittered exponential backoff, resumes with `since` + `epoch`, drops
 duplicates by seq, accepts array frames and hands `gap` / `snapshot` to the caller, who
-must rebuild state from the snapshot. A client that has seen no event yet resumes from the
-`head` of its first `welcome`, so a drop before the first event loses nothing either.
+must rebuild state from the snapshot (one sent in pages is handed over once, whole). A
+client that has seen no event yet resumes from the `head` of its first `welcome`, so a drop
+before the first event loses nothing either.
 
 A frame it cannot decode (invalid UTF-8, a number msgspec cannot hold, ...) is handed to the
 caller as an `UndecodableFrame` and the connection goes on: the other frames of an array
@@ -162,6 +163,7 @@ class HubClient:
         self.last_error: ErrorFrame | None = None
         self._ws: ClientConnection | None = None
         self._closing = False
+        self._snapshot_pages: list[EventFrame] = []  # events of `more` pages so far
 
     def ws_url(self) -> str:
         parts = urlsplit(self.url)
@@ -259,6 +261,7 @@ class HubClient:
         self.state = "closed"
 
     def _on_welcome(self, frame: WelcomeFrame) -> None:
+        self._snapshot_pages = []  # a new connection: pages of a cut one are void
         self.welcome = frame
         self.connects += 1
         self.state = "open"
@@ -287,6 +290,14 @@ class HubClient:
         if isinstance(frame, GapFrame):
             return frame
         if isinstance(frame, SnapshotFrame):
+            if frame.more:  # a page: hand the snapshot over once it is whole
+                self._snapshot_pages.extend(frame.events)
+                return None
+            if self._snapshot_pages:
+                frame = SnapshotFrame(
+                    frame.head, self._snapshot_pages + frame.events, truncated=frame.truncated
+                )
+                self._snapshot_pages = []
             # The snapshot replaces history: continue from its head in the current epoch.
             assert self.welcome is not None
             self.epoch = self.welcome.epoch

@@ -105,6 +105,14 @@ class Settings(msgspec.Struct, kw_only=True):
     max_event_bytes: int = 1 * MiB  # encoded `data` of one event
     max_type_length: int = 128  # characters of an event type
 
+    # Heavy reads and paged snapshots (docs/operations.md, "Heavy reads and snapshots").
+    stall_timeout_s: float = 10.0  # a subscriber taking nothing this long mid-replay/snapshot: 4008
+    history_max_bytes: int = 4 * MiB  # a history page stops at about this size (`more`: true)
+    snapshot_page_bytes: int = 4 * MiB  # GET .../snapshot pages (`after`=`next`) of about this
+    heavy_read_bytes: int = 256 * KiB  # larger history/snapshot responses are heavy: streamed
+    max_heavy_reads: int = 16  # heavy reads in flight per process; beyond: 503 + Retry-After
+    heavy_read_timeout_s: float = 30.0  # a heavy response not taken within this is cut
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -155,6 +163,7 @@ class Settings(msgspec.Struct, kw_only=True):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         self._check_input_rules()
+        self._check_heavy_reads()
 
     def _check_input_rules(self) -> None:
         # msgspec decodes recursively: the depth stays far below Python's recursion limit.
@@ -180,6 +189,19 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be >= 1")
         if self.redis_key_ttl_s < 0:
             raise ValueError("redis_key_ttl_s must be >= 0 (0: keys never expire)")
+
+    def _check_heavy_reads(self) -> None:
+        for name in (
+            "history_max_bytes",
+            "snapshot_page_bytes",
+            "heavy_read_bytes",
+            "max_heavy_reads",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("stall_timeout_s", "heavy_read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

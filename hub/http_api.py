@@ -7,7 +7,9 @@ limits. The AuthGate middleware has already refused requests without a valid tok
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -15,11 +17,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from .auth import authorize
-from .backends.base import PublishRequest
+from .backends.base import Backend, Position, PublishRequest, StoredEvent
 from .core import Hub
 from .errors import BadRequest, EventValidationError, HubError, PayloadTooLarge, Unauthorized
 from .json_rules import JsonRuleError, check_json
 from .limits import OverCapacity, RateLimitExceeded, RequestTimeout, check_publish_rate
+from .read_limits import read_limiter_of, read_response
 from .subscription import parse_since
 from .topics import parse_types_param
 
@@ -139,44 +142,129 @@ async def history(request: Request) -> Response:
             request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
         )
     )
-    result = await hub.backend.read(project, since, limit)
-    position = result.position
-    events = result.events
-    frames = [e.frame for e in events if type_filter.matches(e.type)]
-    next_since = events[-1].seq if events else max(since, position.oldest - 1)
-    gap = since < position.oldest - 1
+    limiter = read_limiter_of(request, settings)
+    busy = limiter.busy  # no slot for a heavy answer: find that out after little work
+    budget = settings.heavy_read_bytes if busy else settings.history_max_bytes
+    page = await _history_page(hub.backend, project, since, limit, type_filter.matches, budget)
+    if busy and page.cut:
+        raise limiter.refusal()
+    position = page.position
     head = b'{"epoch":%s,"head":%d,"oldest":%d,"next":%d,"more":%s,"gap":%s,"events":[' % (
         _encoder.encode(position.epoch),
         position.head,
         position.oldest,
-        next_since,
-        b"true" if next_since < position.head else b"false",
-        b"true" if gap else b"false",
+        page.next,
+        b"true" if page.next < position.head else b"false",
+        b"true" if page.gap else b"false",
     )
-    return json_response(head + b",".join(frames) + b"]}")
+    return read_response(request, settings, head, page.frames, b"]}")
 
 
 async def snapshot(request: Request) -> Response:
+    """The latest event per key, in pages of about `snapshot_page_bytes` (`after`=`next`)."""
     hub: Hub = request.app.state.hub
     project = request.path_params["project"]
     hub.check_project(project)
     principal = authorize(request, project, "subscribe")
     settings = hub.settings
+    after = parse_since(request.query_params.get("after"), "after") or 0
     type_filter = principal.type_filter(
         parse_types_param(
             request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
         )
     )
+    limiter = read_limiter_of(request, settings)
+    busy = limiter.busy
+    budget = settings.heavy_read_bytes if busy else settings.snapshot_page_bytes
     view = await hub.backend.snapshot_view(project)
     position, events = view.position, view.events
-    frames = [e.frame for e in events if type_filter.matches(e.type)]
-    head = b'{"epoch":%s,"head":%d,"oldest":%d,"truncated":%s,"events":[' % (
+    frames, last, more = _snapshot_page(events, after, type_filter.matches, budget)
+    if busy and more:
+        raise limiter.refusal()
+    head = b'{"epoch":%s,"head":%d,"oldest":%d,"truncated":%s,"next":%d,"more":%s,"events":[' % (
         _encoder.encode(position.epoch),
         position.head,
         position.oldest,
         b"true" if view.truncated else b"false",
+        last if more else max(after, position.head),
+        b"true" if more else b"false",
     )
-    return json_response(head + b",".join(frames) + b"]}")
+    return read_response(request, settings, head, frames, b"]}")
+
+
+_READ_CHUNK = 256  # events per backend read while filling a history page
+
+
+class _HistoryPage(msgspec.Struct):
+    position: Position
+    frames: list[bytes]
+    next: int  # the last seq scanned: the following page's `since`
+    gap: bool
+    cut: bool = False  # stopped by the byte budget
+
+
+async def _history_page(
+    backend: Backend,
+    project: str,
+    since: int,
+    limit: int,
+    matches: Callable[[str], bool],
+    max_bytes: int,
+) -> _HistoryPage:
+    """Scan at most `limit` events after `since`, keeping matching frames up to `max_bytes`
+    (at least one), in backend reads of a few hundred events."""
+    frames: list[bytes] = []
+    cursor, scanned, size = since, 0, 0
+    first: Position | None = None
+    while True:
+        want = min(limit - scanned, _READ_CHUNK)
+        result = await backend.read(project, cursor, want)
+        if first is None:
+            first = result.position
+        events = result.events
+        if events and scanned and events[0].seq != cursor + 1:
+            break  # retention moved past this page while it was read: the next one says gap
+        for event in events:
+            if matches(event.type):
+                if frames and size + len(event.frame) > max_bytes:
+                    gap = _gap(since, first)
+                    return _HistoryPage(result.position, frames, cursor, gap, cut=True)
+                frames.append(event.frame)
+                size += len(event.frame) + 1
+            cursor = event.seq
+        scanned += len(events)
+        if len(events) < want or scanned >= limit:
+            break
+    position = result.position
+    if not scanned:
+        cursor = max(since, position.oldest - 1)
+    return _HistoryPage(position, frames, cursor, _gap(since, first))
+
+
+def _gap(since: int, position: Position) -> bool:
+    return since < position.oldest - 1
+
+
+def _snapshot_page(
+    events: list[StoredEvent], after: int, matches: Callable[[str], bool], max_bytes: int
+) -> tuple[list[bytes], int, bool]:
+    """Matching frames of events (in seq order) after `after`, up to `max_bytes` (at least
+    one); returns (frames, last seq taken, whether more are left)."""
+    frames: list[bytes] = []
+    size, last = 0, after
+    for event in events[bisect.bisect_right(events, after, key=_seq_of) :]:
+        if not matches(event.type):
+            continue
+        if frames and size + len(event.frame) > max_bytes:
+            return frames, last, True
+        frames.append(event.frame)
+        size += len(event.frame) + 1
+        last = event.seq
+    return frames, last, False
+
+
+def _seq_of(event: StoredEvent) -> int:
+    return event.seq
 
 
 async def schema(request: Request) -> Response:

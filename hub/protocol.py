@@ -111,6 +111,7 @@ class SnapshotFrame(msgspec.Struct, tag_field="op", tag="snapshot"):
     head: int
     events: list[EventFrame]
     truncated: bool = False  # the snapshot's bounds dropped keys in this epoch
+    more: bool = False  # a page: the snapshot continues in the next `snapshot` frame
 
 
 class SubscribedFrame(msgspec.Struct, tag_field="op", tag="subscribed"):

@@ -2,23 +2,26 @@
 
 Register the connection (live events queue up), `welcome`, then replay from `since` or
 `gap` + `snapshot`, then go live with the queued events above what was sent. Only the
-framing differs between transports: each passes a StreamWriter.
+framing differs between transports: each passes a StreamWriter. Snapshot pages go through
+the connection's bounded queue (`Connection.send_paced`), which each transport's sink drains.
 """
 
 from __future__ import annotations
 
+import asyncio
 from asyncio import TimerHandle
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Protocol
 
 from .auth import Principal, schedule_expiry
 from .backends.base import StoredEvent
-from .connection import Connection, Sink
+from .connection import Connection, ControlFrame, Sink
 from .core import Hub
 from .errors import HubError
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
 from .subscription import SubscriptionParams
 
-__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "snapshot_body", "start_stream"]
+__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "snapshot_pages", "start_stream"]
 
 
 class StreamWriter(Protocol):
@@ -28,13 +31,6 @@ class StreamWriter(Protocol):
     async def events(self, events: list[StoredEvent]) -> None: ...
     async def replayed(self, frame: ReplayedFrame) -> None: ...
     async def gap(self, frame: GapFrame) -> None: ...
-    async def snapshot(self, head: int, frames: list[bytes], truncated: bool) -> None: ...
-
-
-def snapshot_body(head: int, frames: list[bytes], truncated: bool) -> bytes:
-    """The `snapshot` frame from encoded event frames (`truncated` only when true)."""
-    flag = b',"truncated":true' if truncated else b""
-    return b'{"op":"snapshot","head":%d%s,"events":[%s]}' % (head, flag, b",".join(frames))
 
 
 class ReplayOverrun(HubError):
@@ -71,7 +67,21 @@ def open_connection(
 async def start_stream(
     hub: Hub, connection: Connection, params: SubscriptionParams, writer: StreamWriter
 ) -> None:
-    """Everything between registration and live (the connection is already registered)."""
+    """Everything between registration and live (the connection is already registered).
+
+    A socket that takes nothing for `stall_timeout_s` meanwhile is cut with 4008: its queue
+    cannot overflow while nothing is published, so without this it would be held forever.
+    """
+    timeout_s = hub.settings.stall_timeout_s
+    try:
+        await _stream(hub, connection, params, _StallGuard(writer, timeout_s))
+    except _Stalled:
+        connection.close_slow(f"nothing taken within {timeout_s:g}s; reconnect with since")
+
+
+async def _stream(
+    hub: Hub, connection: Connection, params: SubscriptionParams, writer: StreamWriter
+) -> None:
     backend = hub.backend
     position = await backend.position(params.project)
     hub.manager.note_epoch(params.project, position.epoch)
@@ -93,9 +103,81 @@ async def start_stream(
     hub.manager.stats.gaps += 1
     await writer.gap(GapFrame(plan.reason, plan.since, position.oldest, position.head))
     view = await backend.snapshot_view(params.project)
-    frames = [e.frame for e in view.events if connection.filter.matches(e.type)]
-    await writer.snapshot(view.position.head, frames, view.truncated)
-    connection.go_live(view.position.head)
+    head, matches = view.position.head, connection.filter.matches
+    pages = snapshot_pages(
+        head,
+        (e.frame for e in view.events if matches(e.type)),
+        hub.settings.max_frame_bytes,
+        truncated=view.truncated,
+    )
+    for page, last in pages:
+        control = ControlFrame("snapshot", page, head if last else None)
+        await connection.send_paced(control, hub.settings.stall_timeout_s)
+        if connection.closed:
+            return
+        await asyncio.sleep(0)  # many sessions paging at once: let the others run too
+    connection.go_live(head)
+
+
+class _Stalled(Exception):
+    """A send of the session did not complete within the stall timeout."""
+
+
+class _StallGuard:
+    """A StreamWriter whose every send must complete within `timeout_s`."""
+
+    def __init__(self, writer: StreamWriter, timeout_s: float) -> None:
+        self._writer = writer
+        self._timeout_s = timeout_s
+
+    async def _within(self, send: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await send
+        except TimeoutError:
+            raise _Stalled from None
+
+    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None:
+        await self._within(self._writer.welcome(frame, at_head))
+
+    async def events(self, events: list[StoredEvent]) -> None:
+        await self._within(self._writer.events(events))
+
+    async def replayed(self, frame: ReplayedFrame) -> None:
+        await self._within(self._writer.replayed(frame))
+
+    async def gap(self, frame: GapFrame) -> None:
+        await self._within(self._writer.gap(frame))
+
+
+def snapshot_pages(
+    head: int, frames: Iterable[bytes], max_frame_bytes: int, *, truncated: bool = False
+) -> Iterator[tuple[bytes, bool]]:
+    """`snapshot` frames of at most about `max_frame_bytes` each (at least one event each),
+    every one but the last marked `"more":true`, the last `"truncated":true` when the
+    snapshot's bounds left keys out; yields (frame, is_last)."""
+    last = _LAST_TRUNCATED if truncated else _LAST
+    prefix = b'{"op":"snapshot","head":%d,"events":[' % head
+    budget = max_frame_bytes - len(prefix) - len(_MORE)
+    parts = [prefix]
+    size = 0
+    for frame in frames:
+        if size and size + len(frame) + 1 > budget:
+            parts[-1] = _MORE  # in place of the last comma
+            yield b"".join(parts), False  # one join: concatenating copies every time
+            parts, size = [prefix], 0
+        parts += (frame, b",")
+        size += len(frame) + 1
+    if size:
+        parts[-1] = last
+    else:
+        parts.append(last)
+    yield b"".join(parts), True
+
+
+_MORE = b'],"more":true}'
+_LAST = b"]}"
+_LAST_TRUNCATED = b'],"truncated":true}'
 
 
 async def _replay(
@@ -105,7 +187,7 @@ async def _replay(
     backend, settings = hub.backend, hub.settings
     cursor, count = since, 0
     chunk = min(settings.history_max_limit, 1000)
-    while True:
+    while not connection.closed:
         result = await backend.read(connection.project, cursor, chunk)
         events = result.events
         if events and events[0].seq != cursor + 1:
@@ -127,4 +209,5 @@ async def _replay(
         if events:
             cursor = events[-1].seq
         if len(events) < chunk:
-            return cursor, count
+            break
+    return cursor, count

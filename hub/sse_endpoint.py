@@ -27,7 +27,7 @@ from .core import Hub
 from .errors import BadRequest, HubError
 from .limits import ConnectionSlot, admit_connection
 from .protocol import GapFrame, ReplayedFrame, WelcomeFrame, encode
-from .session import open_connection, snapshot_body, start_stream
+from .session import open_connection, start_stream
 from .subscription import SubscriptionParams, parse_since, parse_subscription
 
 __all__ = [
@@ -47,7 +47,7 @@ HEADERS = {
     "x-accel-buffering": "no",  # nginx: do not buffer the stream
 }
 KEEPALIVE = b": keepalive\n\n"
-CLOSE_GRACE_S = 5.0  # a stream that cannot take its last error block in this long is cut
+CLOSE_GRACE_S = 5.0  # an ended stream that cannot take its error block in this long is cut
 
 
 # --- framing (pure) ----------------------------------------------------------------------
@@ -120,12 +120,13 @@ class SseSink:
 
     direct = False
 
-    def __init__(self, send: Send, heartbeat_s: float) -> None:
+    def __init__(self, send: Send, heartbeat_s: float, chunk_bytes: int) -> None:
         self._send = send
         self._heartbeat_s = heartbeat_s
+        self._chunk_bytes = chunk_bytes  # per write: a cut socket keeps its last write
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._closing = False
+        self._last_block: bytes | None = None  # set by end(): the error block, then the end
         self._task: asyncio.Task[None] | None = None
         self._last_write = asyncio.get_running_loop().time()
         self.finished = asyncio.Event()  # the stream has ended (or must be cut)
@@ -148,19 +149,27 @@ class SseSink:
             await self._send({"type": "http.response.body", "body": blocks, "more_body": True})
             self._last_write = asyncio.get_running_loop().time()
 
-    def close(self, code: int, reason: str) -> None:
-        self._closing = True
+    def end(self, frame: bytes, code: int, reason: str) -> None:
+        # The stream ends now: its connection and slot are released at once. The writer
+        # gets the error block out in `stop()` unless the socket stays congested (a send
+        # waiting for it to drain may wait forever: the peer may never read).
+        self._last_block = format_control("error", frame)
         self._wake.set()
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.finished.set)
+        self.finished.set()
 
     def start(self, connection: Connection) -> None:
         self._task = asyncio.create_task(self._write_loop(connection), name="hub-sse-writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Give an ending stream CLOSE_GRACE_S to send its error block; else cut it."""
+        task = self._task
+        if task is None:
+            return
+        if self._last_block is not None:
+            await asyncio.wait([task], timeout=CLOSE_GRACE_S)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _write_loop(self, connection: Connection) -> None:
         loop = asyncio.get_running_loop()
@@ -172,19 +181,33 @@ class SseSink:
                         async with asyncio.timeout(idle_for):
                             await self._wake.wait()
                 self._wake.clear()
-                if self._closing:
+                sent = False
+                while self._last_block is None and (blocks := self._next_blocks(connection)):
+                    await self.send_blocks(blocks)
+                    sent = True
+                if self._last_block is not None:
+                    await self.send_blocks(self._last_block)
                     async with self._lock:
                         await self._send({"type": "http.response.body", "body": b""})
                     return
-                events = connection.take_events() if connection.live else []
-                if events:
-                    await self.send_blocks(b"".join(format_event(self.epoch, e) for e in events))
-                elif loop.time() - self._last_write >= self._heartbeat_s:
+                if not sent and loop.time() - self._last_write >= self._heartbeat_s:
                     await self.send_blocks(KEEPALIVE)
         except Exception:  # the client went away; the session sees the disconnect too
             logger.debug("sse writer stopped", exc_info=True)
         finally:
             self.finished.set()
+
+    def _next_blocks(self, connection: Connection) -> bytes:
+        """The next write: one queued control frame, or queued events up to a chunk."""
+        control = connection.take_control()
+        if control is not None:
+            here = None if control.position is None else b"%s:%d" % (self.epoch, control.position)
+            return format_control(control.op, control.frame, here)
+        if not connection.live:
+            return b""
+        epoch = self.epoch
+        events = connection.take_events(self._chunk_bytes)
+        return b"".join(format_event(epoch, e) for e in events)
 
 
 # --- the endpoint and its session ---------------------------------------------------------
@@ -228,24 +251,28 @@ class _SseStream(Response):
     async def _stream(self, receive: Receive, send: Send) -> None:
         hub, params, settings = self._hub, self._params, self._hub.settings
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        sink = SseSink(send, settings.heartbeat_s)
+        sink = SseSink(send, settings.heartbeat_s, settings.max_frame_bytes)
         connection, expiry = open_connection(hub, params, self._principal, sink)
         await hub.manager.add(connection)
         hub.stats.sse_connections += 1
         sink.start(connection)
         session = asyncio.create_task(_run_session(hub, connection, sink, params))
         disconnect = asyncio.create_task(_wait_for_disconnect(receive))
+        # The stream may end while the session still waits for the socket (replaying).
+        finished = asyncio.create_task(sink.finished.wait())
+        tasks = (session, disconnect, finished)
         try:
-            await asyncio.wait({session, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if expiry is not None:
                 expiry.cancel()
             connection.closed = True
-            for task in (session, disconnect):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(session, disconnect, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             hub.stats.sse_connections -= 1
             await hub.manager.remove(connection)
+            self._slot.release()  # now, even while the error block waits for the socket
             await sink.stop()
 
 
@@ -289,7 +316,3 @@ class _SseStreamWriter:
 
     async def gap(self, frame: GapFrame) -> None:
         await self._sink.send_blocks(format_control("gap", encode(frame)))
-
-    async def snapshot(self, head: int, frames: list[bytes], truncated: bool) -> None:
-        body = snapshot_body(head, frames, truncated)
-        await self._sink.send_blocks(format_control("snapshot", body, self._id(head)))

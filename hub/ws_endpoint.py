@@ -32,7 +32,7 @@ from .protocol import (
     encode,
     encode_batch,
 )
-from .session import open_connection, snapshot_body, start_stream
+from .session import open_connection, start_stream
 from .subscription import SubscriptionParams, parse_subscription
 from .topics import validate_pattern
 from .uvicorn_ws import EXTENSION
@@ -121,9 +121,6 @@ class _WebSocketStreamWriter:
 
     async def gap(self, frame: GapFrame) -> None:
         await self._sink.send(encode(frame))
-
-    async def snapshot(self, head: int, frames: list[bytes], truncated: bool) -> None:
-        await self._sink.send(snapshot_body(head, frames, truncated))
 
 
 async def _serve_ops(

@@ -133,6 +133,7 @@ export class HubClient {
     this._handlers = [];
     this._stateHandlers = [];
     this._snapshotHandlers = [];
+    this._snapshotPages = []; // events of the `more` snapshot pages received so far
     this._controlHandlers = [];
     this._wsFailed = false; // WebSocket could not connect: use SSE until SSE fails too
     this._stopped = true;
@@ -167,21 +168,35 @@ export class HubClient {
     return () => this._controlHandlers.splice(this._controlHandlers.indexOf(callback) >>> 0, 1);
   }
 
-  /** Load the project's snapshot over HTTP and resume the stream from its head. */
+  /** Load the project's snapshot over HTTP (page by page) and resume the stream from its head. */
   async bootstrap() {
-    const url = new URL(`${this._base()}/snapshot`);
-    if (this.types) url.searchParams.set("types", this.types.join(","));
-    const response = await fetch(url, { headers: await this._authHeaders(), cache: "no-store" });
-    if (!response.ok) throw new Error(`snapshot: HTTP ${response.status}`);
-    const snapshot = await response.json();
+    let events = [];
+    let snapshot = null;
+    for (;;) {
+      const url = new URL(`${this._base()}/snapshot`);
+      if (this.types) url.searchParams.set("types", this.types.join(","));
+      if (snapshot) url.searchParams.set("after", String(snapshot.next));
+      const response = await fetch(url, { headers: await this._authHeaders(), cache: "no-store" });
+      if (!response.ok) throw new Error(`snapshot: HTTP ${response.status}`);
+      const page = await response.json();
+      if (snapshot && page.epoch !== snapshot.epoch) {
+        throw new Error("snapshot: the project's sequence restarted while paging; retry");
+      }
+      if (snapshot && page.more && page.next <= snapshot.next) {
+        throw new Error("snapshot: paging did not advance");
+      }
+      events = events.concat(page.events);
+      snapshot = page;
+      if (!page.more) break;
+    }
+    // A key that changed between pages came again, later: keep its latest event only.
+    const latest = new Map();
+    for (const event of events) latest.set(event.key ?? `#${event.seq}`, event);
+    events = [...latest.values()].sort((a, b) => a.seq - b.seq);
     this.seq = snapshot.head;
     this.epoch = snapshot.epoch;
-    this._emitSnapshot(snapshot.events, {
-      head: snapshot.head,
-      epoch: snapshot.epoch,
-      reason: "bootstrap",
-    });
-    return snapshot;
+    this._emitSnapshot(events, { head: snapshot.head, epoch: snapshot.epoch, reason: "bootstrap" });
+    return { ...snapshot, events };
   }
 
   start() {
@@ -376,6 +391,7 @@ export class HubClient {
         return null;
       case "welcome":
         this._welcomeEpoch = frame.epoch;
+        this._snapshotPages = []; // a new connection: pages of a cut one are void
         this.heartbeat = frame.heartbeat || this.heartbeat;
         if (this.seq === null) {
           this.seq = frame.head; // live only: we stand at head
@@ -390,15 +406,21 @@ export class HubClient {
       case "gap":
         this._gapReason = frame.reason;
         break;
-      case "snapshot":
+      case "snapshot": {
+        // A large snapshot comes in pages, all but the last with `more`: rebuild once, whole.
+        const pages = this._snapshotPages;
+        pages.push(frame.events);
+        if (frame.more) break;
+        this._snapshotPages = [];
         this.seq = frame.head;
         this.epoch = this._welcomeEpoch;
-        this._emitSnapshot(frame.events, {
+        this._emitSnapshot(pages.flat(), {
           head: frame.head,
           epoch: this.epoch,
           reason: this._gapReason || "gap",
         });
         break;
+      }
       default:
         break;
     }
