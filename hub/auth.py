@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket
 from .config import Settings
 from .errors import Forbidden, HubError, Unauthorized
 from .protocol import CloseCode
+from .redaction import RedactTokens, install_log_redaction
 from .topics import TypeFilter, validate_pattern
 
 __all__ = [
@@ -463,42 +464,3 @@ class AuthGate:
                 await self.ws_refusal(websocket, exc)
             return
         await self.app(scope, receive, send)
-
-
-_TOKEN_IN_TEXT = re.compile(r"(?i)(token=|bearer\s+)[^\s&\"']+")
-
-
-class RedactTokens(logging.Filter):
-    """Rewrites `token=...` and `Bearer ...` in log records (uvicorn logs every socket's
-    path with its query string, and websockets' debug log prints request headers).
-
-    The message and each string argument are redacted in place, so formatters that read
-    the arguments themselves (uvicorn's access log) still get the shape they expect.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = _redact(record.msg)
-        args = record.args
-        if isinstance(args, tuple):
-            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in args)
-        elif isinstance(args, dict):
-            record.args = {k: _redact(v) if isinstance(v, str) else v for k, v in args.items()}
-        return True
-
-
-def _redact(text: str) -> str:
-    return _TOKEN_IN_TEXT.sub(r"\1[redacted]", text) if _TOKEN_IN_TEXT.search(text) else text
-
-
-# Filters run only for records made by their own logger: name each one that logs paths.
-_LOGGERS_TO_REDACT: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
-_redactor: Final = RedactTokens()
-
-
-def install_log_redaction() -> None:
-    """Attach the redacting filter to the loggers that may see request paths (idempotent)."""
-    for name in _LOGGERS_TO_REDACT:
-        target = logging.getLogger(name)
-        if _redactor not in target.filters:
-            target.addFilter(_redactor)
