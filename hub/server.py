@@ -21,6 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .accept_errors import AcceptErrorLog
 from .auth import install_log_redaction
 from .config import Settings
 from .core import Hub
@@ -204,6 +205,7 @@ class HubServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, install_signal_handlers: bool = True) -> None:
         super().__init__(config)
         self._install_signal_handlers = install_signal_handlers
+        self.accept_errors: AcceptErrorLog | None = None
 
     @property
     def hub(self) -> Hub:
@@ -231,12 +233,23 @@ class HubServer(uvicorn.Server):
                 # drain into death by SIGTERM (exit status -15): the drain is the handling.
                 self._captured_signals.clear()
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.hub.settings.accept_error_log_interval_s
+        self.accept_errors = AcceptErrorLog(interval, loop.get_exception_handler())
+        loop.set_exception_handler(self.accept_errors)
+        await super().startup(sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drained = self.hub.drain()
         if drained:
             logger.info("closed %d subscriber(s) with 1001", drained)
             await asyncio.sleep(0)  # let close frames reach the transports
-        await super().shutdown(sockets)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self.accept_errors is not None:
+                asyncio.get_running_loop().set_exception_handler(self.accept_errors.previous)
 
 
 def raise_open_files_limit() -> int:
