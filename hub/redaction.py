@@ -68,7 +68,13 @@ def redact(text: str) -> str:
 
 
 def _redact_value(value: Any) -> Any:
-    return redact(value) if isinstance(value, str) else value
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, (int, float)):  # `%d` and `%f` must still work
+        return value
+    text = str(value)  # a URL object (httpx logs its requests' URLs), an exception...
+    redacted = redact(text)
+    return value if redacted == text else redacted
 
 
 def redact_record(record: logging.LogRecord) -> None:

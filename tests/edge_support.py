@@ -137,9 +137,9 @@ class Control:
 
 @contextlib.asynccontextmanager
 async def control_subscriber(
-    running: RunningHub, project: str = "control"
+    running: RunningHub, project: str = "control", token: str | None = None
 ) -> AsyncIterator[Control]:
-    ws = await connect(running.ws_url(project))
+    ws = await connect(running.ws_url(project, token=token))
     recorder = FrameRecorder(ws)
     try:
         await recorder.wait_frames(1)  # the welcome

@@ -32,8 +32,8 @@ MALFORMED_UPGRADES = {
 @pytest.mark.parametrize("name", list(MALFORMED_UPGRADES))
 async def test_a_malformed_upgrade_is_refused_with_a_status_and_closed(name: str) -> None:
     request, status = MALFORMED_UPGRADES[name]
-    with capture_logs() as logs:
-        async with run_hub(SETTINGS, log_level="info") as running:
+    async with run_hub(SETTINGS, log_level="info") as running:
+        with capture_logs() as logs:
             async with control_subscriber(running) as control:
                 response, took = await exchange(running.port, request, timeout=DEADLINE + 2)
                 await control.publish(3)
@@ -64,8 +64,8 @@ async def _never_accepts(websocket: WebSocket) -> None:
 async def test_an_upgrade_the_app_never_accepts_is_closed_at_the_deadline() -> None:
     # The deadline stays armed after h11 hands the socket to the WebSocket protocol.
     routes = [WebSocketRoute("/stalled", _never_accepts)]
-    with capture_logs() as logs:
-        async with run_hub(SETTINGS, routes=routes, log_level="info") as running:
+    async with run_hub(SETTINGS, routes=routes, log_level="info") as running:
+        with capture_logs() as logs:
             async with control_subscriber(running) as control:
                 response, took = await exchange(
                     running.port, upgrade_head(b"/stalled"), timeout=DEADLINE + 2
@@ -87,8 +87,8 @@ async def test_a_head_over_max_request_head_in_one_write_is_refused(
         request = upgrade_head(extra=headers)
     else:
         request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + headers + b"\r\n"
-    with capture_logs() as logs:
-        async with run_hub(SETTINGS) as running:
+    async with run_hub(SETTINGS) as running:
+        with capture_logs() as logs:
             async with control_subscriber(running) as control:
                 response, took = await exchange(running.port, request, timeout=DEADLINE + 2)
                 await control.publish(2)
