@@ -1,26 +1,65 @@
-"""Accept failures (out of file descriptors) logged once per interval, not once per attempt.
+"""Accept failures (out of file descriptors): one attempt a second, one log line an interval.
 
-When `accept()` fails with EMFILE/ENFILE/ENOBUFS/ENOMEM, asyncio stops watching the listening
-socket and retries a second later (its backoff), but it reports every failed attempt through
-the loop's exception handler, with a traceback, and tries up to `backlog` times per wake-up:
-a hub out of descriptors wrote 122,387 tracebacks in 9 s. `AcceptErrorLog` is that handler: one
-warning per interval with the count, everything else passed to the previous handler.
+When `accept()` fails with EMFILE/ENFILE/ENOBUFS/ENOMEM, asyncio's selector loop stops
+watching the listening socket and schedules a retry a second later, but it goes on calling
+`accept()` up to `backlog` (4096) times in the same wake-up, scheduling a retry and reporting
+a traceback through the loop's exception handler for each: a hub out of descriptors wrote
+122,387 tracebacks in 9 s and burned a core. `BackoffListener` is the listening socket: after
+a resource failure, the rest of that wake-up's attempts see an empty queue, so one attempt a
+second fails. `AcceptErrorLog` is the loop's exception handler: one warning per interval with
+the count, everything else passed to the previous handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["ACCEPT_FAILURE", "AcceptErrorLog"]
+__all__ = ["ACCEPT_FAILURE", "RESOURCE_ERRNOS", "AcceptErrorLog", "BackoffListener"]
 
 logger = logging.getLogger("hub.server")
 
 # The message asyncio's selector loop reports a failed accept() with.
 ACCEPT_FAILURE: Final = "socket.accept() out of system resource"
+
+# The errors asyncio answers by pausing the listener (selector_events._accept_connection).
+RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Shorter than asyncio's retry delay (1 s), longer than one wake-up's attempts take.
+_QUIET_S: Final = 0.5
+_failed_at: dict[int, float] = {}  # listening fd -> when its last resource failure happened
+
+
+class BackoffListener(socket.socket):
+    """A listening socket whose `accept()`, after a resource failure, reports an empty queue
+    (BlockingIOError, which ends asyncio's accept loop) until asyncio's own retry."""
+
+    __slots__ = ()
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> BackoffListener:
+        return cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        fd = self.fileno()
+        failed_at = _failed_at.get(fd)
+        if failed_at is not None and time.monotonic() - failed_at < _QUIET_S:
+            raise BlockingIOError(errno.EAGAIN, "accept paused after a resource failure")
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno in RESOURCE_ERRNOS:
+                _failed_at[fd] = time.monotonic()
+            raise
+
+    def close(self) -> None:
+        _failed_at.pop(self.fileno(), None)
+        super().close()
+
 
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
 

@@ -21,7 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .accept_errors import AcceptErrorLog
+from .accept_errors import AcceptErrorLog, BackoffListener
 from .auth import install_log_redaction
 from .config import Settings
 from .core import Hub
@@ -232,6 +232,13 @@ class HubServer(uvicorn.Server):
                 # uvicorn re-raises the captured signal on exit, which would turn a clean
                 # drain into death by SIGTERM (exit status -15): the drain is the handling.
                 self._captured_signals.clear()
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None and self.config.uds is None and self.config.fd is None:
+            sockets = [self.config.bind_socket()]  # uvicorn's own bind, as for workers
+        if sockets is not None:
+            sockets = [BackoffListener.adopt(s) for s in sockets]
+        await super().serve(sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import resource
 import signal
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -41,6 +43,12 @@ async def event_seqs(ws: ClientConnection, n: int) -> list[int]:
     return seqs
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def healthz_answers(port: int) -> bool:
     try:
         async with httpx.AsyncClient(timeout=1) as http:
@@ -64,8 +72,11 @@ async def test_out_of_file_descriptors_logs_once_per_interval_and_recovers() -> 
                 await wait_for(
                     lambda: "cannot accept connections" in hub.stderr, what="an accept failure"
                 )
-                # A second of failed retries (asyncio retries each second) must add nothing.
+                # Out of descriptors for 1.5 s: asyncio retries each second; that must add
+                # no line and cost next to no CPU (it spun on accept() before: ~40% of a core).
+                cpu_before = cpu_seconds(hub.process.pid)
                 await asyncio.sleep(1.5)  # a duration being measured, not a wait for a state
+                cpu_spent = cpu_seconds(hub.process.pid) - cpu_before
                 failures_logged = hub.stderr.count("cannot accept connections")
             finally:
                 for writer in held:
@@ -75,6 +86,7 @@ async def test_out_of_file_descriptors_logs_once_per_interval_and_recovers() -> 
             assert await event_seqs(control, 4) == [1, 2, 3, 4]
         log = hub.stderr
     assert failures_logged == 1, log[-3000:]
+    assert cpu_spent < 0.3, f"{cpu_spent:.2f} s of CPU in 1.5 s out of descriptors"
     assert "Traceback" not in log and "out of system resource" not in log, log[-3000:]
     assert len(log.splitlines()) < 60, log[-3000:]
 

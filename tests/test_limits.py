@@ -441,7 +441,8 @@ async def test_a_frame_trickled_after_the_upgrade_is_cut_by_the_heartbeat() -> N
 async def test_a_publish_body_that_never_arrives_gets_408(impatient_hub: RunningHub) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", impatient_hub.port)
     writer.write(
-        b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\n"
         b'Content-Length: 100\r\n\r\n{"type":'
     )
     data = await closed_by_server(reader, within=3)
