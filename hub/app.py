@@ -24,7 +24,8 @@ from .dashboard import dashboard_routes
 from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
-from .open_mode import HostPolicy, OpenModeGuard
+from .open_mode import OpenModeGuard
+from .origins import HostPolicy
 from .sse_endpoint import sse_endpoint
 from .ws_endpoint import refuse, websocket_endpoint
 

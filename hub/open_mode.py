@@ -15,63 +15,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .auth import OriginPolicy, OriginRefused, StarPatterns
 from .errors import HubError
-from .protocol import CloseCode
+from .origins import HostPolicy, HostRefused, OriginPolicy, OriginRefused
 
-__all__ = ["HostPolicy", "HostRefused", "OpenModeGuard", "is_loopback_host"]
-
-
-class HostRefused(HubError):
-    code = "host"
-    http_status = 403
-    close_code = CloseCode.POLICY_VIOLATION
-
-
-def is_loopback_host(hostname: str) -> bool:
-    """`localhost` (and `*.localhost`, which browsers resolve to loopback), 127.0.0.0/8, ::1."""
-    name = hostname.strip().lower().rstrip(".").strip("[]")
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _hostname(host_header: str) -> str | None:
-    """The name in a `Host` header without its port, or None when it does not parse."""
-    try:
-        parsed = urlsplit("//" + host_header.strip())
-        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return None
-    return parsed.hostname or None
-
-
-class HostPolicy:
-    """Which `Host` names a request that arrived on loopback may carry: loopback names and
-    addresses, plus `allowed_hosts` (comma-separated names, `*` patterns; `*` alone: any)."""
-
-    def __init__(self, allowed: str = "") -> None:
-        entries = [e.strip().lower().rstrip(".") for e in allowed.split(",") if e.strip()]
-        self.any = "*" in entries
-        self.extra = StarPatterns(entries)
-
-    def allows(self, host_header: str | None) -> bool:
-        if host_header is None or self.any:  # HTTP/1.0 without Host: not a browser
-            return True
-        name = _hostname(host_header)
-        if name is None:
-            return False
-        return is_loopback_host(name) or self.extra.matches(name.rstrip("."))
+__all__ = ["OpenModeGuard"]
 
 
 def _arrived_on_loopback(scope: Scope) -> bool:

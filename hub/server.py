@@ -114,8 +114,8 @@ class HeadTimeoutH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """Refuse a request h11 (or `HeadLimitedConnection`) could not take, as JSON."""
         refusal = getattr(self.conn, "refusal", None)
-        status, message = refusal if refusal is not None else (400, f"invalid HTTP request: {msg}")
-        body = error_body(message)
+        status, message = refusal if refusal is not None else (400, msg)
+        body = error_body(message, "too_large" if status == 431 else "bad_request")
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -55,7 +55,7 @@ def error_body(message: str, code: str = "bad_request") -> bytes:
 
 def http_refusal(status: int, message: str) -> bytes:
     """A whole HTTP/1.1 response refusing the request, for protocols that write raw bytes."""
-    body = error_body(message)
+    body = error_body(message, "too_large" if status in (414, 431) else "bad_request")
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         "Content-Type: application/json\r\n"

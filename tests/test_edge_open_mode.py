@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hub.cli import build_parser
 from hub.config import Settings
-from hub.open_mode import HostPolicy, is_loopback_host
+from hub.origins import HostPolicy, is_loopback_host
 
 from .edge_support import capture_logs, control_subscriber, hub_process
 from .support import RunningHub, run_hub
