@@ -3,6 +3,7 @@ site, no DNS-rebound name (issue 10, part 6). A secret that parses to nothing is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from hub.cli import build_parser
+from hub.cli import build_parser, settings_from_args
 from hub.config import Settings
 from hub.origins import HostPolicy, is_loopback_host
 
@@ -181,8 +182,6 @@ def test_hub_serve_exits_2_for_a_secret_of_only_commas(
         monkeypatch.setenv("HUB_SECRET", " , ")
     args = build_parser().parse_args(argv)
     with pytest.raises(SystemExit) as exited:
-        import asyncio
-
         asyncio.run(args.func(args))
     assert exited.value.code == 2
     assert "holds no secret" in capsys.readouterr().err
@@ -193,3 +192,10 @@ async def test_the_open_mode_warning_survives_log_level_error() -> None:
         async with httpx.AsyncClient(timeout=5) as http:
             assert (await http.get(f"http://127.0.0.1:{hub.port}/healthz")).status_code == 200
         assert "hub is OPEN" in hub.stderr
+
+
+def test_allowed_hosts_is_a_flag_and_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args(["serve", "--allowed-hosts", "hub.lan,*.corp.example"])
+    assert settings_from_args(args).allowed_hosts == "hub.lan,*.corp.example"
+    monkeypatch.setenv("HUB_ALLOWED_HOSTS", "other.lan")
+    assert settings_from_args(build_parser().parse_args(["serve"])).allowed_hosts == "other.lan"
