@@ -31,34 +31,31 @@ ACCEPT_FAILURE: Final = "socket.accept() out of system resource"
 RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Shorter than asyncio's retry delay (1 s), longer than one wake-up's attempts take.
 _QUIET_S: Final = 0.5
-_failed_at: dict[int, float] = {}  # listening fd -> when its last resource failure happened
 
 
 class BackoffListener(socket.socket):
     """A listening socket whose `accept()`, after a resource failure, reports an empty queue
     (BlockingIOError, which ends asyncio's accept loop) until asyncio's own retry."""
 
-    __slots__ = ()
+    __slots__ = ("failed_at",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_at = float("-inf")  # monotonic time of the last resource failure
 
     @classmethod
     def adopt(cls, sock: socket.socket) -> BackoffListener:
         return cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
 
     def accept(self) -> tuple[socket.socket, Any]:
-        fd = self.fileno()
-        failed_at = _failed_at.get(fd)
-        if failed_at is not None and time.monotonic() - failed_at < _QUIET_S:
+        if time.monotonic() - self.failed_at < _QUIET_S:
             raise BlockingIOError(errno.EAGAIN, "accept paused after a resource failure")
         try:
             return super().accept()
         except OSError as exc:
             if exc.errno in RESOURCE_ERRNOS:
-                _failed_at[fd] = time.monotonic()
+                self.failed_at = time.monotonic()
             raise
-
-    def close(self) -> None:
-        _failed_at.pop(self.fileno(), None)
-        super().close()
 
 
 ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
+
+from hub.accept_errors import ACCEPT_FAILURE, AcceptErrorLog
 
 from .edge_support import hub_process, upgrade_head
 from .support import wait_for
@@ -117,3 +122,29 @@ async def test_sigterm_with_half_open_and_refused_sockets_pending_exits_0() -> N
         log = hub.stderr
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_accept_failures_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    passed_on: list[dict[str, Any]] = []
+    handler = AcceptErrorLog(10.0, lambda loop, context: passed_on.append(context), lambda: now[0])
+    loop = asyncio.new_event_loop()
+    try:
+        failure = {"message": ACCEPT_FAILURE, "exception": OSError(24, "Too many open files")}
+        with caplog.at_level(logging.WARNING, logger="hub.server"):
+            for _ in range(4096):
+                handler(loop, failure)
+            now[0] += 9.9
+            handler(loop, failure)
+            now[0] += 0.2
+            handler(loop, failure)
+            handler(loop, {"message": "something else"})
+    finally:
+        loop.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "hub.server"]
+    assert len(lines) == 2, lines
+    assert (
+        "(1 failed attempt(s)" in lines[0] and "(4097 failed attempt(s)" in lines[1]
+    )  # counting this one
+    assert handler.failures == 4098
+    assert passed_on == [{"message": "something else"}]
