@@ -96,7 +96,7 @@ async def answered_or_closed(running: RunningHub, head: bytes, rng: random.Rando
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
         received = b""
-        async with asyncio.timeout(DEADLINE + 2):
+        async with asyncio.timeout(DEADLINE + 5):
             while b"\r\n" not in received:
                 try:
                     chunk = await reader.read(4096)
@@ -129,6 +129,6 @@ async def test_every_fuzzed_request_head_is_answered_or_closed_within_the_deadli
                     await control.publish(3)  # while the batch runs
                     slowest = max(slowest, *await results)
                     await control.check()
-            assert slowest < DEADLINE + 1.5
+            assert slowest < DEADLINE + 4  # generous: a loaded machine fires timers late
             await wait_for(lambda: running.hub.manager.connection_count == 0, what="all gone")
     assert logs.tracebacks() == [], logs.tracebacks()[:3]

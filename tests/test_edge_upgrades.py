@@ -35,12 +35,12 @@ async def test_a_malformed_upgrade_is_refused_with_a_status_and_closed(name: str
     async with run_hub(SETTINGS, log_level="info") as running:
         with capture_logs() as logs:
             async with control_subscriber(running) as control:
-                response, took = await exchange(running.port, request, timeout=DEADLINE + 2)
+                response, took = await exchange(running.port, request, timeout=DEADLINE + 5)
                 await control.publish(3)
                 await control.check()
     assert status_of(response) == status, response[:200]
     assert b'"message":"invalid WebSocket upgrade: ' in response
-    assert took < DEADLINE + 1
+    assert took < DEADLINE + 3
     assert logs.tracebacks() == []
 
 
@@ -49,7 +49,7 @@ async def test_many_malformed_upgrades_at_once_are_all_refused() -> None:
     async with run_hub(SETTINGS) as running:
         async with control_subscriber(running) as control:
             results = await asyncio.gather(
-                *(exchange(running.port, r, timeout=DEADLINE + 3) for r in requests)
+                *(exchange(running.port, r, timeout=DEADLINE + 5) for r in requests)
             )
             await control.publish(3)
         assert all(status_of(response) in (400, 414, 431) for response, _ in results)
@@ -68,11 +68,11 @@ async def test_an_upgrade_the_app_never_accepts_is_closed_at_the_deadline() -> N
         with capture_logs() as logs:
             async with control_subscriber(running) as control:
                 response, took = await exchange(
-                    running.port, upgrade_head(b"/stalled"), timeout=DEADLINE + 2
+                    running.port, upgrade_head(b"/stalled"), timeout=DEADLINE + 5
                 )
                 await control.publish(2)
     assert response == b""
-    assert DEADLINE - 0.2 < took < DEADLINE + 1.5
+    assert DEADLINE - 0.2 < took < DEADLINE + 3
     assert "no WebSocket handshake within" in logs.text
     assert logs.tracebacks() == []
 
@@ -90,10 +90,10 @@ async def test_a_head_over_max_request_head_in_one_write_is_refused(
     async with run_hub(SETTINGS) as running:
         with capture_logs() as logs:
             async with control_subscriber(running) as control:
-                response, took = await exchange(running.port, request, timeout=DEADLINE + 2)
+                response, took = await exchange(running.port, request, timeout=DEADLINE + 5)
                 await control.publish(2)
     assert status_of(response) in (400, 431), response[:200]
-    assert took < DEADLINE + 1
+    assert took < DEADLINE + 3
     assert logs.tracebacks() == []
 
 
