@@ -72,7 +72,10 @@ def _redact_value(value: Any) -> Any:
         return redact(value)
     if value is None or isinstance(value, (int, float)):  # `%d` and `%f` must still work
         return value
-    text = str(value)  # a URL object (httpx logs its requests' URLs), an exception...
+    try:
+        text = str(value)  # a URL object (httpx logs its requests' URLs), an exception...
+    except Exception:  # formatting fails the same way later: nothing can leak through it
+        return value
     redacted = redact(text)
     return value if redacted == text else redacted
 
