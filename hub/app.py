@@ -24,6 +24,8 @@ from .dashboard import dashboard_routes
 from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
+from .open_mode import OpenModeGuard
+from .origins import HostPolicy
 from .sse_endpoint import sse_endpoint
 from .ws_endpoint import refuse, websocket_endpoint
 
@@ -102,9 +104,17 @@ def create_app(
         http_refusal=http_api.error_response,
         ws_refusal=refuse,
     )
+    # Open hub: no browser page of another site, no rebound DNS name (hub.open_mode).
+    guard = Middleware(
+        OpenModeGuard,
+        origins=security.origins,
+        hosts=HostPolicy(settings.allowed_hosts),
+        http_refusal=http_api.error_response,
+        ws_refusal=refuse,
+    )
     app = Starlette(
         routes=[*project_routes, *routes],
-        middleware=[gate],
+        middleware=[gate] if security.enabled else [guard, gate],
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error_handler},
     )

@@ -6,7 +6,10 @@ types the token may read). Every path calls the functions below with its Starlet
 HTTPConnection: `authorize(conn, project, scope)` for the grant, `check_origin(conn)` for browser
 sockets, `Principal.type_filter(patterns)` for what it may see. `AuthGate` (middleware) refuses
 anything without a valid token before it reaches a route, except the public paths, so a route
-added later is closed by default. Without a secret the hub runs open: every check grants all.
+added later is closed by default. Without a secret the hub runs open: every check grants all,
+and `hub.open_mode.OpenModeGuard` keeps browser pages of other sites and rebound DNS names out.
+The Origin and Host rules live in `hub.origins`, log redaction in `hub.redaction` (both
+re-exported here).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any, Final, Literal
-from urllib.parse import urlsplit
 
 import jwt
 import msgspec
@@ -29,7 +31,9 @@ from starlette.websockets import WebSocket
 
 from .config import Settings
 from .errors import Forbidden, HubError, Unauthorized
-from .protocol import CloseCode
+from .origins import OriginPolicy, OriginRefused
+from .redaction import RedactTokens, install_log_redaction
+from .star_patterns import StarPatterns
 from .topics import TypeFilter, validate_pattern
 
 __all__ = [
@@ -82,22 +86,6 @@ def parse_secrets(raw: str) -> list[str]:
 def key_id(secret: str) -> str:
     """The `kid` for a secret: a digest prefix, so a rotation needs no extra configuration."""
     return hashlib.sha256(secret.encode()).hexdigest()[:16]
-
-
-class StarPatterns:
-    """Strings matched by `*` patterns: `*` is any run of characters, the rest is literal."""
-
-    __slots__ = ("_regex", "patterns")
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self.patterns = tuple(sorted(set(patterns)))
-        alternatives = [
-            "(?:" + ".*".join(map(re.escape, p.split("*"))) + ")" for p in self.patterns
-        ]
-        self._regex = re.compile("|".join(alternatives), re.DOTALL) if alternatives else None
-
-    def matches(self, value: str) -> bool:
-        return self._regex is not None and self._regex.fullmatch(value) is not None
 
 
 class GrantedTypeFilter(TypeFilter):
@@ -289,51 +277,6 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": key_id(secret)})
 
 
-class OriginRefused(HubError):
-    code = "origin"
-    http_status = 403
-    close_code = CloseCode.POLICY_VIOLATION
-
-
-_DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
-
-
-class OriginPolicy:
-    """Which browser origins may open sockets (cross-site WebSocket hijacking).
-
-    A request without `Origin` is not from a browser page and passes. Otherwise, by default the
-    origin's host and port must be the request's own `Host`; an explicit list (`*` patterns
-    allowed, e.g. `https://*.example.com`) replaces that; `*` alone allows every origin.
-    """
-
-    def __init__(self, allowed: str = "") -> None:
-        entries = [e.strip().lower().rstrip("/") for e in allowed.split(",") if e.strip()]
-        self.any = "*" in entries
-        self.allowlist = StarPatterns(entries) if entries else None
-
-    def allows(self, origin: str | None, host: str | None) -> bool:
-        if origin is None or self.any:
-            return True
-        origin = origin.strip().lower().rstrip("/")
-        if self.allowlist is not None:
-            return self.allowlist.matches(origin)
-        return host is not None and _same_host(origin, host.strip().lower())
-
-
-def _same_host(origin: str, host: str) -> bool:
-    try:
-        parsed = urlsplit(origin)
-        served = urlsplit("//" + host)
-        default = _DEFAULT_PORTS.get(parsed.scheme)
-        if default is None or not parsed.hostname or not served.hostname:
-            return False
-        origin_port = parsed.port or default
-        host_port = served.port or default
-    except ValueError:  # a port that is not a number
-        return False
-    return parsed.hostname == served.hostname and origin_port == host_port
-
-
 class Security:
     """The hub's verifier and Origin policy, built once from settings (app.state.security)."""
 
@@ -463,42 +406,3 @@ class AuthGate:
                 await self.ws_refusal(websocket, exc)
             return
         await self.app(scope, receive, send)
-
-
-_TOKEN_IN_TEXT = re.compile(r"(?i)(token=|bearer\s+)[^\s&\"']+")
-
-
-class RedactTokens(logging.Filter):
-    """Rewrites `token=...` and `Bearer ...` in log records (uvicorn logs every socket's
-    path with its query string, and websockets' debug log prints request headers).
-
-    The message and each string argument are redacted in place, so formatters that read
-    the arguments themselves (uvicorn's access log) still get the shape they expect.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = _redact(record.msg)
-        args = record.args
-        if isinstance(args, tuple):
-            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in args)
-        elif isinstance(args, dict):
-            record.args = {k: _redact(v) if isinstance(v, str) else v for k, v in args.items()}
-        return True
-
-
-def _redact(text: str) -> str:
-    return _TOKEN_IN_TEXT.sub(r"\1[redacted]", text) if _TOKEN_IN_TEXT.search(text) else text
-
-
-# Filters run only for records made by their own logger: name each one that logs paths.
-_LOGGERS_TO_REDACT: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
-_redactor: Final = RedactTokens()
-
-
-def install_log_redaction() -> None:
-    """Attach the redacting filter to the loggers that may see request paths (idempotent)."""
-    for name in _LOGGERS_TO_REDACT:
-        target = logging.getLogger(name)
-        if _redactor not in target.filters:
-            target.addFilter(_redactor)

@@ -83,6 +83,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         help="browser origins allowed to open sockets, comma-separated, '*' patterns allowed "
         "(default: the hub's own host)",
     )
+    parser.add_argument(
+        "--allowed-hosts",
+        dest="allowed_hosts",
+        help="open hub on loopback: Host names to answer besides loopback ones, comma-separated "
+        "(DNS rebinding guard; default: none)",
+    )
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--log-format",
@@ -106,6 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "log_format",
         "secret",
         "allowed_origins",
+        "allowed_hosts",
     )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 

@@ -113,6 +113,10 @@ class Settings(msgspec.Struct, kw_only=True):
     max_heavy_reads: int = 16  # heavy reads in flight per process; beyond: 503 + Retry-After
     heavy_read_timeout_s: float = 30.0  # a heavy response not taken within this is cut
 
+    # Edge (docs/security.md: open mode, upgrade deadline, accept backoff).
+    allowed_hosts: str = ""  # open hub on loopback: Host names besides loopback ones; "*": any
+    accept_error_log_interval_s: float = 10.0  # accept() failures (EMFILE) log once per this
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -154,6 +158,14 @@ class Settings(msgspec.Struct, kw_only=True):
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: no limit)")
+        if self.accept_error_log_interval_s <= 0:
+            raise ValueError("accept_error_log_interval_s must be > 0")
+        if self.secret and not any(part.strip() for part in self.secret.split(",")):
+            # `HUB_SECRET=" , "` is a mistake, not a wish to run open.
+            raise ValueError(
+                "secret (HUB_SECRET / --secret) is set but holds no secret, only commas and "
+                "blanks: set a real one, or unset it to run open"
+            )
         if self.error_budget < 0:
             raise ValueError("error_budget must be >= 0")
         if self.log_format not in ("text", "json"):

@@ -13,6 +13,7 @@ import resource
 import socket
 import sys
 from collections.abc import Generator
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -20,21 +21,29 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .accept_errors import AcceptErrorLog, BackoffListener
 from .auth import install_log_redaction
 from .config import Settings
 from .core import Hub
-from .uvicorn_ws import HubWebSocketProtocol
+from .uvicorn_ws import HubWebSocketProtocol, error_body
 
 __all__ = [
+    "HeadLimitedConnection",
     "HeadTimeoutH11Protocol",
     "HubServer",
     "head_timeout_protocol",
     "raise_open_files_limit",
+    "request_head_size",
     "serve",
     "uvicorn_config",
 ]
 
 logger = logging.getLogger("hub")
+
+OPEN_MODE_NOTICE = (
+    "hub: WARNING: no secret: the hub is OPEN to every client that can reach it (browser pages "
+    "of other sites and other Host names are refused). Set HUB_SECRET or --secret."
+)
 
 
 def uvicorn_config(
@@ -82,6 +91,8 @@ class HeadTimeoutH11Protocol(H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_timer: asyncio.TimerHandle | None = None
+        max_head = self.config.h11_max_incomplete_event_size
+        self.conn = HeadLimitedConnection(max_head if max_head is not None else 16 * 1024)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -96,8 +107,31 @@ class HeadTimeoutH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
-        self._cancel_head_timer()
+        # The deadline stays armed: the WebSocket protocol that takes the socket over may
+        # still refuse the request or wait for the app; `_head_timed_out` checks it.
         super().handle_websocket_upgrade(event)
+
+    def send_400_response(self, msg: str) -> None:
+        """Refuse a request h11 (or `HeadLimitedConnection`) could not take, as JSON."""
+        refusal = getattr(self.conn, "refusal", None)
+        status, message = refusal if refusal is not None else (400, msg)
+        body = error_body(message, "too_large" if status == 431 else "bad_request")
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        reason = HTTPStatus(status).phrase.encode()
+        try:
+            self.transport.write(
+                self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+                or b""
+            )
+            self.transport.write(self.conn.send(h11.Data(data=body)) or b"")
+            self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:  # h11 cannot frame a response now: just hang up
+            pass
+        self.transport.close()
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
@@ -111,7 +145,16 @@ class HeadTimeoutH11Protocol(H11Protocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or self.transport.get_protocol() is not self:
+        if self.transport.is_closing():
+            return
+        taken_over = self.transport.get_protocol()
+        if taken_over is not self:
+            # Upgraded: the WebSocket handshake must have completed (or been answered) too.
+            if not getattr(taken_over, "handshake_complete", True):
+                logger.info(
+                    "closing %s: no WebSocket handshake within %gs", self.client, self.head_timeout
+                )
+                self.transport.close()
             return
         waiting_for_head = self.conn.their_state is h11.IDLE
         answered_but_sending = self.conn.our_state in (h11.DONE, h11.MUST_CLOSE) and (
@@ -122,6 +165,33 @@ class HeadTimeoutH11Protocol(H11Protocol):
                 "closing %s: no complete request within %gs", self.client, self.head_timeout
             )
             self.transport.close()
+
+
+def request_head_size(event: h11.Request) -> int:
+    """Bytes of the request line and headers as sent, give or take optional whitespace."""
+    line = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n")
+    return line + sum(len(name) + len(value) + 4 for name, value in event.headers) + 2
+
+
+class HeadLimitedConnection(h11.Connection):
+    """h11's server side, refusing a complete request head over `max_head` bytes (431).
+
+    h11 bounds only a head that is still incomplete, so a 60 KB head sent in one write
+    passed whatever `max_incomplete_event_size` said.
+    """
+
+    def __init__(self, max_head: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_head)
+        self.max_head = max_head
+        self.refusal: tuple[int, str] | None = None
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.Request) and request_head_size(event) > self.max_head:
+            message = f"request head over {self.max_head} bytes (request line and headers)"
+            self.refusal = (431, message)
+            raise h11.RemoteProtocolError(message, error_status_hint=431)
+        return event
 
 
 def head_timeout_protocol(head_timeout: float) -> type[HeadTimeoutH11Protocol]:
@@ -135,6 +205,7 @@ class HubServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, *, install_signal_handlers: bool = True) -> None:
         super().__init__(config)
         self._install_signal_handlers = install_signal_handlers
+        self.accept_errors: AcceptErrorLog | None = None
 
     @property
     def hub(self) -> Hub:
@@ -162,12 +233,30 @@ class HubServer(uvicorn.Server):
                 # drain into death by SIGTERM (exit status -15): the drain is the handling.
                 self._captured_signals.clear()
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is None and self.config.uds is None and self.config.fd is None:
+            sockets = [self.config.bind_socket()]  # uvicorn's own bind, as for workers
+        if sockets is not None:
+            sockets = [BackoffListener.adopt(s) for s in sockets]
+        await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.hub.settings.accept_error_log_interval_s
+        self.accept_errors = AcceptErrorLog(interval, loop.get_exception_handler())
+        loop.set_exception_handler(self.accept_errors)
+        await super().startup(sockets)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drained = self.hub.drain()
         if drained:
             logger.info("closed %d subscriber(s) with 1001", drained)
             await asyncio.sleep(0)  # let close frames reach the transports
-        await super().shutdown(sockets)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if self.accept_errors is not None:
+                asyncio.get_running_loop().set_exception_handler(self.accept_errors.previous)
 
 
 def raise_open_files_limit() -> int:
@@ -185,6 +274,9 @@ def raise_open_files_limit() -> int:
 
 async def serve(app: Starlette, host: str, port: int, settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; print the address once listening."""
+    if not app.state.security.enabled:
+        # On stderr whatever the log level: `--log-level error` must not hide it.
+        print(OPEN_MODE_NOTICE, file=sys.stderr, flush=True)
     limit = raise_open_files_limit()
     if limit < settings.max_connections + 100:
         logger.warning(

@@ -13,14 +13,24 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.protocol import State
 
 from .protocol import CloseCode, ErrorFrame, close_reason, encode
 
-__all__ = ["EXTENSION", "DirectChannel", "HubWebSocketProtocol", "text_frame"]
+__all__ = [
+    "EXTENSION",
+    "DirectChannel",
+    "HubWebSocketProtocol",
+    "error_body",
+    "http_refusal",
+    "text_frame",
+]
 
 EXTENSION = "hub.direct_send"
 logger = logging.getLogger("hub.ws")
@@ -34,6 +44,25 @@ def text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def error_body(message: str, code: str = "bad_request") -> bytes:
+    """The JSON body of an HTTP refusal, as the app's own errors have it."""
+    return msgspec.json.encode(
+        {"error": {"code": code, "message": message[:300], "retryable": False}}
+    )
+
+
+def http_refusal(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 response refusing the request, for protocols that write raw bytes."""
+    body = error_body(message, "too_large" if status in (414, 431) else "bad_request")
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 class DirectChannel:
@@ -132,7 +161,26 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.conn.parser_exc is not None:
             self._fail_with_error_frame()
             return
+        if self.conn.handshake_exc is not None and not self.handshake_initiated:
+            self._refuse_upgrade(self.conn.handshake_exc)
+            return
         self.handle_events()
+
+    def _refuse_upgrade(self, exc: Exception) -> None:
+        """websockets refused the upgrade request itself (a line over 8 KiB, 129 headers, a
+        body): uvicorn would never send its answer nor close. Answer and hang up."""
+        if isinstance(exc, RequestLineTooLong):
+            status = 414
+        elif isinstance(exc, (HeaderLineTooLong, TooManyHeaders)):
+            status = 431
+        else:
+            status = 400
+        detail = str(exc.__cause__ or exc)[:120]
+        self.conn.data_to_send()  # websockets' own text answer, if any: ours replaces it
+        self.transport.write(http_refusal(status, f"invalid WebSocket upgrade: {detail}"))
+        logger.info("refused websocket upgrade from %s with %d: %s", self.client, status, detail)
+        self.handshake_initiated = self.handshake_complete = self.close_sent = True
+        self.transport.close()
 
     def _fail_with_error_frame(self) -> None:
         """The parser refused a frame (too big, bad UTF-8, protocol error): say why first."""

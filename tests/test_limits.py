@@ -390,13 +390,13 @@ async def test_a_slow_head_on_a_kept_alive_connection_is_closed(
     impatient_hub: RunningHub,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", impatient_hub.port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
     assert head.startswith(b"HTTP/1.1 200")
     await asyncio.wait_for(reader.readexactly(len(b'{"status":"ok"}')), 3)
     # uvicorn's keep-alive timer stops at the first byte: the head deadline still holds
     closed = asyncio.create_task(closed_by_server(reader, within=3))
-    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
     for i in range(len(request) - 1):
         if closed.done():
             break
@@ -408,7 +408,7 @@ async def test_a_slow_head_on_a_kept_alive_connection_is_closed(
 
 async def test_an_idle_kept_alive_connection_is_closed(impatient_hub: RunningHub) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", impatient_hub.port)
-    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     data = await closed_by_server(reader, within=3)
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b'{"status":"ok"}')
     await hang_up(writer)
@@ -441,7 +441,8 @@ async def test_a_frame_trickled_after_the_upgrade_is_cut_by_the_heartbeat() -> N
 async def test_a_publish_body_that_never_arrives_gets_408(impatient_hub: RunningHub) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", impatient_hub.port)
     writer.write(
-        b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\n"
         b'Content-Length: 100\r\n\r\n{"type":'
     )
     data = await closed_by_server(reader, within=3)
@@ -454,7 +455,7 @@ async def test_a_request_head_over_the_limit_is_refused() -> None:
     async with run_hub(Settings(heartbeat_s=5.0, max_request_head=4096)) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
         # a head that keeps growing without ending is cut once it passes the limit
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 8000)
         data = await closed_by_server(reader, within=3)
         assert data.startswith(b"HTTP/1.1 400")
         await hang_up(writer)
