@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.events import register_events
+from services.limits import ServiceLimits
 from services.model import ExtractiveModel
 from services.runtime import SAMPLE_DOCS, Services
 from services.store import Store
@@ -121,6 +122,7 @@ async def run_demo(args: argparse.Namespace) -> None:
         model=ExtractiveModel(token_delay=args.token_delay),
         min_interval=0.2,
         allowed_roots=[folder],
+        limits=ServiceLimits.from_env(),  # SERVICES_<FIELD> variables (services/README.md)
     )
 
     @contextlib.asynccontextmanager

@@ -78,7 +78,9 @@ class ParsedDocument(msgspec.Struct, frozen=True):
 
 # --- normalising -------------------------------------------------------------------------
 
-_SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+# Runs of blanks that are not already one plain space: single spaces (most of them) do not
+# match, so a long line costs one scan, not one replacement per word.
+_SPACES = re.compile(r" [ \t\f\v\u00a0]+|[\t\f\v\u00a0][ \t\f\v\u00a0]*")
 _BLANK_LINES = re.compile(r"\n{3,}")
 # Control characters (category Cc) but newline and tab, and lone surrogates (JSON's "\ud800"),
 # which no UTF-8 encoder accepts.

@@ -9,6 +9,7 @@ and chunks): a cancelled job leaves no thread behind burning a core.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -25,6 +26,9 @@ class ParsePool:
         self.workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self._flags: set[CancelFlag] = set()
+        self._lock = threading.Lock()
+        self.active = 0  # parses running in a thread now
+        self.finished_cancelled = 0  # parses stopped by a cancel (their thread is free again)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -36,7 +40,7 @@ class ParsePool:
 
         A parse stopped by `close()` (shutdown) ends the awaiting task as cancelled too.
         """
-        future = asyncio.get_running_loop().run_in_executor(self._pool(), fn)
+        future = asyncio.get_running_loop().run_in_executor(self._pool(), self._counted, fn)
         self._flags.add(cancel)
         try:
             return await asyncio.shield(future)
@@ -47,9 +51,19 @@ class ParsePool:
             await asyncio.wait([future])  # the parser stops at its next check
             if not future.cancelled():
                 future.exception()  # retrieved: never "exception was never retrieved"
+            self.finished_cancelled += 1
             raise
         finally:
             self._flags.discard(cancel)
+
+    def _counted(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            self.active += 1
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self.active -= 1
 
     def close(self) -> None:
         """Stop every parse under way and drop queued ones (shutdown)."""

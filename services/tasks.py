@@ -88,6 +88,9 @@ class TaskTable(Generic[S]):
     def list(self, project: str) -> list[S]:
         return [e.state for e in self._entries.values() if e.project == project]
 
+    def running_count(self) -> int:
+        return sum(1 for e in self._entries.values() if e.running)
+
     def task(self, entity_id: str) -> asyncio.Task[Any] | None:
         entry = self._entries.get(entity_id)
         return entry.task if entry is not None and entry.running else None
