@@ -143,6 +143,8 @@ class Services:
         self.pacer.paused = True  # shutdown: the terminal events go out without waiting
         await self.workflows.runs.aclose()
         await asyncio.gather(self.ingest.aclose(), self.agent.runs.aclose())
+        # The jobs are cancelled, but a batch write they started may still run in its thread.
+        self.store.interrupt()
         if self._owns_store:
             self.store.close()
 

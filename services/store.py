@@ -118,6 +118,11 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def interrupt(self) -> None:
+        """Abort a batch write under way in its thread (shutdown): its transaction is rolled
+        back whole, so the corpus stays consistent and the process need not wait for it."""
+        self._db.interrupt()
+
     async def add_batch(
         self, project: str, job_id: str, docs: Sequence[NewDocument]
     ) -> BatchResult:
@@ -183,7 +188,8 @@ class Store:
                     result.bytes += doc.size
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # an interrupted write was already rolled back
+                    db.execute("ROLLBACK")
                 raise
         return result
 
