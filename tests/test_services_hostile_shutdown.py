@@ -8,6 +8,7 @@ start; each test adds one attack over HTTP, then sends SIGTERM and times the exi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -61,10 +62,11 @@ class Demo:
         return elapsed
 
 
-@pytest.fixture
-async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
-    folder = big_folder(tmp_path)
+@contextlib.asynccontextmanager
+async def start_demo(tmp_path: Path, folder: Path | None) -> AsyncIterator[Demo]:
+    """`python -m services.demo` on a free port, ingesting `folder` (default: the samples)."""
     env = {**os.environ, "HUB_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)}
+    docs = ["--docs", str(folder)] if folder is not None else []
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -75,8 +77,7 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
         "1000",
         "--token-delay",
         "0",
-        "--docs",
-        str(folder),
+        *docs,
         "--db",
         str(tmp_path / "corpus.sqlite3"),
         stdout=asyncio.subprocess.PIPE,
@@ -99,6 +100,12 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
             process.kill()
             await process.wait()
     check_corpus(tmp_path / "corpus.sqlite3")
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
+    async with start_demo(tmp_path, big_folder(tmp_path)) as running:
+        yield running
 
 
 def check_corpus(path: Path) -> None:
@@ -189,3 +196,44 @@ async def test_sigterm_with_trickled_bodies_open_exits_0_within_the_drain_timeou
     print(f"SIGTERM with 10 trickled bodies: exited 0 in {elapsed:.2f}s")
     # Open requests hold the server for at most the drain timeout, then it exits.
     assert elapsed < DRAIN_TIMEOUT_S + 1.0
+
+
+def rss_mib(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of a process, in MiB (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+RSS_BOUND_MIB = 500  # services/README.md: peak RSS above idle during an upload flood
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+async def test_upload_waves_keep_the_demo_under_its_rss_bound(tmp_path: Path) -> None:
+    async with start_demo(tmp_path, None) as demo:
+        await upload_waves(demo)
+
+
+async def upload_waves(demo: Demo) -> None:
+    idle = rss_mib(demo.process.pid, "VmRSS")
+    payload = b"\xff" * int(19.5 * 1024 * 1024)  # fails: not UTF-8, over 5 MiB
+    async with demo.http() as http:
+        for _ in range(2):
+            responses = await asyncio.gather(
+                *[
+                    http.post(
+                        "/ingest/uploads",
+                        params={"name": f"a{i}.txt", "on_error": "fail"},
+                        content=payload,
+                    )
+                    for i in range(20)
+                ]
+            )
+            statuses = [r.status_code for r in responses]
+            assert set(statuses) <= {202, 429} and 429 in statuses, statuses
+    peak = rss_mib(demo.process.pid, "VmHWM")
+    print(f"2 waves of 20 x 19.5 MiB uploads: RSS idle {idle} MiB, peak {peak} MiB")
+    assert peak - idle < RSS_BOUND_MIB  # was 1.6 GB after four waves
+    await demo.terminate()
