@@ -28,6 +28,7 @@ class ParsePool:
         self._flags: set[CancelFlag] = set()
         self._lock = threading.Lock()
         self.active = 0  # parses running in a thread now
+        self.runs = 0  # parses started, in total
         self.finished_cancelled = 0  # parses stopped by a cancel (their thread is free again)
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -40,6 +41,7 @@ class ParsePool:
 
         A parse stopped by `close()` (shutdown) ends the awaiting task as cancelled too.
         """
+        self.runs += 1
         future = asyncio.get_running_loop().run_in_executor(self._pool(), self._counted, fn)
         self._flags.add(cancel)
         try:

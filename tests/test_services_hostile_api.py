@@ -298,3 +298,11 @@ async def test_every_string_of_the_api_is_bounded(
     assert response.status_code == 422, response.text
     assert field in response.json()["error"]["message"]
     assert search.status_code == 422
+
+
+def test_limits_come_from_services_variables_and_must_be_finite_and_positive() -> None:
+    limits = ServiceLimits.from_env({"SERVICES_MAX_AGENT_RUNS": "8", "SERVICES_EMIT_RATE": "250"})
+    assert (limits.max_agent_runs, limits.emit_rate) == (8, 250.0)
+    for name, value in [("SERVICES_EMIT_RATE", "nan"), ("SERVICES_MAX_AGENT_RUNS", "0")]:
+        with pytest.raises(ValueError, match="finite number > 0"):
+            ServiceLimits.from_env({name: value})

@@ -120,12 +120,13 @@ def test_amplifying_files_parse_within_a_memory_bound() -> None:
 async def test_big_single_paragraph_texts_are_parsed_off_the_loop() -> None:
     word = b"lorem ipsum dolor sit amet consectetur "
     bodies = [word * (4_900_000 // len(word)) + str(i).encode() for i in range(4)]
-    async with hub_with_services() as (running, _):
+    async with hub_with_services() as (running, services):
         async with bystander(running) as watcher, running.http() as http:
             jobs = [await upload(http, f"big{i}.txt", body) for i, body in enumerate(bodies)]
             del bodies
             finals = [await until_final(http, job_id, timeout=60) for job_id in jobs]
     assert all(job["status"] == "completed" and job["chunks"] > 6000 for job in finals), finals
+    assert services.ingest.parse_pool.runs == 4  # each file was parsed in the pool's threads
     watcher.assert_unharmed()  # was a 576 ms stall
 
 
