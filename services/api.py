@@ -21,6 +21,7 @@ work over an admission limit (uploads or bytes in flight, runs, nodes) is a 429 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -30,9 +31,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from hub.errors import BadRequest, Forbidden
-from hub.http_api import _read_body  # the one body reader: deadline (408) and size (413)
+from hub.http_api import (
+    _read_body,  # the one body reader: deadline (408) and size (413)
+    error_response,
+)
+from hub.limits import RequestTimeout
 from hub.protocol import is_valid_project
-from services.admission import Permit
+from services.admission import Permit, TooBusy
 from services.ingest import OnError, Upload
 from services.spec_check import SpecInvalid, check_spec
 from services.workflow import WorkflowSpec, WorkflowSpecError
@@ -81,7 +86,32 @@ def _project(request: Request) -> str:
 
 async def _body(request: Request, limit: int) -> bytes:
     timeout_s = request.app.state.hub.settings.body_timeout_s
-    return await _read_body(request, limit, timeout_s)
+    body = await _read_body(request, limit, timeout_s)
+    request.state.body_read = True
+    return body
+
+
+async def _discard_body(request: Request, limit: int) -> bool:
+    """Read and drop an unread body within the deadline; False if it took longer or more."""
+    size = 0
+    try:
+        async with asyncio.timeout(request.app.state.hub.settings.body_timeout_s):
+            while True:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    return False
+                size += len(message.get("body", b""))
+                if size > limit:
+                    return False
+                if not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        return False
+
+
+def _closing(response: Response) -> Response:
+    response.headers["connection"] = "close"
+    return response
 
 
 def _decode(body: bytes, type_: type[T]) -> T:
@@ -106,7 +136,8 @@ async def _upload_body(
     """
     ingest, limit = services.ingest, services.limits.max_upload_bytes
     declared = request.headers.get("content-length", "")
-    size = int(declared) if declared.isdigit() and int(declared) <= limit else limit
+    valid = declared.isascii() and declared.isdigit() and len(declared) <= 15
+    size = int(declared) if valid and int(declared) <= limit else limit
     permits = [ingest.uploads_in_flight.take(project)]
     try:
         permits.append(ingest.upload_bytes_in_flight.take(project, max(1, size)))
@@ -304,7 +335,19 @@ async def cancel_workflow(services: Services, request: Request) -> Response:
 def service_routes(services: Services) -> list[BaseRoute]:
     def bind(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            return await handler(services, request)
+            try:
+                return await handler(services, request)
+            except RequestTimeout as exc:
+                # A trickled body: kept open, its connection would hold the drain at shutdown.
+                return _closing(error_response(exc))
+            except TooBusy as exc:
+                response = error_response(exc)
+                if not getattr(request.state, "body_read", False):
+                    # Refused before its body was read: drop the body (within the deadline),
+                    # so the client reads its 429; a trickler's connection is closed.
+                    if not await _discard_body(request, services.limits.max_upload_bytes):
+                        _closing(response)
+                return response
 
         return endpoint
 

@@ -135,8 +135,10 @@ def _read_markdown(name: str, text: str, budget: ParseBudget) -> tuple[str, str]
     text = _MD_FENCE.sub("", text)
     text = _MD_TABLE_RULE.sub("", text)
     text = _MD_TABLE_ROW.sub(lambda m: "; ".join(c.strip() for c in m.group(1).split("|")), text)
+    budget.check()
     text = _MD_IMAGE.sub(r"\1", text)
     text = _MD_LINK.sub(r"\1", text)
+    budget.check()
     text = _MD_HEADING.sub("", text)
     text = _MD_LIST.sub("- ", text)
     text = _MD_QUOTE.sub("", text)
@@ -239,6 +241,7 @@ class _Lines:
 
 
 def _flatten_json(value: Any, path: str, out: _Lines, depth: int = 0) -> None:
+    out.budget.check()  # between nodes: a cancelled job stops here
     if depth > out.budget.max_json_depth:
         raise UnreadableDocument(
             out.name, f"JSON nested deeper than {out.budget.max_json_depth} levels at {path}"
