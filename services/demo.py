@@ -3,7 +3,8 @@
 Starts the hub (memory backend unless --backend says otherwise) with the ingest, agent and
 workflow services mounted, ingests the sample documents shipped in `services/sample_docs`,
 then starts a workflow (ingest -> two agent questions) every `--interval` seconds, and
-prints where to watch. Stop it with Ctrl-C.
+prints where to watch. Stop it with Ctrl-C (or SIGTERM: it drains and exits 0).
+The services' limits come from SERVICES_<FIELD> variables (services/README.md, "Limits").
 """
 
 from __future__ import annotations

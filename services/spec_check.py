@@ -107,6 +107,9 @@ def check_spec(spec: WorkflowSpec, limits: ServiceLimits) -> None:
             raise SpecInvalid(f"longer than 64 characters - at `{at}.kind`")
         if len(node.depends_on) > len(spec.nodes):
             raise SpecInvalid(f"more dependencies than nodes - at `{at}.depends_on`")
+        for j, dep in enumerate(node.depends_on):
+            if len(dep) > 64:  # a node id's bound: error messages echo it
+                raise SpecInvalid(f"longer than 64 characters - at `{at}.depends_on[{j}]`")
         # Params strings may be documents: bounded by the request size; typed ones tighter.
         check_value(node.params, f"{at}.params", limits.max_request_bytes)
         params_type = PARAM_TYPES.get(node.kind)

@@ -51,6 +51,7 @@ async def post(http: httpx.AsyncClient, path: str, **kwargs: Any) -> httpx.Respo
         ({**delay("d"), "backoff": 1e9}, "$.nodes[0].backoff"),
         ({**delay("d"), "retries": 11}, "$.nodes[0].retries"),
         (delay("d", seconds=1, extra=1), "$.nodes[0].params"),
+        ({**delay("d"), "depends_on": ["x" * 100_000]}, "$.nodes[0].depends_on[0]"),
         ({"id": "a", "kind": "agent", "params": {"question": "x" * 5000}}, "question"),
         ({"id": "a", "kind": "agent", "params": {"question": "q", "agent": "x" * 200}}, "agent"),
     ],
