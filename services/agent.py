@@ -14,9 +14,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from services.admission import Slots
 from services.emitters import Emitter
 from services.events import AgentMessageAppended, AgentRun, AgentStep, Usage
 from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, track
+from services.limits import ServiceLimits
 from services.model import ExtractiveModel, Model, Passage
 from services.store import SearchHit, Store
 from services.tasks import TaskTable
@@ -81,7 +83,12 @@ class AgentService:
         top_k: int = 3,
         min_interval: float = DEFAULT_MIN_INTERVAL,
         agent_name: str = "researcher",
+        limits: ServiceLimits | None = None,
     ) -> None:
+        self.limits = limits = limits or ServiceLimits()
+        self.admission = Slots(
+            "agent runs", limits.max_agent_runs_per_project, limits.max_agent_runs
+        )
         self.store = store
         self.emitter_for = emitter_for
         self.model: Model = model or ExtractiveModel()
@@ -97,10 +104,14 @@ class AgentService:
         question = question.strip()
         if not question:
             raise ValueError("question must not be empty")
+        if len(question) > self.limits.max_string_chars:
+            raise ValueError(f"question is longer than {self.limits.max_string_chars} characters")
+        if agent is not None and len(agent) > self.limits.max_name_chars:
+            raise ValueError(f"agent is longer than {self.limits.max_name_chars} characters")
         state = AgentRun(
             run_id=run_id or uuid.uuid4().hex[:12],
             agent=agent or self.agent_name,
-            input=question[:4000],
+            input=question,
             model=self.model.name,
         )
         self.runs.add(state.run_id, project, state)
@@ -110,8 +121,13 @@ class AgentService:
     def start(
         self, project: str, question: str, *, run_id: str | None = None, agent: str | None = None
     ) -> AgentRun:
-        state = self.new_run(project, question, run_id=run_id, agent=agent)
-        self.runs.start(state.run_id, self.run(project, state))
+        permit = self.admission.take(project)  # 429 beyond: before anything is emitted
+        try:
+            state = self.new_run(project, question, run_id=run_id, agent=agent)
+        except BaseException:
+            permit.release()
+            raise
+        self.runs.start(state.run_id, self.run(project, state), permits=[permit])
         return state
 
     def cancel(self, project: str, run_id: str) -> bool | None:

@@ -12,10 +12,16 @@ Under `/v1/projects/{project}/`:
     GET  workflows/runs, workflows/runs/{id}; POST workflows/runs/{id}/cancel
 Starting answers 202 with the entity and its event `key`; follow it on the WebSocket.
 Errors use the hub's shape: {"error": {"code", "message", "retryable"}}.
+
+Every body is read by the hub's own reader, with its deadline (`body_timeout_s`: 408) and a
+size limit (413); a field out of bounds is a 422 naming it (`$.nodes[0].params.seconds`);
+work over an admission limit (uploads or bytes in flight, runs, nodes) is a 429 with
+`Retry-After`, refused before the body is read. The limits: `ServiceLimits`, README.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -24,17 +30,24 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hub.errors import BadRequest, Forbidden, PayloadTooLarge
+from hub.errors import BadRequest, Forbidden
+from hub.http_api import (
+    _read_body,  # the one body reader: deadline (408) and size (413)
+    error_response,
+)
+from hub.limits import RequestTimeout
 from hub.protocol import is_valid_project
+from services.admission import Permit, TooBusy
 from services.ingest import OnError, Upload
+from services.spec_check import SpecInvalid, check_spec
 from services.workflow import WorkflowSpec, WorkflowSpecError
 
 if TYPE_CHECKING:
     from services.runtime import Services
 
-__all__ = ["MAX_UPLOAD_BYTES", "service_routes"]
+__all__ = ["service_routes"]
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_FILE_NAME = 255
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 
@@ -71,21 +84,77 @@ def _project(request: Request) -> str:
     return project
 
 
-async def _body(request: Request) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_UPLOAD_BYTES:
-            raise PayloadTooLarge(f"body is over the {MAX_UPLOAD_BYTES} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _body(request: Request, limit: int) -> bytes:
+    timeout_s = request.app.state.hub.settings.body_timeout_s
+    body = await _read_body(request, limit, timeout_s)
+    request.state.body_read = True
+    return body
 
 
-async def _decode(request: Request, type_: type[T]) -> T:
+async def _discard_body(request: Request, limit: int) -> bool:
+    """Read and drop an unread body within the deadline; False if it took longer or more."""
+    size = 0
     try:
-        return msgspec.json.decode(await _body(request), type=type_)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        async with asyncio.timeout(request.app.state.hub.settings.body_timeout_s):
+            while True:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    return False
+                size += len(message.get("body", b""))
+                if size > limit:
+                    return False
+                if not message.get("more_body", False):
+                    return True
+    except TimeoutError:
+        return False
+
+
+def _closing(response: Response) -> Response:
+    response.headers["connection"] = "close"
+    return response
+
+
+def _decode(body: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise SpecInvalid(f"invalid request body: {exc}") from None
+    except msgspec.DecodeError as exc:
         raise BadRequest(f"invalid request body: {exc}") from None
+
+
+async def _small_body(services: Services, request: Request, type_: type[T]) -> T:
+    return _decode(await _body(request, services.limits.max_request_bytes), type_)
+
+
+async def _upload_body(
+    services: Services, request: Request, project: str
+) -> tuple[bytes, list[Permit]]:
+    """Read an ingest body within the upload budget (429 before reading beyond it).
+
+    The permits stay taken until the job ends (its payloads are parsed and released).
+    """
+    ingest, limit = services.ingest, services.limits.max_upload_bytes
+    declared = request.headers.get("content-length", "")
+    valid = declared.isascii() and declared.isdigit() and len(declared) <= 15
+    size = int(declared) if valid and int(declared) <= limit else limit
+    permits = [ingest.uploads_in_flight.take(project)]
+    try:
+        permits.append(ingest.upload_bytes_in_flight.take(project, max(1, size)))
+        return await _body(request, limit), permits
+    except BaseException:
+        _release(permits)
+        raise
+
+
+def _release(permits: list[Permit]) -> None:
+    for permit in permits:
+        permit.release()
+
+
+def _bounded(value: str | None, limit: int, field: str) -> None:
+    if value is not None and len(value) > limit:
+        raise SpecInvalid(f"longer than {limit} characters - at `{field}`")
 
 
 def _started(name: str, state: Any) -> Response:
@@ -108,24 +177,41 @@ Handler = Callable[["Services", Request], Awaitable[Response]]
 
 async def start_ingest(services: Services, request: Request) -> Response:
     project = _project(request)
-    body = await _decode(request, IngestRequest)
-    if (body.folder is None) == (body.documents is None):
-        raise BadRequest("give exactly one of 'folder' or 'documents'")
-    if body.folder is not None:
-        try:
-            folder = services.resolve_folder(body.folder)
-        except PermissionError as exc:
-            raise Forbidden(str(exc)) from None
-        job = services.ingest.start_folder(project, folder, on_error=body.on_error)
-        return _started("job", job)
-    uploads = []
-    for doc in body.documents or []:
-        if (doc.text is None) == (doc.content_base64 is None):
-            raise BadRequest(f"document {doc.name!r}: give exactly one of 'text', 'content_base64'")
-        uploads.append(Upload(doc.name, doc.content_base64 or (doc.text or "").encode()))
-    if not uploads:
-        raise BadRequest("'documents' is empty")
-    return _started("job", services.ingest.start_uploads(project, uploads, on_error=body.on_error))
+    raw, permits = await _upload_body(services, request, project)
+    try:
+        body = _decode(raw, IngestRequest)
+        del raw
+        if (body.folder is None) == (body.documents is None):
+            raise BadRequest("give exactly one of 'folder' or 'documents'")
+        if body.folder is not None:
+            _release(permits)  # nothing is held in memory for a folder
+            _bounded(body.folder, services.limits.max_string_chars, "$.folder")
+            try:
+                folder = services.resolve_folder(body.folder)
+            except PermissionError as exc:
+                raise Forbidden(str(exc)) from None
+            job = services.ingest.start_folder(project, folder, on_error=body.on_error)
+            return _started("job", job)
+        documents = body.documents or []
+        if not 1 <= len(documents) <= services.limits.max_job_files:
+            raise SpecInvalid(
+                f"must hold 1-{services.limits.max_job_files} documents - at `$.documents`"
+            )
+        uploads = []
+        for i, doc in enumerate(documents):
+            _bounded(doc.name, MAX_FILE_NAME, f"$.documents[{i}].name")
+            if (doc.text is None) == (doc.content_base64 is None):
+                raise BadRequest(
+                    f"document {doc.name!r}: give exactly one of 'text', 'content_base64'"
+                )
+            uploads.append(Upload(doc.name, doc.content_base64 or (doc.text or "").encode()))
+        on_error = body.on_error
+        del body, documents
+        job = services.ingest.start_uploads(project, uploads, on_error=on_error, permits=permits)
+    except BaseException:
+        _release(permits)
+        raise
+    return _started("job", job)
 
 
 async def upload(services: Services, request: Request) -> Response:
@@ -133,12 +219,21 @@ async def upload(services: Services, request: Request) -> Response:
     name = request.query_params.get("name", "")
     if not name:
         raise BadRequest("the 'name' query parameter (a file name with its extension) is required")
+    _bounded(name, MAX_FILE_NAME, "name")
     on_error = request.query_params.get("on_error")
     if on_error not in (None, "skip", "fail"):
         raise BadRequest("on_error must be 'skip' or 'fail'")
-    job = services.ingest.start_uploads(
-        project, [Upload(name, await _body(request))], on_error=cast(OnError | None, on_error)
-    )
+    raw, permits = await _upload_body(services, request, project)
+    try:
+        job = services.ingest.start_uploads(
+            project,
+            [Upload(name, raw)],
+            on_error=cast(OnError | None, on_error),
+            permits=permits,
+        )
+    except BaseException:
+        _release(permits)
+        raise
     return _started("job", job)
 
 
@@ -157,6 +252,7 @@ async def cancel_job(services: Services, request: Request) -> Response:
 
 async def search(services: Services, request: Request) -> Response:
     query = request.query_params.get("q", "")
+    _bounded(query, services.limits.max_string_chars, "q")
     try:
         limit = max(1, min(50, int(request.query_params.get("limit", "5"))))
     except ValueError:
@@ -173,7 +269,9 @@ async def list_documents(services: Services, request: Request) -> Response:
 
 async def start_run(services: Services, request: Request) -> Response:
     project = _project(request)
-    body = await _decode(request, AgentRequest)
+    body = await _small_body(services, request, AgentRequest)
+    _bounded(body.question, services.limits.max_string_chars, "$.question")
+    _bounded(body.agent, services.limits.max_name_chars, "$.agent")
     try:
         run = services.agent.start(project, body.question, agent=body.agent)
     except ValueError as exc:
@@ -202,7 +300,8 @@ async def cancel_run(services: Services, request: Request) -> Response:
 
 async def start_workflow(services: Services, request: Request) -> Response:
     project = _project(request)
-    spec = await _decode(request, WorkflowSpec)
+    spec = await _small_body(services, request, WorkflowSpec)
+    check_spec(spec, services.limits)  # 422 naming the field, before anything else
     for node in spec.nodes:
         if node.kind == "ingest" and "folder" in node.params:
             try:
@@ -236,7 +335,19 @@ async def cancel_workflow(services: Services, request: Request) -> Response:
 def service_routes(services: Services) -> list[BaseRoute]:
     def bind(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            return await handler(services, request)
+            try:
+                return await handler(services, request)
+            except RequestTimeout as exc:
+                # A trickled body: kept open, its connection would hold the drain at shutdown.
+                return _closing(error_response(exc))
+            except TooBusy as exc:
+                response = error_response(exc)
+                if not getattr(request.state, "body_read", False):
+                    # Refused before its body was read: drop the body (within the deadline),
+                    # so the client reads its 429; a trickler's connection is closed.
+                    if not await _discard_body(request, services.limits.max_upload_bytes):
+                        _closing(response)
+                return response
 
         return endpoint
 

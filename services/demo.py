@@ -3,7 +3,8 @@
 Starts the hub (memory backend unless --backend says otherwise) with the ingest, agent and
 workflow services mounted, ingests the sample documents shipped in `services/sample_docs`,
 then starts a workflow (ingest -> two agent questions) every `--interval` seconds, and
-prints where to watch. Stop it with Ctrl-C.
+prints where to watch. Stop it with Ctrl-C (or SIGTERM: it drains and exits 0).
+The services' limits come from SERVICES_<FIELD> variables (services/README.md, "Limits").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.events import register_events
+from services.limits import ServiceLimits
 from services.model import ExtractiveModel
 from services.runtime import SAMPLE_DOCS, Services
 from services.store import Store
@@ -121,6 +123,7 @@ async def run_demo(args: argparse.Namespace) -> None:
         model=ExtractiveModel(token_delay=args.token_delay),
         min_interval=0.2,
         allowed_roots=[folder],
+        limits=ServiceLimits.from_env(),  # SERVICES_<FIELD> variables (services/README.md)
     )
 
     @contextlib.asynccontextmanager

@@ -18,12 +18,17 @@ from typing import Any, Final
 
 import msgspec
 
+from services.chunking import TooManyChunks, chunk_text
+from services.parse_budget import ParseBudget
+
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "SUPPORTED_SUFFIXES",
     "DocumentError",
+    "DocumentTooLarge",
     "EmptyDocument",
     "ParsedDocument",
+    "TooManyChunks",
     "UnreadableDocument",
     "UnsupportedDocument",
     "chunk_text",
@@ -58,6 +63,12 @@ class EmptyDocument(DocumentError):
     kind = "EmptyDocument"
 
 
+class DocumentTooLarge(DocumentError):
+    """A file that produces more text or chunks than a document (or its job) may hold."""
+
+    kind = "DocumentTooLarge"
+
+
 class ParsedDocument(msgspec.Struct, frozen=True):
     name: str
     media_type: str
@@ -68,17 +79,24 @@ class ParsedDocument(msgspec.Struct, frozen=True):
 
 # --- normalising -------------------------------------------------------------------------
 
-_SPACES = re.compile(r"[ \t\f\v\u00a0]+")
+# Runs of blanks that are not already one plain space: single spaces (most of them) do not
+# match, so a long line costs one scan, not one replacement per word.
+_SPACES = re.compile(r" [ \t\f\v\u00a0]+|[\t\f\v\u00a0][ \t\f\v\u00a0]*")
 _BLANK_LINES = re.compile(r"\n{3,}")
+# Control characters (category Cc) but newline and tab, and lone surrogates (JSON's "\ud800"),
+# which no UTF-8 encoder accepts.
+_UNWANTED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def normalise(text: str) -> str:
+def normalise(text: str, budget: ParseBudget | None = None) -> str:
     """NFC, Unix newlines, no control characters, single spaces, at most one blank line."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    text = "".join(
-        ch for ch in text if ch == "\n" or ch == "\t" or unicodedata.category(ch) != "Cc"
-    )
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    text = _UNWANTED.sub("", text)
+    lines = []
+    for number, line in enumerate(text.split("\n")):
+        if budget is not None and number % 1024 == 0:
+            budget.check()
+        lines.append(_SPACES.sub(" ", line).strip())
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 
@@ -97,8 +115,10 @@ def _decode(name: str, raw: bytes) -> str:
         raise UnreadableDocument(name, f"not valid UTF-8 (byte {exc.start})") from None
 
 
-_MD_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_MD_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
+# No class may match its own opening bracket: each scan then stops at the next one, which keeps
+# a hostile "[[[[..." or "[a]([a](..." linear instead of quadratic.
+_MD_IMAGE = re.compile(r"!\[([^\[\]\n]*)\]\([^()\s]*\)")
+_MD_LINK = re.compile(r"\[([^\[\]\n]+)\]\([^()\s]*\)")
 _MD_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
 _MD_EMPHASIS = re.compile(r"(\*\*|__|\*|`)")
 _MD_FENCE = re.compile(r"^[ \t]*(```|~~~).*$", re.MULTILINE)
@@ -110,17 +130,21 @@ _MD_TABLE_RULE = re.compile(
 _MD_TABLE_ROW = re.compile(r"^[ \t]*\|(.*)\|[ \t]*$", re.MULTILINE)
 
 
-def _read_markdown(name: str, text: str) -> tuple[str, str]:
+def _read_markdown(name: str, text: str, budget: ParseBudget) -> tuple[str, str]:
     title_match = re.search(r"^[ \t]{0,3}#[ \t]+(.+)$", text, re.MULTILINE)
     text = _MD_FENCE.sub("", text)
     text = _MD_TABLE_RULE.sub("", text)
     text = _MD_TABLE_ROW.sub(lambda m: "; ".join(c.strip() for c in m.group(1).split("|")), text)
+    budget.check()
     text = _MD_IMAGE.sub(r"\1", text)
     text = _MD_LINK.sub(r"\1", text)
+    budget.check()
     text = _MD_HEADING.sub("", text)
     text = _MD_LIST.sub("- ", text)
     text = _MD_QUOTE.sub("", text)
     text = _MD_EMPHASIS.sub("", text)
+    if not budget.add(len(text)):
+        raise DocumentTooLarge(name, budget.over())
     return (title_match.group(1).strip() if title_match else ""), text
 
 
@@ -152,8 +176,9 @@ class _HtmlText(HTMLParser):
     )
     _SKIP: Final = frozenset({"script", "style", "noscript", "template", "head"})
 
-    def __init__(self) -> None:
+    def __init__(self, budget: ParseBudget) -> None:
         super().__init__(convert_charrefs=True)
+        self.budget = budget
         self.parts: list[str] = []
         self.title = ""
         self._skip_depth = 0
@@ -179,70 +204,110 @@ class _HtmlText(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self._in_title:
-            self.title += data
+            if len(self.title) < 1000:
+                self.title += data[:1000]
         elif not self._skip_depth:
             self.parts.append(data.replace("\n", " "))
+            self.budget.add(len(data))
 
 
-def _read_html(name: str, text: str) -> tuple[str, str]:
-    parser = _HtmlText()
-    parser.feed(text)
+_HTML_FEED = 64 * 1024  # characters per `feed`: cancel and budget checks in between
+
+
+def _read_html(name: str, text: str, budget: ParseBudget) -> tuple[str, str]:
+    parser = _HtmlText(budget)
+    for start in range(0, len(text), _HTML_FEED):
+        parser.feed(text[start : start + _HTML_FEED])
+        if budget.chars > budget.max_chars:
+            raise DocumentTooLarge(name, budget.over())
     parser.close()
+    if budget.chars > budget.max_chars:
+        raise DocumentTooLarge(name, budget.over())
     return parser.title.strip(), "".join(parser.parts)
 
 
-def _flatten_json(value: Any, path: str, out: list[str]) -> None:
+class _Lines:
+    """Output lines counted against the budget, naming the file when it runs out."""
+
+    def __init__(self, name: str, budget: ParseBudget) -> None:
+        self.name = name
+        self.budget = budget
+        self.lines: list[str] = []
+
+    def append(self, line: str) -> None:
+        if not self.budget.add(len(line) + 1):
+            raise DocumentTooLarge(self.name, self.budget.over())
+        self.lines.append(line)
+
+
+def _flatten_json(value: Any, path: str, out: _Lines, depth: int = 0) -> None:
+    out.budget.check()  # between nodes: a cancelled job stops here
+    if depth > out.budget.max_json_depth:
+        raise UnreadableDocument(
+            out.name, f"JSON nested deeper than {out.budget.max_json_depth} levels at {path}"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
-            _flatten_json(item, f"{path}.{key}" if path else str(key), out)
+            _flatten_json(item, f"{path}.{key}" if path else str(key), out, depth + 1)
     elif isinstance(value, list):
         if all(not isinstance(item, dict | list) for item in value):
             out.append(f"{path}: {', '.join(str(item) for item in value)}")
         else:
             for i, item in enumerate(value):
                 out.append("")  # a blank line between records keeps them in separate chunks
-                _flatten_json(item, f"{path}[{i}]", out)
+                _flatten_json(item, f"{path}[{i}]", out, depth + 1)
     elif value is not None:
         out.append(f"{path}: {value}" if path else str(value))
 
 
-def _read_json(name: str, text: str) -> tuple[str, str]:
+def _read_json(name: str, text: str, budget: ParseBudget) -> tuple[str, str]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UnreadableDocument(
             name, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise UnreadableDocument(name, "JSON nested too deeply") from None
     title = ""
     if isinstance(value, dict):
         title = str(value.get("title") or value.get("name") or "")
-    lines: list[str] = []
+    lines = _Lines(name, budget)
     _flatten_json(value, "", lines)
-    return title, "\n".join(lines)
+    return title[:1000], "\n".join(lines.lines)
 
 
-def _read_csv(name: str, text: str) -> tuple[str, str]:
+def _read_csv(name: str, text: str, budget: ParseBudget) -> tuple[str, str]:
+    lines = _Lines(name, budget)
+    header: list[str] | None = None
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        for row in reader:  # row by row: the budget stops an amplifying file early
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = [h.strip() for h in row]
+                continue
+            if len(row) != len(header):
+                raise UnreadableDocument(
+                    name,
+                    f"invalid CSV: row {reader.line_num} has {len(row)} fields, "
+                    f"header has {len(header)}",
+                )
+            # Empty cells say nothing: leaving them out keeps a wide sparse sheet small.
+            lines.append(
+                "; ".join(
+                    f"{h}: {c.strip()}" for h, c in zip(header, row, strict=True) if c.strip()
+                )
+            )
     except csv.Error as exc:
         raise UnreadableDocument(name, f"invalid CSV: {exc}") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if not rows:
-        return "", ""
-    header, records = rows[0], rows[1:]
-    lines = []
-    for number, row in enumerate(records, start=2):
-        if len(row) != len(header):
-            raise UnreadableDocument(
-                name, f"invalid CSV: row {number} has {len(row)} fields, header has {len(header)}"
-            )
-        lines.append(
-            "; ".join(f"{h.strip()}: {c.strip()}" for h, c in zip(header, row, strict=True))
-        )
-    return "", "\n".join(lines)
+    return "", "\n".join(lines.lines)
 
 
-def _read_text(name: str, text: str) -> tuple[str, str]:
+def _read_text(name: str, text: str, budget: ParseBudget) -> tuple[str, str]:
+    if not budget.add(len(text)):
+        raise DocumentTooLarge(name, budget.over())
     return "", text
 
 
@@ -258,8 +323,12 @@ _READERS: Final = {
 SUPPORTED_SUFFIXES: Final = frozenset(_READERS)
 
 
-def parse_document(name: str, raw: bytes) -> ParsedDocument:
-    """Turn a file's bytes into a normalised document, or raise a `DocumentError`."""
+def parse_document(name: str, raw: bytes, budget: ParseBudget | None = None) -> ParsedDocument:
+    """Turn a file's bytes into a normalised document, or raise a `DocumentError`.
+
+    `budget` bounds the text produced and carries the job's cancel flag (`ParseCancelled`).
+    """
+    budget = budget or ParseBudget()
     suffix = PurePath(name).suffix.lower()
     if suffix not in _READERS:
         supported = ", ".join(sorted(SUPPORTED_SUFFIXES))
@@ -269,66 +338,11 @@ def parse_document(name: str, raw: bytes) -> ParsedDocument:
     if len(raw) > MAX_DOCUMENT_BYTES:
         raise UnreadableDocument(name, f"{len(raw)} bytes is over the {MAX_DOCUMENT_BYTES} limit")
     media_type, reader = _READERS[suffix]
-    title, body = reader(name, _decode(name, raw))
-    text = normalise(body)
+    title, body = reader(name, _decode(name, raw), budget)
+    text = normalise(body, budget)
     if not text:
         raise EmptyDocument(name, "no text after normalising")
     if not title:
         first_line = text.split("\n", 1)[0]
         title = first_line[:80] if len(first_line) <= 80 else PurePath(name).stem
     return ParsedDocument(name, media_type, normalise(title)[:200], text, len(raw))
-
-
-# --- chunking ----------------------------------------------------------------------------
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def _split_long(paragraph: str, max_chars: int) -> list[str]:
-    pieces: list[str] = []
-    current = ""
-    for sentence in _SENTENCE_END.split(paragraph):
-        while len(sentence) > max_chars:  # a sentence longer than a chunk: cut at a space
-            cut = sentence.rfind(" ", 0, max_chars)
-            cut = cut if cut > 0 else max_chars
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(sentence[:cut].strip())
-            sentence = sentence[cut:].strip()
-        if current and len(current) + 1 + len(sentence) > max_chars:
-            pieces.append(current)
-            current = sentence
-        else:
-            current = f"{current} {sentence}".strip()
-    if current:
-        pieces.append(current)
-    return pieces
-
-
-def chunk_text(text: str, max_chars: int = 800) -> list[str]:
-    """Split normalised text into chunks of whole paragraphs (or sentences) <= max_chars.
-
-    Paragraph boundaries are kept where possible, so a chunk reads as a unit when an agent
-    quotes it.
-    """
-    chunks: list[str] = []
-    current = ""
-    for paragraph in text.split("\n\n"):
-        paragraph = paragraph.strip()
-        if not paragraph:
-            continue
-        if len(paragraph) > max_chars:
-            if current:
-                chunks.append(current)
-                current = ""
-            chunks.extend(_split_long(paragraph, max_chars))
-            continue
-        if current and len(current) + 2 + len(paragraph) > max_chars:
-            chunks.append(current)
-            current = paragraph
-        else:
-            current = f"{current}\n\n{paragraph}" if current else paragraph
-    if current:
-        chunks.append(current)
-    return chunks

@@ -10,9 +10,14 @@ A missing folder fails the job (`SourceNotFound`), and so does a folder with no 
 Duplicates (same normalised text as a stored document of the project, or earlier in the same
 job) are never errors: they are counted in `skipped_duplicates`. Hidden files and folders
 (names starting with ".") are ignored. Files are read in sorted path order, in batches; each
-batch is one transaction followed by one progress update. Cancellation takes effect between
-batches: batches already stored stay (a batch whose write is under way when the cancel lands
-may still be stored, without being counted on the job).
+batch is one transaction followed by one progress update. Cancellation stops the parsing
+thread within a row (`ParsePool`) and takes effect between batches: batches already stored
+stay (a batch whose write is under way when the cancel lands may still be stored, without
+being counted on the job).
+
+Bounds (`ServiceLimits`): the text and chunks one document and one job may produce (a file
+past them is a `DocumentTooLarge` file error), the files of a folder, JSON nesting; any other
+failure while parsing one file (a `RecursionError`, anything) is that file's error too.
 """
 
 from __future__ import annotations
@@ -25,10 +30,23 @@ from typing import Literal
 
 import msgspec
 
-from services.documents import DocumentError, UnreadableDocument, parse_document
+from services.admission import Permit, Slots
+from services.documents import DocumentError, DocumentTooLarge, UnreadableDocument, parse_document
 from services.emitters import Emitter
 from services.events import FileError, IngestJob
 from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, track
+from services.limits import ServiceLimits
+from services.parse_budget import CancelFlag, ParseBudget, ParseCancelled
+from services.parse_pool import ParsePool
+from services.sources import (
+    IngestError,
+    Source,
+    SourceNotFound,
+    TooManyFiles,
+    folder_sources,
+    list_folder,
+    upload_sources,
+)
 from services.store import NewDocument, Store, new_document
 from services.tasks import TaskTable
 
@@ -39,20 +57,13 @@ __all__ = [
     "NoReadableDocuments",
     "OnError",
     "SourceNotFound",
+    "TooManyFiles",
     "Upload",
     "list_folder",
 ]
 
 OnError = Literal["skip", "fail"]
 MAX_FILE_ERRORS = 20  # listed on the job; the count goes on past it
-
-
-class IngestError(RuntimeError):
-    pass
-
-
-class SourceNotFound(IngestError):
-    pass
 
 
 class NoReadableDocuments(IngestError):
@@ -71,25 +82,31 @@ class IngestOptions(msgspec.Struct, frozen=True, kw_only=True):
     min_interval: float = DEFAULT_MIN_INTERVAL
 
 
-def list_folder(folder: Path) -> list[Path]:
-    """Regular files under `folder`, recursively, sorted, without hidden files or folders."""
-    if not folder.is_dir():
-        raise SourceNotFound(f"folder not found: {folder}")
-    files = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        files.append(path)
-    return files
+class _JobBudget:
+    """What is left of a job's text and chunk limits (used by one parsing thread at a time)."""
 
+    def __init__(self, limits: ServiceLimits, cancel: CancelFlag) -> None:
+        self.limits = limits
+        self.cancel = cancel
+        self.chars = limits.max_job_chars
+        self.chunks = limits.max_job_chunks
 
-# A file to ingest: its name, and how to get its bytes (read lazily, in a worker thread).
-_Source = tuple[str, Callable[[], bytes]]
+    def for_document(self) -> ParseBudget:
+        limits = self.limits
+        job_bound = self.chars < limits.max_document_chars or (
+            self.chunks < limits.max_document_chunks
+        )
+        return ParseBudget(
+            max_chars=min(limits.max_document_chars, self.chars),
+            max_chunks=min(limits.max_document_chunks, self.chunks),
+            max_json_depth=limits.max_json_depth,
+            cancel=self.cancel,
+            limit_name="job" if job_bound else "document",
+        )
 
-
-def _reader(content: bytes) -> Callable[[], bytes]:
-    return lambda: content
+    def spend(self, doc: NewDocument) -> None:
+        self.chars -= len(doc.document.text)
+        self.chunks -= len(doc.chunks)
 
 
 class IngestService:
@@ -98,11 +115,20 @@ class IngestService:
         store: Store,
         emitter_for: Callable[[str], Emitter],
         options: IngestOptions | None = None,
+        limits: ServiceLimits | None = None,
     ) -> None:
         self.store = store
         self.emitter_for = emitter_for
         self.options = options or IngestOptions()
+        self.limits = limits = limits or ServiceLimits()
         self.jobs: TaskTable[IngestJob] = TaskTable()
+        self.parse_pool = ParsePool(limits.parse_workers)
+        self.admission = Slots(
+            "ingest jobs", limits.max_ingest_jobs_per_project, limits.max_ingest_jobs
+        )
+        n, size = limits.max_uploads_in_flight, limits.max_upload_bytes_in_flight
+        self.uploads_in_flight = Slots("uploads in flight", n, n)
+        self.upload_bytes_in_flight = Slots("upload bytes in flight", size, size)
 
     # --- start in the background (HTTP API) -------------------------------------------
 
@@ -114,9 +140,12 @@ class IngestService:
         on_error: OnError | None = None,
         job_id: str | None = None,
     ) -> IngestJob:
+        permit = self.admission.take(project)
         state = self.new_job(project, str(folder), job_id)
         self.jobs.start(
-            state.job_id, self.run_folder(project, folder, state=state, on_error=on_error)
+            state.job_id,
+            self.run_folder(project, folder, state=state, on_error=on_error),
+            permits=[permit],
         )
         return state
 
@@ -127,15 +156,26 @@ class IngestService:
         *,
         on_error: OnError | None = None,
         job_id: str | None = None,
+        permits: Sequence[Permit] = (),
     ) -> IngestJob:
+        """Start a job on `uploads`; `permits` (upload budget) are given back when it ends."""
+        permits = [*permits, self.admission.take(project)]
         state = self.new_job(project, "upload", job_id)
+        sources = upload_sources([(u.name, u.content) for u in uploads])
         self.jobs.start(
-            state.job_id, self.run_uploads(project, uploads, state=state, on_error=on_error)
+            state.job_id,
+            self._run(project, state, _listed(sources), on_error or self.options.on_error),
+            permits=permits,
         )
         return state
 
     def cancel(self, project: str, job_id: str) -> bool | None:
         return self.jobs.cancel(project, job_id)
+
+    async def aclose(self) -> None:
+        """Cancel every job, stop the parsing threads (shutdown)."""
+        await self.jobs.aclose()
+        self.parse_pool.close()
 
     # --- run to the end (workflow nodes, scripts) ---------------------------------------
 
@@ -151,9 +191,8 @@ class IngestService:
         state = state or self.new_job(project, str(folder), None)
         path = Path(folder)
 
-        async def sources() -> list[_Source]:
-            files = await asyncio.to_thread(list_folder, path)
-            return [(str(f.relative_to(path)), f.read_bytes) for f in files]
+        async def sources() -> list[Source]:
+            return await asyncio.to_thread(folder_sources, path, self.limits.max_job_files)
 
         return await self._run(project, state, sources, on_error or self.options.on_error)
 
@@ -166,11 +205,9 @@ class IngestService:
         on_error: OnError | None = None,
     ) -> IngestJob:
         state = state or self.new_job(project, "upload", None)
-
-        async def sources() -> list[_Source]:
-            return [(u.name, _reader(u.content)) for u in uploads]
-
-        return await self._run(project, state, sources, on_error or self.options.on_error)
+        sources = upload_sources([(u.name, u.content) for u in uploads])
+        del uploads  # the sources hold the bytes now, and drop them once parsed
+        return await self._run(project, state, _listed(sources), on_error or self.options.on_error)
 
     # --- the job -----------------------------------------------------------------------
 
@@ -183,7 +220,7 @@ class IngestService:
         self,
         project: str,
         state: IngestJob,
-        list_sources: Callable[[], Awaitable[list[_Source]]],
+        list_sources: Callable[[], Awaitable[list[Source]]],
         on_error: OnError,
     ) -> IngestJob:
         emitter = self.emitter_for(project)
@@ -191,22 +228,36 @@ class IngestService:
             sources = await list_sources()
             if not sources:
                 raise NoReadableDocuments(f"no files in {state.source}")
-            job.set(total_files=len(sources))
+            total = len(sources)
+            job.set(total_files=total)
+            budget = _JobBudget(self.limits, CancelFlag())
             size = max(1, self.options.batch_size)
-            for start in range(0, len(sources), size):
-                await self._batch(project, job, sources[start : start + size], on_error)
-            if state.skipped_files == len(sources):
+            pending = sources[::-1]  # popped from the end: a parsed file is held by nothing
+            del sources
+            while pending:
+                batch = [pending.pop() for _ in range(min(size, len(pending)))]
+                await self._batch(project, job, batch, on_error, budget)
+            if state.skipped_files == total:
                 raise NoReadableDocuments(
-                    f"none of the {len(sources)} files could be read; first error: "
+                    f"none of the {total} files could be read; first error: "
                     f"{state.file_errors[0].message if state.file_errors else '?'}"
                 )
         return state
 
     async def _batch(
-        self, project: str, job: Tracker[IngestJob], batch: list[_Source], on_error: OnError
+        self,
+        project: str,
+        job: Tracker[IngestJob],
+        batch: list[Source],
+        on_error: OnError,
+        budget: _JobBudget,
     ) -> None:
         state = job.state
-        docs, errors = await asyncio.to_thread(self._prepare, batch)
+        size = len(batch)
+        docs, errors = await self.parse_pool.run(
+            budget.cancel, lambda: self._prepare(batch, budget, stop_at_error=on_error == "fail")
+        )
+        batch.clear()  # the payloads are parsed: let them go before the write
         if errors and on_error == "fail":
             raise errors[0]
         result = await self.store.add_batch(project, state.job_id, docs)
@@ -216,7 +267,7 @@ class IngestService:
                 : max(0, MAX_FILE_ERRORS - len(state.file_errors))
             ]
         )
-        files_done = state.files_done + len(batch)
+        files_done = state.files_done + size
         await job.update(
             files_done=files_done,
             progress=files_done / state.total_files,
@@ -228,18 +279,48 @@ class IngestService:
             file_errors=file_errors,
         )
 
-    def _prepare(self, batch: list[_Source]) -> tuple[list[NewDocument], list[DocumentError]]:
-        # Runs in a worker thread: file reads, parsing, chunking and hashing are blocking work.
+    def _prepare(
+        self, batch: list[Source], budget: _JobBudget, *, stop_at_error: bool
+    ) -> tuple[list[NewDocument], list[DocumentError]]:
+        # Runs in a parse pool thread: file reads, parsing, chunking and hashing.
         docs: list[NewDocument] = []
         errors: list[DocumentError] = []
-        for name, read in batch:
+        for source in batch:
+            if budget.cancel.is_set():
+                raise ParseCancelled
             try:
-                raw = read()
-            except OSError as exc:
-                errors.append(UnreadableDocument(name, f"cannot read: {exc.strerror or exc}"))
-                continue
-            try:
-                docs.append(new_document(parse_document(name, raw), self.options.max_chunk_chars))
+                doc = self._prepare_one(source, budget)
+            except ParseCancelled:
+                raise
             except DocumentError as exc:
                 errors.append(exc)
+            except Exception as exc:  # RecursionError, MemoryError...: still this file's error
+                detail = f"{type(exc).__name__}: {exc}"[:300]
+                errors.append(UnreadableDocument(source.name, f"cannot parse: {detail}"))
+            else:
+                budget.spend(doc)
+                docs.append(doc)
+            if errors and stop_at_error:
+                break
         return docs, errors
+
+    def _prepare_one(self, source: Source, budget: _JobBudget) -> NewDocument:
+        if budget.chars <= 0 or budget.chunks <= 0:
+            raise DocumentTooLarge(source.name, "the job's text or chunk limit is reached")
+        try:
+            raw = source.take()
+        except OSError as exc:
+            raise UnreadableDocument(source.name, f"cannot read: {exc.strerror or exc}") from None
+        limits = budget.for_document()
+        parsed = parse_document(source.name, raw, limits)
+        del raw
+        return new_document(parsed, self.options.max_chunk_chars, limits)
+
+
+def _listed(sources: list[Source]) -> Callable[[], Awaitable[list[Source]]]:
+    async def listed() -> list[Source]:
+        taken = sources.copy()
+        sources.clear()  # only the job holds them now
+        return taken
+
+    return listed

@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from starlette.routing import BaseRoute
 
+from services.admission import Permit, Slots
 from services.agent import AgentService
+from services.emit_rate import EmitPacer, PacedEmitter
 from services.emitters import Emitter, InProcessEmitter
 from services.events import IngestJob
 from services.ingest import IngestOptions, IngestService, Upload
 from services.instrument import DEFAULT_MIN_INTERVAL
+from services.limits import ServiceLimits
 from services.model import Model
+from services.spec_check import AgentParams, DelayParams, IngestParams, check_spec
 from services.store import Store
-from services.workflow import NodeContext, NodeFn, WorkflowEngine
+from services.workflow import NodeContext, NodeFn, WorkflowEngine, WorkflowSpec
 
 if TYPE_CHECKING:
     from hub.core import Hub
@@ -31,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["SAMPLE_DOCS", "FolderNotAllowed", "Services"]
 
 SAMPLE_DOCS = Path(__file__).resolve().parent / "sample_docs"
-MAX_DELAY_NODE_SECONDS = 300.0
 
 
 class FolderNotAllowed(PermissionError):
@@ -51,7 +56,9 @@ class Services:
         min_interval: float = DEFAULT_MIN_INTERVAL,
         allowed_roots: Sequence[str | Path] = (SAMPLE_DOCS,),
         node_kinds: dict[str, NodeFn] | None = None,
+        limits: ServiceLimits | None = None,
     ) -> None:
+        self.limits = limits = limits or ServiceLimits()
         self._owns_store = store is None
         self.store = store or Store()
         self.hub: Hub | None = None
@@ -59,15 +66,30 @@ class Services:
         self._emitters: dict[str, Emitter] = {}
         self.allowed_roots = [Path(root).resolve() for root in allowed_roots]
         options = ingest_options or IngestOptions(min_interval=min_interval)
-        self.ingest = IngestService(self.store, self.emitter_for, options)
-        self.agent = AgentService(self.store, self.emitter_for, model, min_interval=min_interval)
+        self.ingest = IngestService(self.store, self.emitter_for, options, limits)
+        self.agent = AgentService(
+            self.store, self.emitter_for, model, min_interval=min_interval, limits=limits
+        )
         kinds: dict[str, NodeFn] = {
             "ingest": self._ingest_node,
             "agent": self._agent_node,
             "delay": _delay_node,
         }
         kinds.update(node_kinds or {})
-        self.workflows = WorkflowEngine(self.emitter_for, kinds, min_interval=min_interval)
+        self.workflow_runs = Slots(
+            "workflow runs", limits.max_workflow_runs_per_project, limits.max_workflow_runs
+        )
+        self.workflow_nodes = Slots(
+            "workflow nodes", limits.max_workflow_nodes_per_project, limits.max_workflow_nodes
+        )
+        self.workflows = WorkflowEngine(
+            self.emitter_for,
+            kinds,
+            min_interval=min_interval,
+            check=lambda spec: check_spec(spec, limits),
+            admit=self._admit_workflow,
+        )
+        self.pacer = self._new_pacer(0.0)
 
     def emitter_for(self, project: str) -> Emitter:
         if self._emitter_for is not None:
@@ -76,8 +98,25 @@ class Services:
         if emitter is None:
             if self.hub is None:
                 raise RuntimeError("services are not bound to a hub yet (use Services.lifespan)")
-            emitter = self._emitters[project] = InProcessEmitter(self.hub, project)
+            emitter = self._emitters[project] = PacedEmitter(
+                InProcessEmitter(self.hub, project), project, self.pacer
+            )
         return emitter
+
+    def _new_pacer(self, hub_rate_per_project: float) -> EmitPacer:
+        limits = self.limits
+        rate = limits.emit_rate_per_project
+        if hub_rate_per_project > 0:  # the hub's own per-project publish limit, if tighter
+            rate = min(rate, hub_rate_per_project)
+        return EmitPacer(rate, limits.emit_burst_per_project, limits.emit_rate, limits.emit_burst)
+
+    def _admit_workflow(self, project: str, spec: WorkflowSpec) -> list[Permit]:
+        run = self.workflow_runs.take(project)
+        try:
+            return [run, self.workflow_nodes.take(project, len(spec.nodes))]
+        except BaseException:
+            run.release()
+            raise
 
     def routes(self) -> list[BaseRoute]:
         from services.api import service_routes
@@ -93,6 +132,7 @@ class Services:
         """
         self.hub = hub
         self._emitters.clear()
+        self.pacer = self._new_pacer(hub.settings.publish_rate_per_project)
         try:
             yield
         finally:
@@ -100,13 +140,18 @@ class Services:
 
     async def aclose(self) -> None:
         """Cancel running work (its `cancelled` events go out); close the store if ours."""
+        self.pacer.paused = True  # shutdown: the terminal events go out without waiting
         await self.workflows.runs.aclose()
-        await asyncio.gather(self.ingest.jobs.aclose(), self.agent.runs.aclose())
+        await asyncio.gather(self.ingest.aclose(), self.agent.runs.aclose())
+        # The jobs are cancelled, but a batch write they started may still run in its thread.
+        self.store.interrupt()
         if self._owns_store:
             self.store.close()
 
     def resolve_folder(self, folder: str) -> Path:
         """A folder to ingest, relative to the first allowed root, inside an allowed root."""
+        if len(folder) > self.limits.max_string_chars or "\x00" in folder:
+            raise FolderNotAllowed(f"folder {folder[:80]!r}... is not a usable path")
         path = Path(folder)
         if not path.is_absolute() and self.allowed_roots:
             path = self.allowed_roots[0] / path
@@ -121,14 +166,14 @@ class Services:
     async def _ingest_node(self, ctx: NodeContext) -> dict[str, Any]:
         """params: `folder` (under an allowed root) or `documents` [{name, text}]."""
         job_id = f"{ctx.run_id}.{ctx.spec.id}.{ctx.attempt}"
-        documents = ctx.params.get("documents")
-        if documents is not None:
-            uploads = [Upload(str(d["name"]), str(d["text"]).encode()) for d in documents]
+        params = msgspec.convert(ctx.params, IngestParams)
+        if params.documents is not None:
+            uploads = [Upload(d.name, d.text.encode()) for d in params.documents]
             state = self.ingest.new_job(ctx.project, "upload", job_id)
             ctx.set_output_ref(state.key)
             await self.ingest.run_uploads(ctx.project, uploads, state=state)
         else:
-            folder = self.resolve_folder(str(ctx.params.get("folder", ".")))
+            folder = self.resolve_folder(params.folder or ".")
             state = self.ingest.new_job(ctx.project, str(folder), job_id)
             ctx.set_output_ref(state.key)
             await self.ingest.run_folder(ctx.project, folder, state=state)
@@ -136,19 +181,19 @@ class Services:
 
     async def _agent_node(self, ctx: NodeContext) -> str:
         """params: `question`; optional `agent` (a name shown on the run)."""
-        question = str(ctx.params.get("question", ""))
+        params = msgspec.convert(ctx.params, AgentParams)
         run_id = f"{ctx.run_id}.{ctx.spec.id}.{ctx.attempt}"
-        state = self.agent.new_run(
-            ctx.project, question, run_id=run_id, agent=ctx.params.get("agent")
-        )
+        state = self.agent.new_run(ctx.project, params.question, run_id=run_id, agent=params.agent)
         ctx.set_output_ref(state.key)
         await self.agent.run(ctx.project, state)
         return self.agent.answers[state.run_id]
 
 
 async def _delay_node(ctx: NodeContext) -> float:
-    """params: `seconds` (default 1, at most 300): waits, reporting progress ten times."""
-    seconds = min(float(ctx.params.get("seconds", 1.0)), MAX_DELAY_NODE_SECONDS)
+    """params: `seconds` (default 1, at most `max_delay_node_s`): waits, reporting progress."""
+    seconds = msgspec.convert(ctx.params, DelayParams).seconds
+    if not math.isfinite(seconds) or seconds < 0:  # checked at the API too: never sleep(NaN)
+        raise ValueError(f"invalid delay {seconds!r}")
     for step in range(1, 11):
         await asyncio.sleep(seconds / 10)
         await ctx.progress(step / 10)

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import msgspec
 
-from services.documents import ParsedDocument, chunk_text, content_hash
+from services.documents import (
+    DocumentTooLarge,
+    ParsedDocument,
+    TooManyChunks,
+    chunk_text,
+    content_hash,
+)
+from services.parse_budget import ParseBudget
 from services.terms import terms
 
 __all__ = [
@@ -111,6 +118,11 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def interrupt(self) -> None:
+        """Abort a batch write under way in its thread (shutdown): its transaction is rolled
+        back whole, so the corpus stays consistent and the process need not wait for it."""
+        self._db.interrupt()
+
     async def add_batch(
         self, project: str, job_id: str, docs: Sequence[NewDocument]
     ) -> BatchResult:
@@ -176,7 +188,8 @@ class Store:
                     result.bytes += doc.size
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # an interrupted write was already rolled back
+                    db.execute("ROLLBACK")
                 raise
         return result
 
@@ -232,6 +245,12 @@ class Store:
         return [dict(row) for row in rows]
 
 
-def new_document(doc: ParsedDocument, max_chars: int) -> NewDocument:
+def new_document(
+    doc: ParsedDocument, max_chars: int, budget: ParseBudget | None = None
+) -> NewDocument:
     """Chunk and hash a parsed document (CPU work: call it in a worker thread for big files)."""
-    return NewDocument(doc, chunk_text(doc.text, max_chars), content_hash(doc.text))
+    try:
+        chunks = chunk_text(doc.text, max_chars, budget)
+    except TooManyChunks as exc:
+        raise DocumentTooLarge(doc.name, str(exc)) from None
+    return NewDocument(doc, chunks, content_hash(doc.text))

@@ -7,19 +7,24 @@ Semantics:
   times after `backoff * 2**(attempt-1)` seconds (capped at 30 s), shown as `retrying`.
 - A node that fails for good makes every node downstream of it `skipped`; independent
   branches run on; the run then ends `failed` naming the failed nodes.
-- Cancelling the run cancels the running nodes and marks the rest `cancelled`.
+- Cancelling the run cancels the running nodes and marks the rest `cancelled`; the cleanup
+  is shielded, so a second cancel cannot leave nodes `pending` under a `cancelled` run.
+- `check` (e.g. `spec_check.check_spec`) refuses a spec with a number out of range;
+  `admit` takes the run's admission permits (429 beyond), given back when it ends.
 Each node is a `workflow.node/<run>/<node>` entity, the run a `workflow.run/<run>` entity.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
 
+from services.admission import Permit
 from services.emitters import Emitter
 from services.events import WorkflowNodeState, WorkflowRun
 from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info
@@ -134,8 +139,12 @@ class WorkflowEngine:
         *,
         min_interval: float = DEFAULT_MIN_INTERVAL,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        check: Callable[[WorkflowSpec], None] | None = None,
+        admit: Callable[[str, WorkflowSpec], list[Permit]] | None = None,
     ) -> None:
         self.emitter_for = emitter_for
+        self.check = check
+        self.admit = admit
         self.kinds = dict(kinds)
         self.min_interval = min_interval
         self._sleep = sleep
@@ -145,6 +154,8 @@ class WorkflowEngine:
     def new_run(
         self, project: str, spec: WorkflowSpec, *, run_id: str | None = None
     ) -> WorkflowRun:
+        if self.check is not None:
+            self.check(spec)
         topological_order(spec, self.kinds)  # refuse a bad spec before anything is emitted
         state = WorkflowRun(
             run_id=run_id or uuid.uuid4().hex[:12], workflow=spec.name, nodes_total=len(spec.nodes)
@@ -164,8 +175,16 @@ class WorkflowEngine:
         return state
 
     def start(self, project: str, spec: WorkflowSpec, *, run_id: str | None = None) -> WorkflowRun:
-        state = self.new_run(project, spec, run_id=run_id)
-        self.runs.start(state.run_id, self.run(project, spec, state))
+        if self.check is not None:
+            self.check(spec)  # before taking permits: a bad spec is a 422, not a 429
+        permits = self.admit(project, spec) if self.admit is not None else []
+        try:
+            state = self.new_run(project, spec, run_id=run_id)
+        except BaseException:
+            for permit in permits:
+                permit.release()
+            raise
+        self.runs.start(state.run_id, self.run(project, spec, state), permits=permits)
         return state
 
     def cancel(self, project: str, run_id: str) -> bool | None:
@@ -203,17 +222,12 @@ class WorkflowEngine:
                     await self._report(run, outcome)
                 await self._report(run, outcome)  # nodes skipped since the last report
             except asyncio.CancelledError:
-                for task in running:
-                    task.cancel()
-                await asyncio.gather(*running, return_exceptions=True)
-                for node_id in order:
-                    if not trackers[node_id].finished:
-                        await trackers[node_id].cancel("workflow run cancelled")
-                run.set(
-                    nodes_cancelled=sum(
-                        1 for t in trackers.values() if t.state.state == "cancelled"
-                    )
-                )
+                cleanup = asyncio.ensure_future(_cancel_nodes(order, trackers, running, run))
+                while not cleanup.done():
+                    # A second cancel must not interrupt the cleanup (nodes left `pending`).
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(cleanup)
+                cleanup.result()
                 raise
             failed = [node_id for node_id in order if outcome.get(node_id) == "failed"]
             if failed:
@@ -293,3 +307,19 @@ class WorkflowEngine:
             nodes_skipped=counts["skipped"],
             progress=len(outcome) / run.state.nodes_total,
         )
+
+
+async def _cancel_nodes(
+    order: list[str],
+    trackers: dict[str, Tracker[WorkflowNodeState]],
+    running: dict[asyncio.Task[Any], str],
+    run: Tracker[WorkflowRun],
+) -> None:
+    """Cancel the running nodes, wait for them, and end every other node `cancelled`."""
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    for node_id in order:
+        if not trackers[node_id].finished:
+            await trackers[node_id].cancel("workflow run cancelled")
+    run.set(nodes_cancelled=sum(1 for t in trackers.values() if t.state.state == "cancelled"))

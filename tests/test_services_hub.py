@@ -470,8 +470,8 @@ async def test_cancelling_a_workflow_cancels_its_running_nodes() -> None:
     ("body", "status", "words"),
     [
         ({"nodes": [{"id": "a", "kind": "delay", "depends_on": ["a"]}]}, 400, "dependency cycle"),
-        ({"nodes": [{"id": "a", "kind": "delay", "colour": "red"}]}, 400, "colour"),
-        ({"nodes": []}, 400, "nodes"),
+        ({"nodes": [{"id": "a", "kind": "delay", "colour": "red"}]}, 422, "colour"),
+        ({"nodes": []}, 422, "nodes"),
         (
             {"nodes": [{"id": "a", "kind": "ingest", "params": {"folder": "/etc"}}]},
             403,
