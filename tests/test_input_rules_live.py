@@ -233,7 +233,8 @@ async def aborted_publish(running: RunningHub, sent: int, declared: int) -> None
     _, writer = await asyncio.open_connection("127.0.0.1", running.port)
     writer.write(
         b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: localhost\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (declared, b'{"type":"rt.a.b","data":"' + b"x" * sent)
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (declared, b'{"type":"rt.a.b","data":"' + b"x" * sent)
     )
     await writer.drain()
     writer.close()
