@@ -37,9 +37,7 @@ __all__ = ["Progress", "run_once"]
 Progress = Callable[[dict[str, Any]], None]  # receives live state for the display
 
 
-def _specs(
-    p: RunParams, addresses: list[tuple[str, int]], projects: list[str]
-) -> list[WorkerSpec]:
+def _specs(p: RunParams, addresses: list[tuple[str, int]], projects: list[str]) -> list[WorkerSpec]:
     per_worker: list[list[tuple[str, bool]]] = [[] for _ in range(p.workers)]
     for i in range(p.connections):  # round-robin, so projects and slow readers spread evenly
         per_worker[i % p.workers].append((projects[i % p.projects], i < p.slow))
