@@ -59,7 +59,8 @@ async def raw_get(port: int, path: str) -> tuple[int, dict[str, str], int]:
     """GET over a plain socket, reading and dropping the body: (status, headers, body bytes)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n".encode())
+        request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
         status = int(lines[0].split()[1])
@@ -84,7 +85,8 @@ async def stalled_gets(port: int, path: str, count: int) -> AsyncIterator[None]:
             sock.setblocking(False)
             sockets.append(sock)
             await loop.sock_connect(sock, ("127.0.0.1", port))
-            await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: hub\r\n\r\n".encode())
+            request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
         yield
     finally:
         for sock in sockets:

@@ -60,7 +60,7 @@ async def stalled_sse(running: RunningHub, count: int, query: str = "") -> Async
             sock.setblocking(False)
             sockets.append(sock)
             await loop.sock_connect(sock, ("127.0.0.1", running.port))
-            request = f"GET /v1/projects/{P}/sse{query} HTTP/1.1\r\nHost: hub\r\n\r\n"
+            request = f"GET /v1/projects/{P}/sse{query} HTTP/1.1\r\nHost: localhost\r\n\r\n"
             await loop.sock_sendall(sock, request.encode())
         yield
     finally:
