@@ -3,7 +3,9 @@
 Events arrive from the backend's listener (synchronously, in seq order). They are collected
 per project and flushed once per loop tick: for each group of connections sharing a type
 filter, the matching events are joined into one array frame, framed once, and the same
-bytes are offered to every connection of the group. Nothing here awaits a socket.
+bytes are offered to every connection of the group. Nothing here awaits a socket. Which
+groups take an event type is asked of the project's GroupIndex: one match per distinct
+pattern per new type, however many filters hold it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from .backends.base import Backend, StoredEvent
 from .connection import Connection
+from .fanout_index import GroupIndex
 from .protocol import CloseCode, encode_batch
 from .stats import ManagerStats
 from .topics import TypeFilter
@@ -36,10 +39,11 @@ class _Group:
 
 
 class _Project:
-    __slots__ = ("epoch", "groups", "last_seq", "pending", "size")
+    __slots__ = ("epoch", "groups", "index", "last_seq", "pending", "size")
 
     def __init__(self) -> None:
         self.groups: dict[TypeFilter, _Group] = {}
+        self.index: GroupIndex[_Group] = GroupIndex()
         self.pending: list[StoredEvent] = []
         self.size = 0
         self.epoch: str | None = None
@@ -111,6 +115,7 @@ class ConnectionManager:
         group = entry.groups.get(connection.filter)
         if group is None:
             group = entry.groups[connection.filter] = _Group(connection.filter)
+            entry.index.add(group, group.filter)
         group.connections[connection] = None
 
     @staticmethod
@@ -121,6 +126,7 @@ class ConnectionManager:
         del group.connections[connection]
         if not group.connections:
             del entry.groups[connection.filter]
+            entry.index.remove(group, group.filter)
         return True
 
     # --- fan-out -------------------------------------------------------------------------
@@ -160,14 +166,18 @@ class ConnectionManager:
         now_ms = time.time() * 1000
         for entry in dirty:
             pending, entry.pending = entry.pending, []
-            for group in list(entry.groups.values()):
-                if group.filter.match_all:
-                    matched = pending
-                else:
-                    matches = group.filter.matches
-                    matched = [e for e in pending if matches(e.type)]
-                    if not matched:
-                        continue
+            matched_by_group: dict[_Group, list[StoredEvent]] = {
+                group: pending for group in entry.index.match_all
+            }
+            groups_for = entry.index.groups_for
+            for event in pending:
+                for group in groups_for(event.type):
+                    matched = matched_by_group.get(group)
+                    if matched is None:
+                        matched_by_group[group] = [event]
+                    else:
+                        matched.append(event)
+            for group, matched in matched_by_group.items():
                 payload = encode_batch([e.frame for e in matched])
                 frame = text_frame(payload)
                 receivers = len(group.connections)
