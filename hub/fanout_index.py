@@ -36,8 +36,9 @@ class GroupIndex(Generic[G]):
         if type_filter.match_all:
             self.match_all[group] = None
             return
-        if type_filter.granted is not None:
-            self._granted[group] = type_filter.granted
+        granted = _granted_of(type_filter)
+        if granted is not None:
+            self._granted[group] = granted
         for pattern in type_filter.patterns:
             self._patterns.add(pattern)
             self._by_pattern.setdefault(pattern, {})[group] = None
@@ -75,3 +76,9 @@ class GroupIndex(Generic[G]):
                 self._cache.clear()
             self._cache[event_type] = hit
         return hit
+
+
+def _granted_of(type_filter: TypeFilter) -> TypeFilter | None:
+    """The token's own filter when it narrows the requested patterns (hub.auth)."""
+    granted = getattr(type_filter, "granted", None)
+    return granted if isinstance(granted, TypeFilter) else None

@@ -77,18 +77,13 @@ def _compiled_set(patterns: tuple[str, ...]) -> _CompiledSet:
 
 
 class TypeFilter:
-    """A set of patterns; `matches(type)` is a dict lookup after the first time.
+    """A set of patterns; `matches(type)` is a dict lookup after the first time."""
 
-    `granted` is None here; a filter narrowed by a token's `types` (hub.auth) sets it, and the
-    connection manager checks it after the requested patterns.
-    """
-
-    __slots__ = ("_compiled", "granted", "match_all", "patterns")
+    __slots__ = ("_compiled", "match_all", "patterns")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns: tuple[str, ...] = tuple(sorted({normalize_pattern(p) for p in patterns}))
         self.match_all = "*" in self.patterns
-        self.granted: TypeFilter | None = None
         self._compiled = _compiled_set(self.patterns)
 
     def matches(self, event_type: str) -> bool:
