@@ -94,6 +94,10 @@ class Settings(msgspec.Struct, kw_only=True):
     body_timeout_s: float = 30.0  # a publish body must arrive within this (else 408)
     max_request_head: int = 16 * KiB  # request line + headers
 
+    # Filter work (docs/operations.md): the fan-out matches new event types against patterns
+    # for at most this long per loop tick, then yields and continues on the next tick.
+    fanout_slice_ms: float = 20.0
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -120,6 +124,8 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0.1 <= self.fanout_slice_ms <= 1000:
+            raise ValueError("fanout_slice_ms must be between 0.1 and 1000")
         for name in ("retention_age_s", "project_idle_s", "heartbeat_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

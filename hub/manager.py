@@ -57,6 +57,7 @@ class ConnectionManager:
         self._dirty: list[_Project] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.slice_s = 0.02  # matching time per loop tick before the flush yields (Hub sets it)
         self.stats = ManagerStats()
         self.on_epoch_change: Callable[[str, str], None] | None = None
 
@@ -158,25 +159,39 @@ class ConnectionManager:
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write every project's pending events to its connections, one frame per group."""
+        """Write every project's pending events to its connections, one frame per group.
+
+        Matching new event types costs time that grows with the patterns held: after
+        `slice_s` of it the flush stops (having sent what it matched) and continues on the
+        next loop tick, so other sockets are served in between.
+        """
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         stats = self.stats
         stats.flushes += 1
         now_ms = time.time() * 1000
-        for entry in dirty:
+        clock = time.perf_counter
+        deadline = clock() + self.slice_s
+        for position, entry in enumerate(dirty):
             pending, entry.pending = entry.pending, []
-            matched_by_group: dict[_Group, list[StoredEvent]] = {
-                group: pending for group in entry.index.match_all
-            }
+            matched_by_group: dict[_Group, list[StoredEvent]] = {}
             groups_for = entry.index.groups_for
-            for event in pending:
+            taken = len(pending)
+            for index, event in enumerate(pending):
                 for group in groups_for(event.type):
                     matched = matched_by_group.get(group)
                     if matched is None:
                         matched_by_group[group] = [event]
                     else:
                         matched.append(event)
+                if clock() > deadline:
+                    taken = index + 1
+                    break
+            if taken < len(pending):
+                entry.pending = pending[taken:]
+                pending = pending[:taken]
+            for group in entry.index.match_all:
+                matched_by_group[group] = pending
             for group, matched in matched_by_group.items():
                 payload = encode_batch([e.frame for e in matched])
                 frame = text_frame(payload)
@@ -186,6 +201,21 @@ class ConnectionManager:
                 stats.latency.observe(now_ms - matched[0].ts, receivers)
                 for connection in list(group.connections):
                     connection.deliver(matched, payload, frame)
+            if entry.pending or (clock() > deadline and position + 1 < len(dirty)):
+                # A project cut short goes last, so it cannot starve the others.
+                rest = dirty[position + 1 :] + ([entry] if entry.pending else [])
+                self._yield_rest(rest)
+                return
+
+    def _yield_rest(self, entries: list[_Project]) -> None:
+        """Keep `entries` (those with events left, in order) for a flush on the next tick."""
+        self.stats.flush_slices += 1
+        self._dirty = [e for e in entries if e.pending] + self._dirty
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            loop.call_soon(self.flush)
 
     def _epoch_changed(self, project: str, entry: _Project, epoch: str) -> None:
         """The backend's sequence restarted (data lost): every seq our clients hold is void.

@@ -8,8 +8,8 @@ place is always right (a later place only leaves less room for the rest), so not
 retried: one pass, `O(len(type) * longest segment)` at worst, no backtracking regex.
 
 `PatternIndex` holds many patterns and answers "which of them match this type" by looking up
-the type's prefixes and suffixes in hash tables, so a type is checked only against patterns
-whose literal ends it already shares (plus those that start and end with `*`).
+the type's prefixes, suffixes and short substrings in hash tables, so a type is checked only
+against patterns whose literal ends, or one chosen piece of their middle, it already holds.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Final
 __all__ = ["Glob", "PatternIndex", "compile_pattern", "match_stats", "normalize_pattern"]
 
 _COMPILED_LIMIT: Final = 65_536  # patterns kept compiled process-wide before the cache restarts
+_GRAM: Final = 3  # floating patterns (`*x*`) are filed under one piece of their middle this long
 
 
 class MatchStats:
@@ -101,14 +102,23 @@ class PatternIndex:
     distinct prefix and suffix lengths, at most the pattern length limit each.
     """
 
-    __slots__ = ("_by_prefix", "_by_suffix", "_counts", "_exact", "_floating", "match_all")
+    __slots__ = (
+        "_by_prefix",
+        "_by_suffix",
+        "_counts",
+        "_exact",
+        "_floating",
+        "_gram_of",
+        "match_all",
+    )
 
     def __init__(self, patterns: Iterable[str] = ()) -> None:
         self._counts: dict[str, int] = {}
         self._exact: set[str] = set()
         self._by_prefix: _Table = {}
         self._by_suffix: _Table = {}
-        self._floating: dict[str, Glob] = {}
+        self._floating: _Table = {}  # by one short piece of a middle (see _gram_for)
+        self._gram_of: dict[str, str] = {}  # floating pattern -> the piece it is filed under
         self.match_all = 0  # how many `*` patterns are held
         for pattern in patterns:
             self.add(pattern)
@@ -151,9 +161,21 @@ class PatternIndex:
         elif glob.suffix:
             _file_in(self._by_suffix, glob.suffix, glob, add)
         elif add:
-            self._floating[glob.pattern] = glob
+            gram = self._gram_of[glob.pattern] = self._gram_for(glob)
+            _file_in(self._floating, gram, glob, True)
         else:
-            self._floating.pop(glob.pattern, None)
+            _file_in(self._floating, self._gram_of.pop(glob.pattern), glob, False)
+
+    def _gram_for(self, glob: Glob) -> str:
+        """The piece of the pattern's middles (a substring any match holds) filed under the
+        fewest patterns so far: pieces shared by many patterns would make them all candidates."""
+        pieces = {m[i : i + _GRAM] for m in glob.middles for i in range(len(m) - _GRAM + 1)}
+        pieces.update(m for m in glob.middles if len(m) < _GRAM)
+
+        def load(piece: str) -> int:
+            return len(self._floating.get(len(piece), {}).get(piece, ()))
+
+        return min(pieces, key=load)
 
     def matching(self, value: str) -> list[str]:
         """Every held pattern that matches `value` (canonical spellings)."""
@@ -173,8 +195,18 @@ class PatternIndex:
                 bucket = table.get(value[size - length :])
                 if bucket:
                     found.extend(p for p, glob in bucket.items() if glob.matches(value))
-        found.extend(p for p, glob in self._floating.items() if glob.matches(value))
+        for bucket in self._floating_buckets(value):
+            found.extend(p for p, glob in bucket.items() if glob.matches(value))
         return found
+
+    def _floating_buckets(self, value: str) -> Iterator[dict[str, Glob]]:
+        """The floating patterns' buckets filed under a substring of `value`, each once."""
+        for length, table in self._floating.items():
+            pieces = {value[i : i + length] for i in range(len(value) - length + 1)}
+            for piece in pieces:
+                bucket = table.get(piece)
+                if bucket:
+                    yield bucket
 
     def any_match(self, value: str) -> bool:
         if self.match_all or value in self._exact:
@@ -190,7 +222,11 @@ class PatternIndex:
                 bucket = table.get(value[size - length :])
                 if bucket and any(glob.matches(value) for glob in bucket.values()):
                     return True
-        return any(glob.matches(value) for glob in self._floating.values())
+        return any(
+            glob.matches(value)
+            for bucket in self._floating_buckets(value)
+            for glob in bucket.values()
+        )
 
 
 def _file_in(table: _Table, literal: str, glob: Glob, add: bool) -> None:
