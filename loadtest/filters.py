@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import secrets
 import statistics
 import time
@@ -73,31 +74,81 @@ def subscriber_patterns(variant: str, tag: str, i: int, count: int) -> list[str]
     return [f"{HIT_TYPE}.*", *own]
 
 
-class _Bystander:
-    """Pings on its own socket every 80 ms and records each round trip (ms)."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.rtts: list[float] = []
-        self.closed: str | None = None
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
+async def _ping_until(url: str, stop: Any) -> dict[str, Any]:
+    """The bystander: pings on its own socket every 80 ms until `stop`; round trips in ms."""
+    rtts: list[float] = []
+    closed = None
+    async with connect(url) as ws:
+        await ws.recv()  # welcome
         try:
             for i in range(10_000_000):
+                if stop.is_set():
+                    break
                 sent = time.perf_counter()
-                await self.ws.send('{"op":"ping","id":%d}' % i)  # noqa: UP031
-                while msgspec.json.decode(await self.ws.recv())["op"] != "pong":
+                await ws.send('{"op":"ping","id":%d}' % i)  # noqa: UP031
+                while msgspec.json.decode(await ws.recv())["op"] != "pong":
                     pass
-                self.rtts.append((time.perf_counter() - sent) * 1000)
+                rtts.append((time.perf_counter() - sent) * 1000)
                 await asyncio.sleep(PING_INTERVAL_S)
         except ConnectionClosed as exc:
-            self.closed = str(exc)
+            closed = str(exc)
+    return {"rtts": rtts, "closed": closed}
 
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+
+async def _churn_until(base: str, tag: str, p: FilterParams, stop: Any, out: Any) -> int:
+    """The churning sockets, connected, then churning until `stop`; ops sent."""
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(connect(base, max_size=None)) for _ in range(p.churners)
+        ]
+        for ws in sockets:
+            await ws.recv()  # welcome
+        out.send("ready")
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            done.set()
+
+        watcher = asyncio.create_task(watch())
+        ops = await asyncio.gather(*(_churn(ws, tag, i, p, done) for i, ws in enumerate(sockets)))
+        await watcher
+        return sum(ops)
+
+
+def _helper_main(
+    role: str, url: str, tag: str, params: dict[str, Any], stop: Any, out: Any
+) -> None:
+    """A helper process (bystander or churners), so its work and the generator's do not skew
+    each other's timing: it reports "ready", then its result."""
+    p = FilterParams(**params)
+    if role == "bystander":
+        out.send("ready")
+        out.send(asyncio.run(_ping_until(url, stop)))
+    else:
+        out.send(asyncio.run(_churn_until(url, tag, p, stop, out)))
+
+
+class _Helper:
+    def __init__(self, role: str, url: str, tag: str, p: FilterParams, stop: Any) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(
+            target=_helper_main, args=(role, url, tag, p.to_json(), stop, child), daemon=True
+        )
+        self.proc.start()
+        child.close()
+
+    async def receive(self, timeout: float) -> Any:
+        if not await asyncio.to_thread(self.conn.poll, timeout):
+            raise RuntimeError("a helper process did not answer in time")
+        return self.conn.recv()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.proc.join, 10)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 class _Subscriber:
@@ -198,17 +249,12 @@ async def _variant(
         )
         connect_s = time.perf_counter() - started
         subscribers = [_Subscriber(ws, hit) for ws in sockets]
-        bystander = _Bystander(await open_socket(f"{base}/{quiet}/ws"))
-        stop = asyncio.Event()
-        churners: list[asyncio.Task[int]] = []
-        if variant == "churn":
-            churn_sockets = await asyncio.gather(
-                *(open_socket(f"{base}/{project}/ws") for _ in range(p.churners))
-            )
-            churners = [
-                asyncio.create_task(_churn(ws, tag, i, p, stop))
-                for i, ws in enumerate(churn_sockets)
-            ]
+        stop = multiprocessing.get_context("spawn").Event()
+        helpers = [_Helper("bystander", f"{base}/{quiet}/ws", tag, p, stop)]
+        if variant == "churn" and p.churners:
+            helpers.append(_Helper("churn", f"{base}/{project}/ws", tag, p, stop))
+        for helper in helpers:
+            assert await helper.receive(p.timeout) == "ready"
         http = HttpConnection(host, port)
         before = sampler.sample() if sampler else None
         batch_ms: list[float] = []
@@ -231,10 +277,13 @@ async def _variant(
         finally:
             after = sampler.sample() if sampler else None
             stop.set()
-            ops = sum(await asyncio.gather(*churners))
-            await bystander.stop()
             await http.close()
-        rtts = bystander.rtts
+        results = [await helper.receive(p.timeout) for helper in helpers]
+        for helper in helpers:
+            await helper.close()
+        pings: dict[str, Any] = results[0]
+        ops: int = results[1] if len(results) > 1 else 0
+        rtts: list[float] = pings["rtts"]
         return {
             "variant": variant,
             "connect_seconds": round(connect_s, 2),
@@ -242,7 +291,7 @@ async def _variant(
             "hits_received": sum(received),
             "hits_expected": p.connections * p.batches,
             "subscribers_closed": sum(s.closed is not None for s in subscribers),
-            "bystander_closed": bystander.closed,
+            "bystander_closed": pings["closed"],
             "hub_cpu_seconds": round(after.cpu - before.cpu, 2) if before and after else None,
             "batch_delivery_ms": {
                 "median": round(statistics.median(batch_ms), 1),
