@@ -1,8 +1,8 @@
 """Event-type patterns: `*` matches any run of characters, everything else is literal.
 
 Pure and synchronous. Matching is hub.patterns' linear glob (no regex). A pattern set compiles
-once per process: every TypeFilter with the same patterns shares one compiled index and one
-verdict cache, so building a filter on each subscribe/unsubscribe is a few dict lookups.
+once per process, on first use: every TypeFilter with the same patterns shares one compiled
+index and one verdict cache, so building a filter on each subscribe/unsubscribe is a sort.
 """
 
 from __future__ import annotations
@@ -84,10 +84,17 @@ class TypeFilter:
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns: tuple[str, ...] = tuple(sorted({normalize_pattern(p) for p in patterns}))
         self.match_all = "*" in self.patterns
-        self._compiled = _compiled_set(self.patterns)
+        # Compiled on first use: the fan-out path never asks a filter (it uses the project's
+        # GroupIndex), so a subscribe/unsubscribe op builds nothing here.
+        self._compiled: _CompiledSet | None = None
 
     def matches(self, event_type: str) -> bool:
-        return self.match_all or self._compiled.matches(event_type)
+        if self.match_all:
+            return True
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = _compiled_set(self.patterns)
+        return compiled.matches(event_type)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TypeFilter) and other.patterns == self.patterns

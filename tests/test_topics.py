@@ -94,7 +94,8 @@ def test_match_cache_consults_the_patterns_once_per_event_type() -> None:
 def test_filters_with_the_same_patterns_share_one_compiled_set() -> None:
     a = TypeFilter(["agent.*", "shared_set.*"])
     b = TypeFilter(["shared_set.*", "agent.*", "agent.*"])
-    assert a._compiled is b._compiled
+    assert a.matches("agent.x") and b.matches("shared_set.y")
+    assert a._compiled is not None and a._compiled is b._compiled
 
 
 def test_match_cache_stays_correct_past_its_size_limit() -> None:
@@ -102,6 +103,7 @@ def test_match_cache_stays_correct_past_its_size_limit() -> None:
     for i in range(10_000):
         assert type_filter.matches(f"t{i}.failed")
         assert not type_filter.matches(f"t{i}.ok")
+    assert type_filter._compiled is not None
     assert len(type_filter._compiled.verdicts) <= 4096
     assert type_filter.matches("t0.failed")
     assert not type_filter.matches("t0.ok")
