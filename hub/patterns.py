@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Final
 
+import msgspec
+
 __all__ = ["Glob", "PatternIndex", "compile_pattern", "match_stats", "normalize_pattern"]
 
-_COMPILED_LIMIT: Final = 65_536  # patterns kept compiled process-wide before the cache restarts
+_COMPILED_LIMIT: Final = 16_384  # patterns kept compiled process-wide before the cache restarts
 _GRAM: Final = 3  # floating patterns (`*x*`) are filed under one piece of their middle this long
 
 
@@ -42,20 +44,18 @@ def normalize_pattern(pattern: str) -> str:
     return pattern
 
 
-class Glob:
-    """One compiled pattern."""
+class Glob(msgspec.Struct, frozen=True, gc=False):
+    """One compiled pattern (`compile_pattern` builds it). Never tracked by the garbage
+    collector (it holds only strings): churning subscriptions make many of them, and full
+    collections would otherwise scan every one held."""
 
-    __slots__ = ("exact", "match_all", "middles", "min_length", "pattern", "prefix", "suffix")
-
-    def __init__(self, pattern: str) -> None:
-        self.pattern = normalize_pattern(pattern)
-        parts = self.pattern.split("*")
-        self.exact = len(parts) == 1  # no star: the type must equal the pattern
-        self.prefix = parts[0]
-        self.suffix = "" if self.exact else parts[-1]
-        self.middles = tuple(parts[1:-1])  # never empty strings: runs of `*` were collapsed
-        self.min_length = sum(map(len, parts))
-        self.match_all = self.pattern == "*"
+    pattern: str  # canonical spelling
+    exact: bool  # no star: the type must equal the pattern
+    prefix: str
+    suffix: str
+    middles: tuple[str, ...]  # never empty strings: runs of `*` were collapsed
+    min_length: int
+    match_all: bool
 
     def matches(self, value: str) -> bool:
         match_stats.checks += 1
@@ -73,8 +73,20 @@ class Glob:
             position = found + len(middle)
         return True
 
-    def __repr__(self) -> str:
-        return f"Glob({self.pattern!r})"
+
+def _compile(pattern: str) -> Glob:
+    canonical = normalize_pattern(pattern)
+    parts = canonical.split("*")
+    exact = len(parts) == 1
+    return Glob(
+        pattern=canonical,
+        exact=exact,
+        prefix=parts[0],
+        suffix="" if exact else parts[-1],
+        middles=tuple(parts[1:-1]),
+        min_length=sum(map(len, parts)),
+        match_all=canonical == "*",
+    )
 
 
 _compiled: dict[str, Glob] = {}
@@ -86,7 +98,7 @@ def compile_pattern(pattern: str) -> Glob:
     if glob is None:
         if len(_compiled) >= _COMPILED_LIMIT:
             _compiled.clear()
-        glob = _compiled[pattern] = Glob(pattern)
+        glob = _compiled[pattern] = _compile(pattern)
     return glob
 
 
