@@ -6,8 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from hub.backends.base import StoredEvent
+from hub.catalog import EventCatalog
+from hub.config import Settings
 from hub.connection import Connection
+from hub.core import Hub
 from hub.manager import ConnectionManager
 from hub.topics import TypeFilter
 
@@ -100,3 +105,13 @@ async def test_a_flush_within_its_slice_sends_one_frame_per_group() -> None:
     await wait_for(lambda: len(log) == 1, what="one frame")
     assert log == [("p:a.*", b'[{"seq":1},{"seq":2},{"seq":3}]')]
     assert manager.stats.flush_slices == 0
+
+
+def test_the_slice_comes_from_settings_and_is_bounded() -> None:
+    with pytest.raises(ValueError, match="fanout_slice_ms"):
+        Settings(fanout_slice_ms=0)
+    with pytest.raises(ValueError, match="fanout_slice_ms"):
+        Settings(fanout_slice_ms=5000)
+    settings = Settings.from_env({"HUB_FANOUT_SLICE_MS": "5"})
+    hub = Hub(settings, _Backend(), EventCatalog())  # type: ignore[arg-type]
+    assert hub.manager.slice_s == 0.005

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hub.auth import GrantedTypeFilter
 from hub.fanout_index import GroupIndex
 from hub.patterns import PatternIndex, compile_pattern, match_stats, normalize_pattern
 from hub.topics import TypeFilter, validate_pattern
@@ -152,3 +153,27 @@ def test_a_cached_type_is_not_matched_again() -> None:
     assert match_stats.checks == before
     index.remove("g", TypeFilter(["*.cached.*"]))
     assert index.groups_for("a.cached.b") == ()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(alphabet=st.one_of(st.characters(), st.just("*")), max_size=16),
+    st.text(max_size=24),
+)
+def test_glob_agrees_with_the_reference_on_any_characters(pattern: str, value: str) -> None:
+    assert compile_pattern(pattern).matches(value) is reference_match(pattern, value)
+    assert PatternIndex([pattern]).any_match(value) is reference_match(pattern, value)
+
+
+def test_a_token_narrowed_filter_takes_only_its_granted_types() -> None:
+    index: GroupIndex[str] = GroupIndex()
+    index.add("everything-granted", GrantedTypeFilter(["*"], TypeFilter(["agent.*"])))
+    index.add("failed-granted", GrantedTypeFilter(["*.failed"], TypeFilter(["agent.*"])))
+    index.add("plain", TypeFilter(["*.failed"]))
+    assert set(index.groups_for("agent.run.failed")) == {
+        "everything-granted",
+        "failed-granted",
+        "plain",
+    }
+    assert index.groups_for("agent.run.created") == ("everything-granted",)
+    assert index.groups_for("ingest.job.failed") == ("plain",)
