@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -169,6 +172,78 @@ async def test_subscription_churn_does_not_stall_a_bystander() -> None:
             replies = await asyncio.gather(*(churn(running, s, 36, 18.0) for s in range(40)))
             assert replies == [36] * 40  # nobody was cut (4029) or refused
             assert_quick(await probe.stop())
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client text frame with a zero mask key (valid, and the payload stays as it is)."""
+    size = len(payload)
+    head = (
+        struct.pack("!BB", 0x81, 0x80 | size)
+        if size < 126
+        else struct.pack("!BBH", 0x81, 0xFE, size)
+    )
+    return head + b"\0\0\0\0" + payload
+
+
+async def burst_client(url: str, sockets: int, ops: int) -> None:
+    """Run in a child process (so its work does not stall the hub's loop): connect, print
+    `ready`, wait for a line on stdin, then write every socket's `ops` frames at once."""
+    connections = []
+    for _ in range(sockets):
+        ws = await connect(url, max_size=None)
+        await ws.recv()  # welcome
+        connections.append(ws)
+    blobs = []
+    for socket in range(sockets):
+        frames = []
+        for op in range(ops):
+            kind = "subscribe" if op % 2 == 0 else "unsubscribe"
+            body = {"op": kind, "id": op, "types": churn_patterns(socket, op // 2)}
+            frames.append(masked_text_frame(msgspec.json.encode(body)))
+        blobs.append(b"".join(frames))
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for ws, blob in zip(connections, blobs, strict=True):
+        ws.transport.write(blob)
+    subscribed = 0
+    for ws in connections:
+        for _ in range(ops):
+            subscribed += msgspec.json.decode(await ws.recv())["op"] == "subscribed"
+    print(f"subscribed {subscribed}", flush=True)
+
+
+async def test_bursts_of_ops_on_many_sockets_leave_a_bystander_served() -> None:
+    """30 sockets each write their whole burst (100 ops of 32 new 128-character patterns) at
+    once: 3,000 filter updates, about 18 s of regex compiles before this change."""
+    async with run_hub(Settings(heartbeat_s=5.0)) as running:
+        code = (
+            "import asyncio, sys; from tests.test_filter_load import burst_client; "
+            f"asyncio.run(burst_client({running.ws_url('busy')!r}, 30, 100))"
+        )
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            code,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+        )
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            ready = await asyncio.wait_for(child.stdout.readline(), 30)
+            assert ready.strip() == b"ready"
+            async with bystander(running) as probe:
+                await probe.one_more()
+                child.stdin.write(b"go\n")
+                await child.stdin.drain()
+                done = await asyncio.wait_for(child.stdout.readline(), 60)
+                await probe.one_more()
+                assert_quick(await probe.stop(), min_pings=3)
+            assert done.strip() == b"subscribed 3000"
+        finally:
+            if child.returncode is None:
+                child.kill()
+            await child.wait()
 
 
 async def test_many_distinct_filters_and_new_types_do_not_stall_a_bystander() -> None:
