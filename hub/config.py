@@ -117,6 +117,10 @@ class Settings(msgspec.Struct, kw_only=True):
     allowed_hosts: str = ""  # open hub on loopback: Host names besides loopback ones; "*": any
     accept_error_log_interval_s: float = 10.0  # accept() failures (EMFILE) log once per this
 
+    # Filter work (docs/operations.md): the fan-out matches new event types against patterns
+    # for at most this long per loop tick, then yields and continues on the next tick.
+    fanout_slice_ms: float = 20.0
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -143,6 +147,8 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0.1 <= self.fanout_slice_ms <= 1000:
+            raise ValueError("fanout_slice_ms must be between 0.1 and 1000")
         for name in ("retention_age_s", "project_idle_s", "heartbeat_s", "drain_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

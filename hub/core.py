@@ -31,6 +31,7 @@ class Hub:
         self.backend = backend
         self.catalog = catalog
         self.manager = ConnectionManager(backend)
+        self.manager.slice_s = settings.fanout_slice_ms / 1000
         self.stats = HubStats()
         self.started = False
 

@@ -2,8 +2,9 @@
 
 Connections: total, per token subject, per client address (over the limit: 1013 / 503).
 Publishing: token buckets per project and per token subject (429 with Retry-After). Client
-ops on a socket: a token bucket per connection (4029). Time comes from an injected clock, so
-tests move it by hand. Every path calls these with its Starlette HTTPConnection.
+ops on a socket: a token bucket per connection (4029), not charged for time the loop spent on
+other clients. Time comes from an injected clock, so tests move it by hand. Every path calls
+these with its Starlette HTTPConnection.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from starlette.requests import HTTPConnection
 from .auth import Principal
 from .config import Settings
 from .errors import HubError, RateLimited
+from .loop_lag import LoopLagMeter
 from .protocol import CloseCode
 
 __all__ = [
     "ConnectionLimits",
     "ConnectionSlot",
     "Limits",
+    "OpBudget",
     "OverCapacity",
     "PublishLimits",
     "RateLimitExceeded",
@@ -174,6 +177,35 @@ class PublishLimits:
                 bucket.take(events)
 
 
+class OpBudget:
+    """One socket's budget of client frames, counted as they arrived rather than as they are
+    read: while the loop ran late (busy with other clients), frames piled up and are read in a
+    burst; the time the loop lost is credited back at the bucket's rate, so a client keeping to
+    the rate is never closed for that burst. The credit lapses once the bucket is full again.
+    """
+
+    __slots__ = ("_bucket", "_credit", "_meter", "_seen")
+
+    def __init__(self, bucket: TokenBucket, meter: LoopLagMeter) -> None:
+        self._bucket = bucket
+        self._meter = meter
+        self._seen = meter.stalled()
+        self._credit = 0.0
+
+    def try_take(self) -> bool:
+        stalled = self._meter.stalled()
+        if self._bucket.full:
+            self._credit = 0.0
+        self._credit += (stalled - self._seen) * self._bucket.rate
+        self._seen = stalled
+        if self._bucket.try_take():
+            return True
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        return False
+
+
 class ConnectionSlot:
     """One admitted subscriber; `release()` (idempotent) gives its place back."""
 
@@ -236,16 +268,18 @@ class Limits:
             settings.max_connections_per_address,
         )
         self.publish = PublishLimits(settings, self.now)
+        self.loop_lag = LoopLagMeter()
 
     def now(self) -> float:
         return self.clock()
 
-    def client_ops(self) -> TokenBucket | None:
+    def client_ops(self) -> OpBudget | None:
         """A new socket's budget of subscribe/unsubscribe/ping frames (None: unlimited)."""
         settings = self.settings
         if settings.client_ops_rate <= 0:
             return None
-        return TokenBucket(settings.client_ops_rate, settings.client_ops_burst, self.now)
+        bucket = TokenBucket(settings.client_ops_rate, settings.client_ops_burst, self.now)
+        return OpBudget(bucket, self.loop_lag)
 
 
 def limits_of(conn: HTTPConnection) -> Limits:

@@ -3,7 +3,9 @@
 Events arrive from the backend's listener (synchronously, in seq order). They are collected
 per project and flushed once per loop tick: for each group of connections sharing a type
 filter, the matching events are joined into one array frame, framed once, and the same
-bytes are offered to every connection of the group. Nothing here awaits a socket.
+bytes are offered to every connection of the group. Nothing here awaits a socket. Which
+groups take an event type is asked of the project's GroupIndex: one match per distinct
+pattern per new type, however many filters hold it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from .backends.base import Backend, StoredEvent
 from .connection import Connection
+from .fanout_index import GroupIndex
 from .protocol import CloseCode, encode_batch
 from .stats import ManagerStats
 from .topics import TypeFilter
@@ -36,10 +39,11 @@ class _Group:
 
 
 class _Project:
-    __slots__ = ("epoch", "groups", "last_seq", "pending", "size")
+    __slots__ = ("epoch", "groups", "index", "last_seq", "pending", "size")
 
     def __init__(self) -> None:
         self.groups: dict[TypeFilter, _Group] = {}
+        self.index: GroupIndex[_Group] = GroupIndex()
         self.pending: list[StoredEvent] = []
         self.size = 0
         self.epoch: str | None = None
@@ -53,6 +57,7 @@ class ConnectionManager:
         self._dirty: list[_Project] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.slice_s = 0.02  # matching time per loop tick before the flush yields (Hub sets it)
         self.stats = ManagerStats()
         self.on_epoch_change: Callable[[str, str], None] | None = None
 
@@ -111,6 +116,7 @@ class ConnectionManager:
         group = entry.groups.get(connection.filter)
         if group is None:
             group = entry.groups[connection.filter] = _Group(connection.filter)
+            entry.index.add(group, group.filter)
         group.connections[connection] = None
 
     @staticmethod
@@ -121,6 +127,7 @@ class ConnectionManager:
         del group.connections[connection]
         if not group.connections:
             del entry.groups[connection.filter]
+            entry.index.remove(group, group.filter)
         return True
 
     # --- fan-out -------------------------------------------------------------------------
@@ -152,22 +159,40 @@ class ConnectionManager:
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write every project's pending events to its connections, one frame per group."""
+        """Write every project's pending events to its connections, one frame per group.
+
+        Matching new event types costs time that grows with the patterns held: after
+        `slice_s` of it the flush stops (having sent what it matched) and continues on the
+        next loop tick, so other sockets are served in between.
+        """
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, []
         stats = self.stats
         stats.flushes += 1
         now_ms = time.time() * 1000
-        for entry in dirty:
+        clock = time.perf_counter
+        deadline = clock() + self.slice_s
+        for position, entry in enumerate(dirty):
             pending, entry.pending = entry.pending, []
-            for group in list(entry.groups.values()):
-                if group.filter.match_all:
-                    matched = pending
-                else:
-                    matches = group.filter.matches
-                    matched = [e for e in pending if matches(e.type)]
-                    if not matched:
-                        continue
+            matched_by_group: dict[_Group, list[StoredEvent]] = {}
+            groups_for = entry.index.groups_for
+            taken = len(pending)
+            for index, event in enumerate(pending):
+                for group in groups_for(event.type):
+                    matched = matched_by_group.get(group)
+                    if matched is None:
+                        matched_by_group[group] = [event]
+                    else:
+                        matched.append(event)
+                if clock() > deadline:
+                    taken = index + 1
+                    break
+            if taken < len(pending):
+                entry.pending = pending[taken:]
+                pending = pending[:taken]
+            for group in entry.index.match_all:
+                matched_by_group[group] = pending
+            for group, matched in matched_by_group.items():
                 payload = encode_batch([e.frame for e in matched])
                 frame = text_frame(payload)
                 receivers = len(group.connections)
@@ -176,6 +201,21 @@ class ConnectionManager:
                 stats.latency.observe(now_ms - matched[0].ts, receivers)
                 for connection in list(group.connections):
                     connection.deliver(matched, payload, frame)
+            if entry.pending or (clock() > deadline and position + 1 < len(dirty)):
+                # A project cut short goes last, so it cannot starve the others.
+                rest = dirty[position + 1 :] + ([entry] if entry.pending else [])
+                self._yield_rest(rest)
+                return
+
+    def _yield_rest(self, entries: list[_Project]) -> None:
+        """Keep `entries` (those with events left, in order) for a flush on the next tick."""
+        self.stats.flush_slices += 1
+        self._dirty = [e for e in entries if e.pending] + self._dirty
+        if self._dirty and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            loop.call_soon(self.flush)
 
     def _epoch_changed(self, project: str, entry: _Project, epoch: str) -> None:
         """The backend's sequence restarted (data lost): every seq our clients hold is void.

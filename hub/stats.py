@@ -42,6 +42,7 @@ class ManagerStats:
         "delivered",
         "dropped",
         "events",
+        "flush_slices",
         "flushes",
         "frames_built",
         "gaps",
@@ -58,6 +59,7 @@ class ManagerStats:
         self.replays = 0  # subscriptions that replayed from `since`
         self.gaps = 0  # subscriptions told `gap` (+ snapshot)
         self.flushes = 0
+        self.flush_slices = 0  # flushes that ran out of their time slice and yielded
         self.frames_built = 0
         # publish-to-send latency of each frame's oldest event, weighted by its receivers
         self.latency = LatencyHistogram()

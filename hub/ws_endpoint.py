@@ -6,6 +6,7 @@ Order on connect (PROTOCOL.md): register (live events queue up), `welcome`, then
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -189,6 +190,7 @@ async def _serve_ops(
                 )
                 return
         await sink.send(reply)
+        await asyncio.sleep(0)  # ops queued on one socket take turns with other sockets' work
 
 
 def _id_of(text: str) -> int | str | None:

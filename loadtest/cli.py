@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .filters import FilterParams, run_filters
 from .report import LiveProgress, ratio_table, runs_table
 from .results import compare, write_json
 from .runner import run_once
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load the hub (or the naive baseline) on loopback: N WebSocket subscribers "
         "across worker processes, every seq checked, latency from each event's ts.",
     )
-    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("scenario", choices=(*SCENARIOS, "filters"))
     target = parser.add_argument_group("target")
     target.add_argument(
         "--target",
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--stall", type=float, help="slow-consumer: seconds they stop reading")
     load.add_argument("--storm-at", type=float, help="reconnect-storm: seconds before the drop")
     load.add_argument("--jitter", type=float, help="reconnect-storm: reconnect spread, seconds")
+    load.add_argument("--batches", type=int, help="filters: publish requests of new types")
+    load.add_argument("--churners", type=int, help="filters: sockets churning their filter")
+    load.add_argument("--churn-rate", type=float, help="filters: ops/s per churning socket")
+    load.add_argument("--batch-interval", type=float, help="filters: seconds between batches")
     gen = parser.add_argument_group("generator")
     gen.add_argument("--workers", type=int, help="subscriber processes (default: one per core)")
     gen.add_argument("--connect-concurrency", type=int, help="handshakes in flight per worker")
@@ -164,9 +169,57 @@ def _check_fd_budget(params: Any, limit: int, console: Console) -> None:
         )
 
 
+def _main_filters(args: argparse.Namespace, console: Console) -> int:
+    """The `filters` scenario: its own skeleton (hub only), see loadtest/filters.py."""
+    options = {
+        "connections": args.connections,
+        "batches": args.batches,
+        "batch": args.batch,
+        "churners": args.churners,
+        "churn_rate": args.churn_rate,
+        "batch_interval": args.batch_interval,
+        "connect_concurrency": args.connect_concurrency,
+    }
+    try:
+        params = FilterParams(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    if args.target != "hub" or (args.url is not None and len(args.url) > 1):
+        console.print("[red]filters runs against one hub: --target hub, at most one --url")
+        return 2
+    raise_nofile_limit()
+    args.out.mkdir(parents=True, exist_ok=True)
+    prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-filters-{params.connections}"
+    url = args.url[0] if args.url else None
+    try:
+        result = asyncio.run(
+            run_filters(
+                params, args.out, url=url, server_pid=args.server_pid, server_args=args.hub_arg
+            )
+        )
+    except (RuntimeError, OSError) as exc:
+        console.print(f"[red]run failed: {exc}")
+        return 1
+    path = args.out / f"{prefix}-filters.json"
+    write_json(path, result)
+    for run in result["runs"]:
+        ping = run["bystander_ping_ms"]
+        console.print(
+            f"[bold]{run['variant']}[/]: hub CPU {run['hub_cpu_seconds']} s, batch delivery "
+            f"median {run['batch_delivery_ms']['median']} ms (max {run['batch_delivery_ms']['max']}"
+            f"), bystander ping p50 {ping['p50']} / p99 {ping['p99']} / max {ping['max']} ms, "
+            f"churn ops {run['churn_ops']}, complete={run['complete']}"
+        )
+    console.print(f"ratios against single: {result['ratios']} -> {path}")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
+    if args.scenario == "filters":
+        return _main_filters(args, console)
     if args.url is not None:
         if args.target == "both":
             console.print("[red]--url names running servers: pick --target hub or baseline")

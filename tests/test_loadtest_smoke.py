@@ -167,3 +167,20 @@ def test_only_loopback_targets_are_accepted() -> None:
     for url in ("http://10.0.0.1:80", "http://example.com:80", "https://127.0.0.1:1"):
         with pytest.raises(NotLoopback):
             loopback_address(url)
+
+
+def test_filters_scenario_runs_every_variant_and_reports_ratios(tmp_path: Path) -> None:
+    argv = "filters -n 10 --batches 2 --batch 20 --churners 2 --batch-interval 0.2 --name fs"
+    exit_code = main([*argv.split(), "--out", str(tmp_path), "--no-live"])
+
+    result = json.loads((tmp_path / "fs-filters.json").read_text())
+    assert [r["variant"] for r in result["runs"]] == ["single", "distinct", "churn"]
+    for run in result["runs"]:
+        assert run["complete"] is True
+        assert run["hits_received"] == run["hits_expected"] == 20
+        assert run["subscribers_closed"] == 0 and run["bystander_closed"] is None
+        assert run["hub_cpu_seconds"] is not None
+        assert run["bystander_ping_ms"]["count"] >= 1
+    assert result["runs"][2]["churn_ops"] > 0
+    assert set(result["ratios"]) == {"distinct", "churn"}
+    assert result["ok"] is True and exit_code == 0
