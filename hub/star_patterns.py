@@ -1,12 +1,15 @@
 """`*` patterns over whole strings: project grants (`acme-*`), origins, host names.
 
-Patterns come from the operator's settings and from signed tokens, never from a request.
+Patterns come from the operator's settings and from signed tokens, never from a request, but
+they are matched against request values: the same linear glob as event types (`hub.patterns`),
+never a backtracking regex, so no spelling of a pattern can make one match slow.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
+
+from .patterns import Glob, compile_pattern
 
 __all__ = ["StarPatterns"]
 
@@ -14,14 +17,11 @@ __all__ = ["StarPatterns"]
 class StarPatterns:
     """Strings matched by `*` patterns: `*` is any run of characters, the rest is literal."""
 
-    __slots__ = ("_regex", "patterns")
+    __slots__ = ("_globs", "patterns")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(sorted(set(patterns)))
-        alternatives = [
-            "(?:" + ".*".join(map(re.escape, p.split("*"))) + ")" for p in self.patterns
-        ]
-        self._regex = re.compile("|".join(alternatives), re.DOTALL) if alternatives else None
+        self._globs: tuple[Glob, ...] = tuple(compile_pattern(p) for p in self.patterns)
 
     def matches(self, value: str) -> bool:
-        return self._regex is not None and self._regex.fullmatch(value) is not None
+        return any(glob.matches(value) for glob in self._globs)

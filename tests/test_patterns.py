@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hub.auth import GrantedTypeFilter
 from hub.fanout_index import GroupIndex
 from hub.patterns import PatternIndex, compile_pattern, match_stats, normalize_pattern
+from hub.star_patterns import StarPatterns
 from hub.topics import TypeFilter, validate_pattern
 
 
@@ -115,6 +116,7 @@ def test_forty_stars_cost_about_what_one_star_costs() -> None:
             compile_pattern(pattern).matches,
             PatternIndex([pattern]).any_match,
             TypeFilter([pattern, "x.*"]).matches,  # history, snapshot, SSE, WS, token claims
+            StarPatterns([pattern, "acme-*"]).matches,  # token project grants, origins, hosts
         ):
             cost = _seconds_per_match(match, _hostile_types)
             assert cost < 1e-3, f"{pattern[:12]}...: {cost * 1e6:.0f} us per match"
@@ -177,3 +179,9 @@ def test_a_token_narrowed_filter_takes_only_its_granted_types() -> None:
     }
     assert index.groups_for("agent.run.created") == ("everything-granted",)
     assert index.groups_for("ingest.job.failed") == ("plain",)
+
+
+@given(st.text("ab*-", max_size=12), st.text("ab-", max_size=16))
+@settings(max_examples=300, deadline=None)
+def test_star_patterns_agree_with_the_reference(pattern: str, value: str) -> None:
+    assert StarPatterns([pattern]).matches(value) == reference_match(pattern, value)
