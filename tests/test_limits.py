@@ -451,6 +451,22 @@ async def test_a_publish_body_that_never_arrives_gets_408(impatient_hub: Running
     await hang_up(writer)
 
 
+async def test_a_408_closes_the_connection_at_once() -> None:
+    # The head deadline (10 s) would close it eventually; the 408 must not wait for it, or a
+    # trickled body holds its connection (and the drain at shutdown) that long.
+    settings = Settings(heartbeat_s=5.0, handshake_timeout_s=10.0, body_timeout_s=0.5)
+    async with run_hub(settings) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(
+            b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: localhost\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"type":'
+        )
+        data = await closed_by_server(reader, within=5)
+        assert data.startswith(b"HTTP/1.1 408")
+        assert b"connection: close" in data.lower()
+        await hang_up(writer)
+
+
 async def test_a_request_head_over_the_limit_is_refused() -> None:
     async with run_hub(Settings(heartbeat_s=5.0, max_request_head=4096)) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
