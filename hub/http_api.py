@@ -57,9 +57,10 @@ def error_response(exc: HubError) -> Response:
         response.headers["Retry-After"] = exc.retry_after_header
     elif isinstance(exc, OverCapacity):
         response.headers["Retry-After"] = "1"
-    if isinstance(exc, RequestTimeout | PayloadTooLarge):
-        # The body was not read to its end: kept open, the connection would wait for the rest
-        # (a trickler would hold it, and the drain at shutdown, for as long as it likes).
+    if isinstance(exc, RequestTimeout):
+        # The body did not arrive in time: kept open, the connection would wait for the rest
+        # (a trickler would hold it, and the drain at shutdown, until the head deadline).
+        # Not for 413: closing with the body unread resets the socket, and with it the answer.
         response.headers["Connection"] = "close"
     return response
 

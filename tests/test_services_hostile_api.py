@@ -116,8 +116,8 @@ async def trickle(running: RunningHub, path: str) -> tuple[int, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
     started = time.perf_counter()
     writer.write(
-        f"POST /v1/projects/{P}{path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        "transfer-encoding: chunked\r\n\r\n1\r\n{\r\n".encode()
+        f"POST /v1/projects/{P}{path} HTTP/1.1\r\nhost: localhost\r\n"
+        "content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{\r\n".encode()
     )
     await writer.drain()
     try:

@@ -184,7 +184,7 @@ async def test_sigterm_with_trickled_bodies_open_exits_0_within_the_drain_timeou
             reader, writer = await asyncio.open_connection(host, int(port))
             path = "/agent/runs" if i % 2 else "/ingest/jobs"
             writer.write(
-                f"POST /v1/projects/{PROJECT}{path} HTTP/1.1\r\nhost: x\r\n"
+                f"POST /v1/projects/{PROJECT}{path} HTTP/1.1\r\nhost: localhost\r\n"
                 "transfer-encoding: chunked\r\n\r\n1\r\n{\r\n".encode()
             )
             await writer.drain()
