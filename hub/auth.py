@@ -33,6 +33,7 @@ from .config import Settings
 from .errors import Forbidden, HubError, Unauthorized
 from .origins import OriginPolicy, OriginRefused
 from .redaction import RedactTokens, install_log_redaction
+from .refusal import Refusal
 from .star_patterns import StarPatterns
 from .topics import TypeFilter, validate_pattern
 
@@ -372,8 +373,7 @@ class AuthGate:
         self.app = app
         self.public_paths = frozenset(public_paths)
         self.public_prefixes = tuple(p.rstrip("/") + "/" for p in public_prefixes)
-        self.http_refusal = http_refusal
-        self.ws_refusal = ws_refusal
+        self.refuse = Refusal(http_refusal, ws_refusal)
 
     def is_public(self, path: str) -> bool:
         return path in self.public_paths or (
@@ -397,12 +397,6 @@ class AuthGate:
                     reads = kind == "websocket" or scope["method"] in _READ_METHODS
                     principal.check(project.group(1), "subscribe" if reads else "publish")
         except HubError as exc:
-            if kind == "http":
-                await self.http_refusal(exc)(scope, receive, send)
-            else:
-                # Accept, then close with the code: a refused handshake is a bare HTTP status.
-                websocket = WebSocket(scope, receive, send)
-                await websocket.accept()
-                await self.ws_refusal(websocket, exc)
+            await self.refuse(exc, scope, receive, send)
             return
         await self.app(scope, receive, send)

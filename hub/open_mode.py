@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from .errors import HubError
 from .origins import HostPolicy, HostRefused, OriginPolicy, OriginRefused
+from .refusal import Refusal
 
 __all__ = ["OpenModeGuard"]
 
@@ -52,8 +53,7 @@ class OpenModeGuard:
         self.app = app
         self.origins = origins
         self.hosts = hosts
-        self.http_refusal = http_refusal
-        self.ws_refusal = ws_refusal
+        self.refuse = Refusal(http_refusal, ws_refusal)
 
     def check(self, scope: Scope) -> None:
         headers = Headers(scope=scope)
@@ -76,12 +76,6 @@ class OpenModeGuard:
             try:
                 self.check(scope)
             except HubError as exc:
-                if kind == "http":
-                    await self.http_refusal(exc)(scope, receive, send)
-                else:
-                    # Accept, then close with 1008: a refused handshake is a bare HTTP status.
-                    websocket = WebSocket(scope, receive, send)
-                    await websocket.accept()
-                    await self.ws_refusal(websocket, exc)
+                await self.refuse(exc, scope, receive, send)
                 return
         await self.app(scope, receive, send)

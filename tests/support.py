@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 import httpx
 import msgspec
+from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -51,6 +52,14 @@ class RunningHub:
     @property
     def hub(self) -> Hub:
         return self.server.hub
+
+    @property
+    def app(self) -> Starlette:
+        """The hub's Starlette app (its `state` holds the limits and the read limiter)."""
+        app: Any = self.server.config.loaded_app
+        while not isinstance(app, Starlette):  # unwrap uvicorn's middleware
+            app = app.app
+        return app
 
     @property
     def url(self) -> str:

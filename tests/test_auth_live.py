@@ -171,10 +171,7 @@ FORBIDDEN = {"ws": 4003, "sse": 403, "history": 403, "snapshot": 403}
 
 
 def starlette_app(running: RunningHub) -> Starlette:
-    app: Any = running.server.config.loaded_app
-    while not isinstance(app, Starlette):
-        app = app.app
-    return app
+    return running.app
 
 
 def served(running: RunningHub) -> dict[str, Reader]:

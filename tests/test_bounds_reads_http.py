@@ -32,10 +32,7 @@ MiB = 1024 * KiB
 
 
 def app_of(running: RunningHub) -> Starlette:
-    app = running.server.config.loaded_app
-    while not isinstance(app, Starlette):  # unwrap uvicorn's middleware
-        app = app.app
-    return app
+    return running.app
 
 
 async def publish_blobs(running: RunningHub, count: int, size: int, keyed: bool = False) -> None:

@@ -14,7 +14,6 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.applications import Starlette
 
 from hub.client import HubClient
 from hub.config import Settings
@@ -32,10 +31,7 @@ MiB = 1024 * KiB
 
 
 def limits_of(running: RunningHub) -> Limits:
-    app = running.server.config.loaded_app
-    while not isinstance(app, Starlette):  # unwrap uvicorn's middleware
-        app = app.app
-    limits: Limits = app.state.limits
+    limits: Limits = running.app.state.limits
     return limits
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from starlette.applications import Starlette
 from websockets.asyncio.client import connect
 
 from hub.auth import mint_token
@@ -148,10 +147,7 @@ def test_the_total_connection_limit_comes_first() -> None:
 
 
 def limits_of(running: RunningHub) -> Limits:
-    app: Any = running.server.config.loaded_app
-    while not isinstance(app, Starlette):
-        app = app.app
-    limits: Limits = app.state.limits
+    limits: Limits = running.app.state.limits
     return limits
 
 
