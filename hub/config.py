@@ -121,6 +121,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # for at most this long per loop tick, then yields and continues on the next tick.
     fanout_slice_ms: float = 20.0
 
+    # Garbage collector of `hub serve` / `hub demo` (hub.gc_tuning): young collections every
+    # this many allocations after startup objects are frozen; 0 keeps Python's default (700).
+    gc_gen0_threshold: int = 50_000
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -147,6 +151,8 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.gc_gen0_threshold <= 10_000_000:
+            raise ValueError("gc_gen0_threshold must be 0-10000000 (0: Python's default)")
         if not 0.1 <= self.fanout_slice_ms <= 1000:
             raise ValueError("fanout_slice_ms must be between 0.1 and 1000")
         for name in ("retention_age_s", "project_idle_s", "heartbeat_s", "drain_timeout_s"):

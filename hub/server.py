@@ -25,6 +25,7 @@ from .accept_errors import AcceptErrorLog, BackoffListener
 from .auth import install_log_redaction
 from .config import Settings
 from .core import Hub
+from .gc_tuning import tune_gc
 from .uvicorn_ws import HubWebSocketProtocol, error_body
 
 __all__ = [
@@ -291,6 +292,7 @@ async def serve(app: Starlette, host: str, port: int, settings: Settings) -> Non
     if server.started:
         display = f"[{host}]" if ":" in host else host
         print(f"hub listening on http://{display}:{server.port}", flush=True)
+        tune_gc(settings.gc_gen0_threshold)
     await task
     if not server.started:
         sys.exit(1)

@@ -112,6 +112,7 @@ async def run_demo(args: argparse.Namespace) -> None:
     from hub.app import create_app
     from hub.catalog import EventCatalog
     from hub.cli import settings_from_args
+    from hub.gc_tuning import tune_gc
     from hub.server import HubServer, uvicorn_config
 
     settings = settings_from_args(args)
@@ -149,6 +150,7 @@ async def run_demo(args: argparse.Namespace) -> None:
     if not server.started:
         await serving
         sys.exit(1)
+    tune_gc(settings.gc_gen0_threshold)
     host = f"[{args.host}]" if ":" in args.host else args.host
     base = f"http://{host}:{server.port}"
     print(
