@@ -163,12 +163,83 @@ async def text_frames(running: RunningHub, rng: random.Random) -> None:
                 await ws.send(text)
 
 
+def star_pattern(rng: random.Random) -> str:
+    """A pattern a backtracking matcher takes exponential time on (runs of stars, a miss)."""
+    pieces = [rng.choice(["*" * rng.randint(1, 40), "a", ".", "z", "a.*"]) for _ in range(8)]
+    return ("*" * rng.randint(2, 60) + "".join(pieces) + rng.choice(["z", "q", ""]))[:128]
+
+
+def hostile_json(rng: random.Random) -> bytes:
+    """A JSON value built to break a decoder: deep, huge numbers, raw bytes, surrogates."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        depth = rng.choice([65, 300, 1200, 5000])
+        if rng.random() < 0.5:
+            return b"[" * depth + b"1" + b"]" * depth
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    if kind == 1:
+        big = str(2**53 + rng.randint(0, 10**6)).encode()
+        return rng.choice([b"1e999999", b"-1e400", b"9" * rng.randint(17, 5000), big, b"NaN"])
+    if kind == 2:
+        return b'"' + rng.randbytes(rng.randint(1, 40)).replace(b'"', b"") + b'"'  # bad UTF-8
+    if kind == 3:
+        return rng.choice([b'"\\ud800"', b'"x\\udfff"', b'"\xed\xa0\x80"'])  # lone surrogates
+    if kind == 4:
+        return b'{"n":' + str(rng.randint(-(2**53) + 1, 2**53 - 1)).encode() + b"}"  # valid
+    return b'"' + b"x" * rng.randint(0, 3000) + b'"'
+
+
+async def hostile_publish(running: RunningHub, rng: random.Random) -> None:
+    """Poison, deep or oversized publishes (to another project): 202 or a clean 4xx."""
+    value = hostile_json(rng)
+    event_type = rng.choice([b"rt.a.b", b"rt." + b"a" * rng.randint(120, 3000) + b".b"])
+    field = rng.choice(["data", "key", "id"])
+    body = b'{"type":"' + event_type + b'","' + field.encode() + b'":' + value + b"}"
+    if rng.random() < 0.3:
+        body = b"[" + body + b"," + body + b"]"
+    async with running.http() as http:
+        response = await http.post("/v1/projects/p2/events", content=body)
+    assert response.status_code in (202, 400, 413, 422), (response.status_code, response.text)
+
+
+async def hostile_ops(running: RunningHub, rng: random.Random) -> None:
+    """Star-heavy subscriptions and ops with deep or huge values on the bystanders' project."""
+    types = star_pattern(rng) if rng.random() < 0.5 else None
+    with contextlib.suppress(ConnectionClosed, TimeoutError):
+        async with connect(running.ws_url("p1", types=types), open_timeout=5) as ws:
+            for _ in range(rng.randint(1, 6)):
+                value = hostile_json(rng).decode("utf-8", "replace")
+                star, other = star_pattern(rng), star_pattern(rng)
+                op = rng.choice(
+                    [
+                        '{"op":"subscribe","id":' + value + ',"types":["' + star + '"]}',
+                        '{"op":"ping","id":' + value + "}",
+                        '{"op":"unsubscribe","types":' + value + "}",
+                        '{"op":"subscribe","types":["' + star + '","' + other + '"]}',
+                    ]
+                )
+                await ws.send(op)
+                await asyncio.wait_for(ws.recv(), 5)  # a reply or error frame for each
+
+
+async def star_reads(running: RunningHub, rng: random.Random) -> None:
+    """History and snapshot reads of the bystanders' project through star-heavy patterns."""
+    async with running.http() as http:
+        path = rng.choice(["events", "snapshot"])
+        params = {"since": "0", "types": ",".join(star_pattern(rng) for _ in range(3))}
+        response = await http.get(f"/v1/projects/p1/{path}", params=params)
+    assert response.status_code in (200, 400), (response.status_code, response.text)
+
+
 ATTACKS: list[Callable[[RunningHub, random.Random], Awaitable[None]]] = [
     frames_after_upgrade,
     frames_after_upgrade,
     mangled_upgrade,
     garbage,
     text_frames,
+    hostile_publish,
+    hostile_ops,
+    star_reads,
 ]
 
 
@@ -234,12 +305,23 @@ async def test_a_fuzzed_hub_keeps_serving_every_event_to_its_other_clients(
             for bystander in [*everyone, agents, newcomer]:
                 await bystander.ws.close()
                 await bystander.task
+            # whatever hostile publish was accepted, every client decodes it
+            async with running.http() as http:
+                stored = (await http.get("/v1/projects/p2/events?since=0")).content
+            for event in msgspec.json.decode(stored)["events"]:
+                value = json.loads(json.dumps(event), parse_constant=float, parse_int=_safe_integer)
+                json.dumps(value, ensure_ascii=False).encode()  # no lone surrogate
         finally:
             uvicorn_logger.removeHandler(caplog.handler)
     tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert tracebacks == [], [r.getMessage() for r in tracebacks[:3]]
     closes = [r for r in caplog.records if r.getMessage().startswith("closing websocket")]
     assert closes, "no attack reached the WebSocket parser"
+
+
+def _safe_integer(text: str) -> int:
+    assert abs(int(text)) <= 2**53 - 1, f"stored integer {text[:30]} is beyond JavaScript"
+    return int(text)
 
 
 def test_masked_frames_are_built_right() -> None:

@@ -33,17 +33,51 @@ PURE = settings(max_examples=500, deadline=None, database=None)
 
 # --- strategies --------------------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+# Hostile on purpose (issue 10): integers past 2**53 and far past 64 bits, non-finite floats,
+# lone surrogates (json.dumps escapes them: `"\ud800"`), and values nested far deeper than the
+# hub's depth limit or Python's recursion limit.
+huge_integers = st.integers(2**53 - 2, 2**64 + 2) | st.integers(10**300, 10**400) | st.integers()
+lone_surrogates = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | huge_integers.map(lambda n: -n if n % 3 == 0 else n)
+    | st.floats()
+    | st.text(max_size=20)
+    | lone_surrogates
+)
+
+
+def _nest(depth: int, leaf: Any, as_object: bool) -> Any:
+    for _ in range(depth):
+        leaf = {"a": leaf} if as_object else [leaf]
+    return leaf
+
+
 json_values = st.recursive(
     json_scalars,
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
     max_leaves=12,
+) | st.builds(_nest, st.integers(60, 900), json_scalars, st.booleans())
+# Nesting past Python's recursion limit cannot go through json.dumps: spelled as raw text.
+deep_texts = st.builds(
+    lambda depth, obj: (
+        ('{"a":' * depth + "1" + "}" * depth) if obj else ("[" * depth + "1" + "]" * depth)
+    ),
+    st.integers(900, 5000),
+    st.booleans(),
 )
-patterns = st.sampled_from(
-    ["*", "agent.*", "*.failed", "ingest.job.updated", "Bad", "", "a" * 200]
-) | st.text(max_size=12)
+# Star-heavy patterns: a backtracking matcher takes exponential time on these.
+star_patterns = st.builds(
+    lambda stars, tail: ("*" * stars + tail)[:128], st.integers(2, 100), st.text("az.*", max_size=8)
+) | st.text("*a.", min_size=1, max_size=128)
+patterns = (
+    st.sampled_from(["*", "agent.*", "*.failed", "ingest.job.updated", "Bad", "", "a" * 200])
+    | st.text(max_size=12)
+    | star_patterns
+)
 ops = st.fixed_dictionaries(
     {
         "op": st.sampled_from(["subscribe", "unsubscribe", "ping", "pong", "Subscribe", ""])
@@ -68,6 +102,8 @@ client_texts = (
     | json_values.map(lambda v: json.dumps(v))
     | truncated
     | st.text(max_size=200)
+    | deep_texts.map(lambda deep: '{"op":"subscribe","id":' + deep + ',"types":["a.*"]}')
+    | deep_texts.map(lambda deep: '{"op":"ping","types":' + deep + "}")
 )
 
 # What a leaked Python traceback looks like (an echoed client string may hold any word).
@@ -216,6 +252,13 @@ bodies = (
     | json_values.map(lambda v: json.dumps(v).encode())
     | st.binary(max_size=300)
     | st.sampled_from([b"", b"[", b"{", b"null", b"[]", b"\xff\xfe", b'{"type":"a.b"}' * 3])
+    # raw bytes inside a string, deep data, numbers no decoder holds, an endless type
+    | st.binary(max_size=40).map(lambda raw: b'{"type":"rt.a.b","data":"' + raw + b'"}')
+    | deep_texts.map(lambda deep: b'{"type":"rt.a.b","data":' + deep.encode() + b"}")
+    | st.sampled_from([b"1e999999", b"-1e400", b"9" * 5000, b"NaN", b"Infinity"]).map(
+        lambda number: b'{"type":"rt.a.b","data":{"n":' + number + b"}}"
+    )
+    | st.integers(129, 1500).map(lambda n: b'{"type":"rt.' + b"a" * n + b'.b","data":1}')
 )
 
 
@@ -245,12 +288,32 @@ async def test_any_publish_body_gets_202_or_a_clean_4xx(
     if response.status_code == 202:
         seqs = response.json()["seqs"]
         assert seqs and all(isinstance(s, int) and s >= 1 for s in seqs)
+        page = await http.get("/v1/projects/p1/events", params={"since": min(seqs) - 1})
+        for event in page.json()["events"]:
+            assert_every_client_decodes(json.dumps(event))
     else:
         assert_clean_error(response)
     assert running.hub.started
 
 
-query_values = st.text(max_size=30) | st.integers(-5, 2**70).map(str)
+def _refuse_constant(name: str) -> Any:
+    raise AssertionError(f"stored JSON holds {name}, which browsers' JSON.parse refuses")
+
+
+def _safe_int(text: str) -> int:
+    value = int(text)
+    assert abs(value) <= 2**53 - 1, f"stored integer {text[:30]} is beyond what JavaScript holds"
+    return value
+
+
+def assert_every_client_decodes(text: str) -> None:
+    """What the hub stored decodes in strict stdlib json with finite numbers, integers that
+    JavaScript holds exactly and no lone surrogate (it re-encodes as UTF-8)."""
+    value = json.loads(text, parse_constant=_refuse_constant, parse_int=_safe_int)
+    json.dumps(value, ensure_ascii=False).encode("utf-8")  # raises on a lone surrogate
+
+
+query_values = st.text(max_size=30) | st.integers(-5, 2**70).map(str) | star_patterns
 
 
 @LIVE
