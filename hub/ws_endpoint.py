@@ -15,27 +15,16 @@ from .auth import Principal, authorize
 from .config import Settings
 from .connection import AnySink, Connection
 from .core import Hub
-from .errors import BadRequest, HubError
+from .errors import HubError
 from .framers import WebSocketFramer
 from .limits import admit_connection, limits_of
-from .outbound import Control, ControlMessage
-from .protocol import (
-    CloseCode,
-    ErrorFrame,
-    FrameError,
-    PingOp,
-    PongFrame,
-    SubscribedFrame,
-    SubscribeOp,
-    close_reason,
-    decode_client_frame,
-    encode,
-)
+from .outbound import Control
+from .protocol import CloseCode, ErrorFrame, close_reason, encode
 from .pull_sink import PullSink
 from .push_sink import PushSink
 from .session import register_subscriber, start_stream
+from .subscriber_session import Close, SubscriberSession
 from .subscription import SubscriptionParams, parse_subscription
-from .topics import validate_pattern
 from .uvicorn_ws import EXTENSION
 
 __all__ = ["refuse", "websocket_endpoint"]
@@ -133,68 +122,28 @@ async def _serve_ops(
     params: SubscriptionParams,
     principal: Principal,
 ) -> None:
-    settings = hub.settings
-    patterns = list(params.types)
-    implicit_default = not params.explicit_types
-    errors = 0
-    op_budget = limits_of(websocket).client_ops()
+    """Move client frames to the session and its replies back, until the close."""
+
+    def apply(patterns: list[str]) -> None:
+        hub.manager.set_filter(connection, principal.type_filter(patterns))
+
+    session = SubscriberSession(
+        hub.settings,
+        params.types,
+        explicit_types=params.explicit_types,
+        op_budget=limits_of(websocket).client_ops(),
+        apply=apply,
+    )
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
-        if text is None:
+        outcome = session.receive_binary() if text is None else session.receive(text)
+        if isinstance(outcome, Close):
             connection.close(
-                CloseCode.UNSUPPORTED_DATA, "binary_frame", "binary frames are not accepted"
+                outcome.code, outcome.error_code, outcome.message, retryable=outcome.retryable
             )
             return
-        if op_budget is not None and not op_budget.try_take():
-            connection.close(
-                CloseCode.RATE_LIMITED,
-                "rate_limited",
-                f"more than {settings.client_ops_rate:g} frames per second; slow down",
-                retryable=True,
-            )
-            return
-        try:
-            op = decode_client_frame(text, settings.max_json_depth)
-            if isinstance(op, PingOp):
-                reply: ControlMessage = PongFrame(op.id)
-            else:
-                new = [validate_pattern(p, settings.max_pattern_length) for p in op.types]
-                if isinstance(op, SubscribeOp):
-                    # A client that connected without `types` got `*`; its first subscribe
-                    # says what it actually wants.
-                    base = [] if implicit_default else patterns
-                    merged = base + [p for p in new if p not in base]
-                    if len(merged) > settings.max_patterns:
-                        raise BadRequest(
-                            f"too many type patterns: {len(merged)} > {settings.max_patterns}"
-                        )
-                    patterns = merged
-                else:
-                    patterns = [p for p in patterns if p not in new]
-                implicit_default = False
-                hub.manager.set_filter(connection, principal.type_filter(patterns))
-                reply = SubscribedFrame(op.id, patterns)
-        except (FrameError, BadRequest) as exc:
-            errors += 1
-            frame_id = exc.frame_id if isinstance(exc, FrameError) else _id_of(text)
-            reply = ErrorFrame(code=exc.code, message=exc.message, id=frame_id, retryable=False)
-            if errors > settings.error_budget:
-                connection.close(
-                    CloseCode.POLICY_VIOLATION,
-                    "too_many_errors",
-                    f"more than {settings.error_budget} invalid frames",
-                )
-                return
-        await sink.send(Control(reply))
+        await sink.send(Control(outcome))
         await asyncio.sleep(0)  # ops queued on one socket take turns with other sockets' work
-
-
-def _id_of(text: str) -> int | str | None:
-    try:
-        op = decode_client_frame(text)
-    except FrameError as exc:
-        return exc.frame_id
-    return op.id
