@@ -62,6 +62,7 @@ AnySink = PushSinkShape | PullSinkShape
 class Connection:
     __slots__ = (
         "_max_frame_bytes",
+        "_push",
         "_queue_bytes",
         "_queue_events",
         "_room",
@@ -93,6 +94,7 @@ class Connection:
     ) -> None:
         self.project = project
         self.sink = sink
+        self._push = sink if sink.direct else None  # the fan-out path's direct writes
         self.filter = type_filter
         # The highest seq sent or queued to this connection: the replay-to-live hand-off
         # offers nothing at or below it again.
@@ -124,16 +126,16 @@ class Connection:
         """Offer matching `events` (ascending seq) whose encoded batch is `payload`."""
         if self.closed:
             return
-        sink = self.sink
+        push = self._push
         if (
-            sink.direct
+            push is not None
             and self.live
             and not self.queue
             and not self.control
             and self.last_seq_sent < events[0].seq
-            and sink.writable()
+            and push.writable()
         ):
-            sink.write(payload, frame)
+            push.write(payload, frame)
             self.last_seq_sent = events[-1].seq
             return
         last = self.last_seq_sent
