@@ -21,6 +21,7 @@ __all__ = [
     "WebSocketFramer",
     "format_control",
     "format_event",
+    "frame",
 ]
 
 
@@ -32,6 +33,7 @@ class Framer(Protocol):
 
 
 def frame(framer: Framer, item: Outbound) -> bytes:
+    """The bytes of one outbound item: a control message or a batch of events."""
     if isinstance(item, Control):
         return framer.control(item)
     return framer.events(item)

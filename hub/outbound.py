@@ -23,7 +23,14 @@ from .protocol import (
     WelcomeFrame,
 )
 
-__all__ = ["Control", "ControlMessage", "Outbound", "SnapshotPage", "snapshot_pages"]
+__all__ = [
+    "Control",
+    "ControlMessage",
+    "Outbound",
+    "SnapshotPage",
+    "page_size",
+    "snapshot_pages",
+]
 
 
 class SnapshotPage(msgspec.Struct, tag_field="op", tag="snapshot", omit_defaults=True):

@@ -20,7 +20,7 @@ from .outbound import Control, Outbound, page_size, snapshot_pages
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
 from .subscription import SubscriptionParams
 
-__all__ = ["ReplayOverrun", "register_subscriber", "snapshot_pages", "start_stream"]
+__all__ = ["ReplayOverrun", "register_subscriber", "start_stream"]
 
 
 class ReplayOverrun(HubError):
