@@ -17,7 +17,7 @@ from .connection import AnySink, Connection
 from .core import Hub
 from .errors import HubError
 from .framers import WebSocketFramer
-from .limits import admit_connection, limits_of
+from .limits import ConnectionSlot, admit_connection, limits_of
 from .outbound import Control
 from .protocol import CloseCode, ErrorFrame, close_reason, encode
 from .pull_sink import PullSink
@@ -47,13 +47,17 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await refuse(websocket, exc)
         return
     try:
-        await _serve(hub, websocket, params, principal)
+        await _serve(hub, websocket, params, principal, slot)
     finally:
         slot.release()
 
 
 async def _serve(
-    hub: Hub, websocket: WebSocket, params: SubscriptionParams, principal: Principal
+    hub: Hub,
+    websocket: WebSocket,
+    params: SubscriptionParams,
+    principal: Principal,
+    slot: ConnectionSlot,
 ) -> None:
     await websocket.accept()
     sink = _make_sink(websocket, hub.settings)
@@ -72,6 +76,7 @@ async def _serve(
             expiry.cancel()
         connection.closed = True
         await hub.manager.remove(connection)
+        slot.release()  # now, even while a pull sink's last error waits for the socket
         await sink.stop()
 
 
