@@ -342,3 +342,60 @@ async def test_a_close_sends_one_typed_error_and_drops_the_queue(hub: Hub) -> No
     assert sink.ended == ErrorFrame(code="slow_consumer", message="m", retryable=True, close=4008)
     assert connection.queue == [] and connection.queued_bytes == 0
     await hub.manager.remove(connection)
+
+
+# --- bounds: overflow and paged snapshots through the bounded queue ----------------------
+
+
+async def test_a_live_queue_over_its_bound_closes_with_4008(hub: Hub) -> None:
+    sink = RecordingPushSink()
+    sink.congested = True
+    connection = Connection(
+        P, sink, TypeFilter(["*"]), queue_events=5, queue_bytes=1 << 20, max_frame_bytes=4096
+    )
+    await hub.manager.add(connection)
+    connection.start()
+    connection.go_live(0)
+    await publish(hub, 6)
+    await wait_for(lambda: sink.ended is not None, 5, "the close")
+    assert sink.ended is not None and sink.ended.close == CloseCode.SLOW_CONSUMER
+    assert sink.ended.retryable and connection.slow_closes == 1
+    await hub.manager.remove(connection)
+
+
+async def test_snapshot_pages_queue_within_the_byte_bound_and_wait_for_the_socket() -> None:
+    settings = Settings(max_frame_bytes=1024, queue_bytes=2048)
+    hub = Hub(settings, MemoryBackend(settings), EventCatalog())
+    await hub.start()
+    try:
+        await _page_a_snapshot_through_a_congested_socket(hub)
+    finally:
+        await hub.stop()
+
+
+async def _page_a_snapshot_through_a_congested_socket(hub: Hub) -> None:
+    for i in range(200):
+        await hub.publish(P, "a.b", {"i": i}, key=f"k{i}")  # the snapshot keeps keyed events
+    sink = RecordingPushSink()
+    sink.congested = True
+    connection = connect(hub, sink)
+    await hub.manager.add(connection)
+    connection.start()
+    gap_params = SubscriptionParams(P, 5, "another-epoch", ["*"], explicit_types=False)
+    stream = asyncio.create_task(start_stream(hub, connection, gap_params))
+    most_queued = 0
+    while not stream.done():
+        await wait_for(lambda: bool(connection.control) or stream.done(), 5, "a queued page")
+        most_queued = max(most_queued, connection.queued_bytes)
+        sink.drain()  # the socket takes what is queued
+        sink.congested = True
+    await stream
+    assert not connection.closed, sink.ended
+    assert connection.live and most_queued <= 2048
+    pages = [f for f in frames_of(sink.payloads) if f["op"] == "snapshot"]
+    assert len(pages) > 3 and [p.get("more", False) for p in pages[:-1]] == [True] * (
+        len(pages) - 1
+    )
+    assert "more" not in pages[-1]
+    assert [e["seq"] for p in pages for e in p["events"]] == list(range(1, 201))
+    await hub.manager.remove(connection)
