@@ -16,11 +16,12 @@ from .backends.base import StoredEvent
 from .connection import AnySink, Connection
 from .core import Hub
 from .errors import HubError
+from .limits import ConnectionSlot
 from .outbound import Control, Outbound, page_size, snapshot_pages
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
 from .subscription import SubscriptionParams
 
-__all__ = ["ReplayOverrun", "register_subscriber", "start_stream"]
+__all__ = ["ReplayOverrun", "register_subscriber", "release_subscriber", "start_stream"]
 
 
 class ReplayOverrun(HubError):
@@ -52,6 +53,19 @@ def register_subscriber(
         ),
     )
     return connection, expiry
+
+
+async def release_subscriber(
+    hub: Hub, connection: Connection, expiry: TimerHandle | None, slot: ConnectionSlot
+) -> None:
+    """Unregister the connection and give its slot back at once, then stop its sink (a pull
+    sink may wait a grace period for its last error to reach a congested socket)."""
+    if expiry is not None:
+        expiry.cancel()
+    connection.closed = True
+    await hub.manager.remove(connection)
+    slot.release()
+    await connection.sink.stop()
 
 
 async def start_stream(hub: Hub, connection: Connection, params: SubscriptionParams) -> None:

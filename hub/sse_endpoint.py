@@ -27,7 +27,7 @@ from .framers import SseFramer
 from .limits import ConnectionSlot, admit_connection
 from .protocol import ErrorFrame
 from .pull_sink import PullSink
-from .session import register_subscriber, start_stream
+from .session import register_subscriber, release_subscriber, start_stream
 from .subscription import SubscriptionParams, parse_since, parse_subscription
 
 __all__ = ["parse_last_event_id", "sse_endpoint"]
@@ -124,16 +124,12 @@ class _SseStream(Response):
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if expiry is not None:
-                expiry.cancel()
             connection.closed = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             hub.stats.sse_connections -= 1
-            await hub.manager.remove(connection)
-            self._slot.release()  # now, even while the error block waits for the socket
-            await sink.stop()
+            await release_subscriber(hub, connection, expiry, self._slot)
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

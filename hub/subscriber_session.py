@@ -8,11 +8,10 @@ merge rules, and the error budget. The endpoint moves bytes; a test drives this 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .config import Settings
 from .errors import BadRequest
-from .limits import OpBudget
 from .outbound import ControlMessage
 from .protocol import (
     CloseCode,
@@ -25,6 +24,9 @@ from .protocol import (
     decode_client_frame,
 )
 from .topics import validate_pattern
+
+if TYPE_CHECKING:
+    from .limits import OpBudget  # a type only: limits.py loads starlette
 
 __all__ = ["Close", "SubscriberSession", "merge_patterns"]
 

@@ -22,7 +22,7 @@ from .outbound import Control
 from .protocol import CloseCode, ErrorFrame, close_reason, encode
 from .pull_sink import PullSink
 from .push_sink import PushSink
-from .session import register_subscriber, start_stream
+from .session import register_subscriber, release_subscriber, start_stream
 from .subscriber_session import Close, SubscriberSession
 from .subscription import SubscriptionParams, parse_subscription
 from .uvicorn_ws import EXTENSION
@@ -72,12 +72,7 @@ async def _serve(
     except HubError as exc:  # e.g. the backend went away while replaying
         connection.close(exc.close_code, exc.code, exc.message, retryable=exc.retryable)
     finally:
-        if expiry is not None:
-            expiry.cancel()
-        connection.closed = True
-        await hub.manager.remove(connection)
-        slot.release()  # now, even while a pull sink's last error waits for the socket
-        await sink.stop()
+        await release_subscriber(hub, connection, expiry, slot)
 
 
 async def refuse(websocket: WebSocket, exc: HubError) -> None:
