@@ -11,164 +11,65 @@ connection that takes none of them for a while is cut with 4008 too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, Protocol
 
 from .backends.base import StoredEvent
-from .protocol import CloseCode, ErrorFrame, close_reason, encode, encode_batch
+from .outbound import Control, Outbound
+from .protocol import CloseCode, ErrorFrame
 from .stats import ManagerStats
 from .topics import TypeFilter
-from .uvicorn_ws import DirectChannel, text_frame
 
-__all__ = ["AsgiSink", "Connection", "ControlFrame", "DirectSink", "Sink"]
-
-logger = logging.getLogger("hub.connection")
-
-
-class ControlFrame(NamedTuple):
-    """One encoded control frame queued ahead of events (a snapshot page)."""
-
-    op: str
-    frame: bytes
-    position: int | None  # the seq the stream stands at once it is sent, if it moves it
+__all__ = ["AnySink", "Connection", "PullSinkShape", "PushSinkShape", "Sink"]
 
 
 class Sink(Protocol):
-    """Where a connection's frames go."""
+    """What a session does with a connection's socket, whatever its shape."""
 
-    direct: bool  # True when write() may be called synchronously from the fan-out path
+    async def send(self, item: Outbound) -> None:
+        """Frame and send one session message once the socket takes it."""
 
-    def writable(self) -> bool: ...
-    def write(self, payload: bytes, frame: bytes | None = None) -> None: ...
-    async def send(self, payload: bytes) -> None: ...
-    def end(self, frame: bytes, code: int, reason: str) -> None:
-        """Send this last error frame if the socket takes it, then close: never await a
-        writer that a congested socket blocks."""
+    def end(self, error: ErrorFrame) -> None:
+        """Send this last error if the socket takes it, then close: never await a writer
+        that a congested socket blocks."""
 
-    def start(self, connection: Connection) -> None: ...
     async def stop(self) -> None: ...
 
 
-class DirectSink:
-    """Non-blocking writes through hub.uvicorn_ws (the fast path)."""
+class PushSinkShape(Sink, Protocol):
+    """Non-blocking writes (push_sink.PushSink): the fan-out path writes while writable."""
 
-    direct = True
+    direct: Literal[True]
 
-    def __init__(self, channel: DirectChannel) -> None:
-        self._channel = channel
-        self._ended = asyncio.Event()  # wakes a send waiting for a socket that was cut
-        self.framed = channel.framed
-
-    def writable(self) -> bool:
-        return self._channel.writable()
-
-    def write(self, payload: bytes, frame: bytes | None = None) -> None:
-        if frame is not None and self.framed:
-            self._channel.write_frame(frame)
-        else:
-            self._channel.write_text(payload)
-
-    async def send(self, payload: bytes) -> None:
-        channel = self._channel
-        if not channel.open():
-            return
-        if not channel.writable():
-            # A cut socket may never drain (its peer does not read): stop waiting at the cut.
-            waits = [
-                asyncio.ensure_future(channel.wait_writable()),
-                asyncio.ensure_future(self._ended.wait()),
-            ]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
-        if channel.open() and not self._ended.is_set():
-            channel.write_text(payload)
-
-    def end(self, frame: bytes, code: int, reason: str) -> None:
-        self._ended.set()
-        with contextlib.suppress(Exception):
-            self.write(frame, text_frame(frame))
-            self._channel.close(code, reason)
-
-    def start(self, connection: Connection) -> None:
-        self._channel.on_writable = connection.flush
-
-    async def stop(self) -> None:
-        self._channel.on_writable = None
+    def writable(self) -> bool: ...
+    def write(self, payload: bytes, frame: bytes | None = None) -> None: ...
+    def write_item(self, item: Outbound) -> None: ...
+    def start(self, drain_queue: Callable[[], None]) -> None: ...
 
 
-class AsgiSink:
-    """Portable fallback for ASGI servers without the extension: a writer task per socket."""
+class PullSinkShape(Sink, Protocol):
+    """A writer task (pull_sink.PullSink): the fan-out path queues and notifies."""
 
-    direct = False
+    direct: Literal[False]
 
-    def __init__(self, send: Callable[[dict[str, Any]], Any]) -> None:
-        self._send = send
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing: tuple[int, str] | None = None
+    def notify(self) -> None: ...
+    def start(self, connection: Connection) -> None: ...
 
-    def writable(self) -> bool:
-        return False
 
-    def write(self, payload: bytes, frame: bytes | None = None) -> None:
-        raise RuntimeError("AsgiSink is not direct")
-
-    async def send(self, payload: bytes) -> None:
-        await self._send({"type": "websocket.send", "text": payload.decode()})
-
-    def close(self, code: int, reason: str) -> None:
-        self._closing = (code, reason)
-        self._wake.set()
-
-    def end(self, frame: bytes, code: int, reason: str) -> None:
-        task = asyncio.ensure_future(_send_then_close(self, frame, code, reason))
-        _closing_tasks.add(task)
-        task.add_done_callback(_closing_tasks.discard)
-
-    def start(self, connection: Connection) -> None:
-        self._task = asyncio.create_task(self._write_loop(connection), name="hub-ws-writer")
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _write_loop(self, connection: Connection) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                for payload in connection.take_batches():
-                    await self.send(payload)
-                if self._closing is not None:
-                    code, reason = self._closing
-                    await self._send(
-                        {"type": "websocket.close", "code": code, "reason": close_reason(reason)}
-                    )
-                    return
-        except Exception:  # the socket went away; the endpoint's receive loop sees it too
-            logger.debug("writer stopped", exc_info=True)
+AnySink = PushSinkShape | PullSinkShape
 
 
 class Connection:
     __slots__ = (
         "_max_frame_bytes",
+        "_push",
         "_queue_bytes",
         "_queue_events",
         "_room",
         "closed",
         "control",
         "filter",
-        "floor",
+        "last_seq_sent",
         "live",
         "project",
         "queue",
@@ -182,7 +83,7 @@ class Connection:
     def __init__(
         self,
         project: str,
-        sink: Sink,
+        sink: AnySink,
         type_filter: TypeFilter,
         *,
         queue_events: int,
@@ -193,13 +94,16 @@ class Connection:
     ) -> None:
         self.project = project
         self.sink = sink
+        self._push = sink if sink.direct else None  # the fan-out path's direct writes
         self.filter = type_filter
-        self.floor = 0  # highest seq sent or queued to this connection
+        # The highest seq sent or queued to this connection: the replay-to-live hand-off
+        # offers nothing at or below it again.
+        self.last_seq_sent = 0
         self.live = False  # False while the replay runs: events are only queued
         self.closed = False
         self.queue: list[StoredEvent] = []
-        self.control: list[ControlFrame] = []  # snapshot pages: written before any event
-        self.queued_bytes = 0  # events and control frames
+        self.control: list[Control] = []  # snapshot pages: written before any event
+        self.queued_bytes = 0  # events and control messages
         self.slow_closes = 0
         self.user = user
         self.stats = stats
@@ -208,106 +112,85 @@ class Connection:
         self._max_frame_bytes = max_frame_bytes
         self._room: asyncio.Future[None] | None = None  # send_paced waits for the queue to drain
 
+    def start(self) -> None:
+        """Connect the sink's drain to this queue (once registered with the manager)."""
+        sink = self.sink
+        if sink.direct:
+            sink.start(self.drain_queue)
+        else:
+            sink.start(self)
+
     # --- fan-out path (synchronous, never awaits) ----------------------------------------
 
     def deliver(self, events: Sequence[StoredEvent], payload: bytes, frame: bytes | None) -> None:
         """Offer matching `events` (ascending seq) whose encoded batch is `payload`."""
         if self.closed:
             return
-        sink = self.sink
+        push = self._push
         if (
-            self.live
+            push is not None
+            and self.live
             and not self.queue
             and not self.control
-            and self.floor < events[0].seq
-            and sink.writable()
+            and self.last_seq_sent < events[0].seq
+            and push.writable()
         ):
-            sink.write(payload, frame)
-            self.floor = events[-1].seq
+            push.write(payload, frame)
+            self.last_seq_sent = events[-1].seq
             return
-        floor = self.floor
+        last = self.last_seq_sent
         for event in events:
-            if event.seq > floor:
+            if event.seq > last:
                 self.queue.append(event)
                 self.queued_bytes += len(event.frame)
-                floor = event.seq
-        self.floor = floor
+                last = event.seq
+        self.last_seq_sent = last
         if self._over_bound():
             self.close_slow()
         elif self.live:
-            self.flush()
+            self.drain_queue()
 
     def _over_bound(self) -> bool:
         return len(self.queue) > self._queue_events or self.queued_bytes > self._queue_bytes
 
-    def flush(self) -> None:
-        """Write queued frames while the socket takes them (called again when it drains)."""
+    def drain_queue(self) -> None:
+        """Write queued messages while the socket takes them (a push sink calls it again
+        when it drains), or wake the writer task of a pull sink."""
         if self.closed or not (self.control or (self.live and self.queue)):
             return
         sink = self.sink
         if not sink.direct:
-            sink.notify()  # type: ignore[attr-defined]
+            sink.notify()
             return
-        while sink.writable():
-            if self.control:
-                sink.write(self._take_control().frame)
-            elif self.live and self.queue:
-                sink.write(self._take_batch())
-            else:
-                break
+        while sink.writable() and (item := self._take(self._max_frame_bytes)):
+            sink.write_item(item)
         self._wake_room()
 
-    def take_control(self) -> ControlFrame | None:
-        """The next queued control frame, for sinks with a writer task."""
-        if not self.control:
+    def take_next(self, max_bytes: int) -> Outbound | None:
+        """For a writer task: the next queued control message, else (once live) queued
+        events up to about `max_bytes`; None when there is nothing to send."""
+        item = self._take(max_bytes)
+        self._wake_room()
+        return item
+
+    def _take(self, max_bytes: int) -> Outbound | None:
+        if self.control:
+            control = self.control.pop(0)
+            self.queued_bytes -= control.size
+            return control
+        if not (self.live and self.queue):
             return None
-        control = self._take_control()
-        self._wake_room()
-        return control
-
-    def take_events(self, max_bytes: int) -> list[StoredEvent]:
-        """Queued events up to about `max_bytes`, for a sink that frames them one by one (SSE)."""
         queue = self.queue
         size, count = 0, 0
         for event in queue:
-            size += len(event.frame)
+            size += len(event.frame) + 1
             count += 1
             if size >= max_bytes:
                 break
         taken = queue[:count]
         del queue[:count]
-        self.queued_bytes -= size
-        self._wake_room()
-        return taken
-
-    def take_batches(self) -> list[bytes]:
-        """Every queued frame: control frames first, then events once live."""
-        batches = []
-        while self.control:
-            batches.append(self._take_control().frame)
-        while self.live and self.queue:
-            batches.append(self._take_batch())
-        self._wake_room()
-        return batches
-
-    def _take_control(self) -> ControlFrame:
-        control = self.control.pop(0)
-        self.queued_bytes -= len(control.frame)
-        return control
-
-    def _take_batch(self) -> bytes:
-        """Pop queued events up to max_frame_bytes and join them into one array frame."""
-        queue, limit = self.queue, self._max_frame_bytes
-        size, count = 0, 0
-        for event in queue:
-            size += len(event.frame) + 1
-            count += 1
-            if size >= limit:
-                break
-        taken = queue[:count]
-        del queue[:count]
         self.queued_bytes -= size - count
-        return encode_batch([e.frame for e in taken])
+        return taken
 
     def close_slow(self, why: str = "") -> None:
         self.slow_closes += 1
@@ -325,10 +208,10 @@ class Connection:
 
     # --- session control -----------------------------------------------------------------
 
-    async def send_paced(self, control: ControlFrame, timeout_s: float) -> None:
-        """Queue a control frame within the queue's byte bound, waiting for the socket to take
-        what is queued; a connection that takes nothing for `timeout_s` is cut with 4008."""
-        size = len(control.frame)
+    async def send_paced(self, control: Control, timeout_s: float) -> None:
+        """Queue a control message within the queue's byte bound, waiting for the socket to
+        take what is queued; a connection that takes nothing for `timeout_s` is cut with 4008."""
+        size = control.size
         while not self.closed and self.control and self.queued_bytes + size > self._queue_bytes:
             self._room = asyncio.get_running_loop().create_future()
             try:
@@ -345,7 +228,7 @@ class Connection:
         if self._over_bound():  # live events queued meanwhile count too
             self.close_slow()
         else:
-            self.flush()
+            self.drain_queue()
 
     def _wake_room(self) -> None:
         room = self._room
@@ -353,16 +236,14 @@ class Connection:
             room.set_result(None)
 
     def go_live(self, replayed_up_to: int) -> None:
-        """End the replay: drop queued events the replay already sent, then flush the rest."""
+        """End the replay: drop queued events the replay already sent, then drain the rest."""
         if replayed_up_to > 0 and self.queue:
             kept = [e for e in self.queue if e.seq > replayed_up_to]
             self.queue = kept
-            self.queued_bytes = sum(len(e.frame) for e in kept) + sum(
-                len(c.frame) for c in self.control
-            )
-        self.floor = max(self.floor, replayed_up_to)
+            self.queued_bytes = sum(len(e.frame) for e in kept) + sum(c.size for c in self.control)
+        self.last_seq_sent = max(self.last_seq_sent, replayed_up_to)
         self.live = True
-        self.flush()
+        self.drain_queue()
 
     def close(self, code: int, error_code: str, message: str, *, retryable: bool = False) -> None:
         """Send one error frame that says why, then the close frame; drop the queue."""
@@ -373,16 +254,6 @@ class Connection:
         self.control = []
         self.queued_bytes = 0
         self._wake_room()
-        frame = encode(
+        self.sink.end(
             ErrorFrame(code=error_code, message=message, retryable=retryable, close=int(code))
         )
-        self.sink.end(frame, int(code), message)
-
-
-_closing_tasks: set[asyncio.Future[None]] = set()  # keeps fire-and-forget closes alive
-
-
-async def _send_then_close(sink: AsgiSink, frame: bytes, code: int, reason: str) -> None:
-    with contextlib.suppress(Exception):
-        await sink.send(frame)
-    sink.close(code, reason)

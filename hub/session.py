@@ -1,36 +1,27 @@
-"""The subscription session both transports share (WebSocket and SSE).
+"""The subscription stream both transports share (WebSocket and SSE).
 
 Register the connection (live events queue up), `welcome`, then replay from `since` or
-`gap` + `snapshot`, then go live with the queued events above what was sent. Only the
-framing differs between transports: each passes a StreamWriter. Snapshot pages go through
-the connection's bounded queue (`Connection.send_paced`), which each transport's sink drains.
+`gap` + `snapshot`, then go live with the queued events above what was sent. Every message
+goes to the connection's sink typed (outbound.py); the sink's framer makes the bytes.
+Snapshot pages go through the connection's bounded queue (`Connection.send_paced`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from asyncio import TimerHandle
-from collections.abc import Awaitable, Iterable, Iterator
-from typing import Protocol
 
 from .auth import Principal, schedule_expiry
 from .backends.base import StoredEvent
-from .connection import Connection, ControlFrame, Sink
+from .connection import AnySink, Connection
 from .core import Hub
 from .errors import HubError
+from .limits import ConnectionSlot
+from .outbound import Control, Outbound, page_size, snapshot_pages
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
 from .subscription import SubscriptionParams
 
-__all__ = ["ReplayOverrun", "StreamWriter", "open_connection", "snapshot_pages", "start_stream"]
-
-
-class StreamWriter(Protocol):
-    """How one transport frames the session's control messages and replayed events."""
-
-    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None: ...
-    async def events(self, events: list[StoredEvent]) -> None: ...
-    async def replayed(self, frame: ReplayedFrame) -> None: ...
-    async def gap(self, frame: GapFrame) -> None: ...
+__all__ = ["ReplayOverrun", "register_subscriber", "release_subscriber", "start_stream"]
 
 
 class ReplayOverrun(HubError):
@@ -41,8 +32,8 @@ class ReplayOverrun(HubError):
     retryable = True
 
 
-def open_connection(
-    hub: Hub, params: SubscriptionParams, principal: Principal, sink: Sink
+def register_subscriber(
+    hub: Hub, params: SubscriptionParams, principal: Principal, sink: AnySink
 ) -> tuple[Connection, TimerHandle | None]:
     """A Connection for this subscription, and the timer that closes it when its token expires."""
     settings = hub.settings
@@ -64,9 +55,20 @@ def open_connection(
     return connection, expiry
 
 
-async def start_stream(
-    hub: Hub, connection: Connection, params: SubscriptionParams, writer: StreamWriter
+async def release_subscriber(
+    hub: Hub, connection: Connection, expiry: TimerHandle | None, slot: ConnectionSlot
 ) -> None:
+    """Unregister the connection and give its slot back at once, then stop its sink (a pull
+    sink may wait a grace period for its last error to reach a congested socket)."""
+    if expiry is not None:
+        expiry.cancel()
+    connection.closed = True
+    await hub.manager.remove(connection)
+    slot.release()
+    await connection.sink.stop()
+
+
+async def start_stream(hub: Hub, connection: Connection, params: SubscriptionParams) -> None:
     """Everything between registration and live (the connection is already registered).
 
     A socket that takes nothing for `stall_timeout_s` meanwhile is cut with 4008: its queue
@@ -74,13 +76,13 @@ async def start_stream(
     """
     timeout_s = hub.settings.stall_timeout_s
     try:
-        await _stream(hub, connection, params, _StallGuard(writer, timeout_s))
+        await _stream(hub, connection, params, _StallGuard(connection, timeout_s))
     except _Stalled:
         connection.close_slow(f"nothing taken within {timeout_s:g}s; reconnect with since")
 
 
 async def _stream(
-    hub: Hub, connection: Connection, params: SubscriptionParams, writer: StreamWriter
+    hub: Hub, connection: Connection, params: SubscriptionParams, out: _StallGuard
 ) -> None:
     backend = hub.backend
     position = await backend.position(params.project)
@@ -89,19 +91,20 @@ async def _stream(
     welcome = WelcomeFrame(
         params.project, position.epoch, position.head, position.oldest, hub.settings.heartbeat_s
     )
-    await writer.welcome(welcome, plan.action == "live")
+    # Live only: the stream stands at head, so a resume from the welcome's position loses nothing.
+    await out.send(Control(welcome, position.head if plan.action == "live" else None))
     if plan.action == "live":
         connection.go_live(position.head)
         return
     if plan.action == "replay":
-        replayed_up_to, count = await _replay(hub, connection, plan.since, writer)
+        replayed_up_to, count = await _replay(hub, connection, plan.since, out)
         hub.manager.stats.replays += 1
-        await writer.replayed(ReplayedFrame(count, replayed_up_to))
+        await out.send(Control(ReplayedFrame(count, replayed_up_to), replayed_up_to))
         connection.go_live(replayed_up_to)
         return
     assert plan.reason is not None
     hub.manager.stats.gaps += 1
-    await writer.gap(GapFrame(plan.reason, plan.since, position.oldest, position.head))
+    await out.send(Control(GapFrame(plan.reason, plan.since, position.oldest, position.head)))
     view = await backend.snapshot_view(params.project)
     head, matches = view.position.head, connection.filter.matches
     pages = snapshot_pages(
@@ -110,8 +113,8 @@ async def _stream(
         hub.settings.max_frame_bytes,
         truncated=view.truncated,
     )
-    for page, last in pages:
-        control = ControlFrame("snapshot", page, head if last else None)
+    for page in pages:
+        control = Control(page, None if page.more else head, page_size(page))
         await connection.send_paced(control, hub.settings.stall_timeout_s)
         if connection.closed:
             return
@@ -124,64 +127,22 @@ class _Stalled(Exception):
 
 
 class _StallGuard:
-    """A StreamWriter whose every send must complete within `timeout_s`."""
+    """The connection's sink, every send of which must complete within `timeout_s`."""
 
-    def __init__(self, writer: StreamWriter, timeout_s: float) -> None:
-        self._writer = writer
+    def __init__(self, connection: Connection, timeout_s: float) -> None:
+        self._sink = connection.sink
         self._timeout_s = timeout_s
 
-    async def _within(self, send: Awaitable[None]) -> None:
+    async def send(self, item: Outbound) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                await send
+                await self._sink.send(item)
         except TimeoutError:
             raise _Stalled from None
 
-    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None:
-        await self._within(self._writer.welcome(frame, at_head))
-
-    async def events(self, events: list[StoredEvent]) -> None:
-        await self._within(self._writer.events(events))
-
-    async def replayed(self, frame: ReplayedFrame) -> None:
-        await self._within(self._writer.replayed(frame))
-
-    async def gap(self, frame: GapFrame) -> None:
-        await self._within(self._writer.gap(frame))
-
-
-def snapshot_pages(
-    head: int, frames: Iterable[bytes], max_frame_bytes: int, *, truncated: bool = False
-) -> Iterator[tuple[bytes, bool]]:
-    """`snapshot` frames of at most about `max_frame_bytes` each (at least one event each),
-    every one but the last marked `"more":true`, the last `"truncated":true` when the
-    snapshot's bounds left keys out; yields (frame, is_last)."""
-    last = _LAST_TRUNCATED if truncated else _LAST
-    prefix = b'{"op":"snapshot","head":%d,"events":[' % head
-    budget = max_frame_bytes - len(prefix) - len(_MORE)
-    parts = [prefix]
-    size = 0
-    for frame in frames:
-        if size and size + len(frame) + 1 > budget:
-            parts[-1] = _MORE  # in place of the last comma
-            yield b"".join(parts), False  # one join: concatenating copies every time
-            parts, size = [prefix], 0
-        parts += (frame, b",")
-        size += len(frame) + 1
-    if size:
-        parts[-1] = last
-    else:
-        parts.append(last)
-    yield b"".join(parts), True
-
-
-_MORE = b'],"more":true}'
-_LAST = b"]}"
-_LAST_TRUNCATED = b'],"truncated":true}'
-
 
 async def _replay(
-    hub: Hub, connection: Connection, since: int, writer: StreamWriter
+    hub: Hub, connection: Connection, since: int, out: _StallGuard
 ) -> tuple[int, int]:
     """Send retained events after `since` until none are left; return (last seq, count)."""
     backend, settings = hub.backend, hub.settings
@@ -200,11 +161,11 @@ async def _replay(
             batch.append(event)
             size += len(event.frame)
             if size >= settings.max_frame_bytes:
-                await writer.events(batch)
+                await out.send(batch)
                 count += len(batch)
                 batch, size = [], 0
         if batch:
-            await writer.events(batch)
+            await out.send(batch)
             count += len(batch)
         if events:
             cursor = events[-1].seq

@@ -12,30 +12,19 @@ import logging
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .auth import Principal, authorize
-from .backends.base import StoredEvent
-from .connection import AsgiSink, Connection, DirectSink, Sink
+from .config import Settings
+from .connection import AnySink, Connection
 from .core import Hub
-from .errors import BadRequest, HubError
-from .limits import admit_connection, limits_of
-from .protocol import (
-    CloseCode,
-    ErrorFrame,
-    FrameError,
-    GapFrame,
-    PingOp,
-    PongFrame,
-    ReplayedFrame,
-    SubscribedFrame,
-    SubscribeOp,
-    WelcomeFrame,
-    close_reason,
-    decode_client_frame,
-    encode,
-    encode_batch,
-)
-from .session import open_connection, start_stream
+from .errors import HubError
+from .framers import WebSocketFramer
+from .limits import ConnectionSlot, admit_connection, limits_of
+from .outbound import Control
+from .protocol import CloseCode, ErrorFrame, close_reason, encode
+from .pull_sink import PullSink
+from .push_sink import PushSink
+from .session import register_subscriber, release_subscriber, start_stream
+from .subscriber_session import Close, SubscriberSession
 from .subscription import SubscriptionParams, parse_subscription
-from .topics import validate_pattern
 from .uvicorn_ws import EXTENSION
 
 __all__ = ["refuse", "websocket_endpoint"]
@@ -58,32 +47,32 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await refuse(websocket, exc)
         return
     try:
-        await _serve(hub, websocket, params, principal)
+        await _serve(hub, websocket, params, principal, slot)
     finally:
         slot.release()
 
 
 async def _serve(
-    hub: Hub, websocket: WebSocket, params: SubscriptionParams, principal: Principal
+    hub: Hub,
+    websocket: WebSocket,
+    params: SubscriptionParams,
+    principal: Principal,
+    slot: ConnectionSlot,
 ) -> None:
     await websocket.accept()
-    sink = _make_sink(websocket)
-    connection, expiry = open_connection(hub, params, principal, sink)
+    sink = _make_sink(websocket, hub.settings)
+    connection, expiry = register_subscriber(hub, params, principal, sink)
     await hub.manager.add(connection)
-    sink.start(connection)
+    connection.start()
     try:
-        await start_stream(hub, connection, params, _WebSocketStreamWriter(sink))
+        await start_stream(hub, connection, params)
         await _serve_ops(hub, websocket, connection, sink, params, principal)
     except WebSocketDisconnect:
         pass
     except HubError as exc:  # e.g. the backend went away while replaying
         connection.close(exc.close_code, exc.code, exc.message, retryable=exc.retryable)
     finally:
-        if expiry is not None:
-            expiry.cancel()
-        connection.closed = True
-        await hub.manager.remove(connection)
-        await sink.stop()
+        await release_subscriber(hub, connection, expiry, slot)
 
 
 async def refuse(websocket: WebSocket, exc: HubError) -> None:
@@ -98,104 +87,63 @@ async def refuse(websocket: WebSocket, exc: HubError) -> None:
         pass
 
 
-def _make_sink(websocket: WebSocket) -> Sink:
+def _make_sink(websocket: WebSocket, settings: Settings) -> AnySink:
     extension = websocket.scope.get("extensions", {}).get(EXTENSION)
     if extension is not None:
-        return DirectSink(extension["channel"])
-    return AsgiSink(websocket.send)
+        return PushSink(extension["channel"])
+    return PullSink(
+        _AsgiWebSocket(websocket),
+        WebSocketFramer(),
+        chunk_bytes=settings.max_frame_bytes,
+        heartbeat_s=settings.heartbeat_s,
+    )
 
 
-class _WebSocketStreamWriter:
-    """Session framing for WebSocket: one JSON object per message, events as arrays."""
+class _AsgiWebSocket:
+    """The plain ASGI WebSocket, for servers without the direct-send extension."""
 
-    def __init__(self, sink: Sink) -> None:
-        self._sink = sink
+    def __init__(self, websocket: WebSocket) -> None:
+        self._send = websocket.send
 
-    async def welcome(self, frame: WelcomeFrame, at_head: bool) -> None:
-        await self._sink.send(encode(frame))
+    async def send(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "text": data.decode()})
 
-    async def events(self, events: list[StoredEvent]) -> None:
-        await self._sink.send(encode_batch([e.frame for e in events]))
-
-    async def replayed(self, frame: ReplayedFrame) -> None:
-        await self._sink.send(encode(frame))
-
-    async def gap(self, frame: GapFrame) -> None:
-        await self._sink.send(encode(frame))
+    async def close(self, error: ErrorFrame) -> None:
+        code = error.close or CloseCode.INTERNAL_ERROR
+        reason = close_reason(error.message)
+        await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 async def _serve_ops(
     hub: Hub,
     websocket: WebSocket,
     connection: Connection,
-    sink: Sink,
+    sink: AnySink,
     params: SubscriptionParams,
     principal: Principal,
 ) -> None:
-    settings = hub.settings
-    patterns = list(params.types)
-    implicit_default = not params.explicit_types
-    errors = 0
-    op_budget = limits_of(websocket).client_ops()
+    """Move client frames to the session and its replies back, until the close."""
+
+    def apply(patterns: list[str]) -> None:
+        hub.manager.set_filter(connection, principal.type_filter(patterns))
+
+    session = SubscriberSession(
+        hub.settings,
+        params.types,
+        explicit_types=params.explicit_types,
+        op_budget=limits_of(websocket).client_ops(),
+        apply=apply,
+    )
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
         text = message.get("text")
-        if text is None:
+        outcome = session.receive_binary() if text is None else session.receive(text)
+        if isinstance(outcome, Close):
             connection.close(
-                CloseCode.UNSUPPORTED_DATA, "binary_frame", "binary frames are not accepted"
+                outcome.code, outcome.error_code, outcome.message, retryable=outcome.retryable
             )
             return
-        if op_budget is not None and not op_budget.try_take():
-            connection.close(
-                CloseCode.RATE_LIMITED,
-                "rate_limited",
-                f"more than {settings.client_ops_rate:g} frames per second; slow down",
-                retryable=True,
-            )
-            return
-        try:
-            op = decode_client_frame(text, settings.max_json_depth)
-            if isinstance(op, PingOp):
-                reply = encode(PongFrame(op.id))
-            else:
-                new = [validate_pattern(p, settings.max_pattern_length) for p in op.types]
-                if isinstance(op, SubscribeOp):
-                    # A client that connected without `types` got `*`; its first subscribe
-                    # says what it actually wants.
-                    base = [] if implicit_default else patterns
-                    merged = base + [p for p in new if p not in base]
-                    if len(merged) > settings.max_patterns:
-                        raise BadRequest(
-                            f"too many type patterns: {len(merged)} > {settings.max_patterns}"
-                        )
-                    patterns = merged
-                else:
-                    patterns = [p for p in patterns if p not in new]
-                implicit_default = False
-                hub.manager.set_filter(connection, principal.type_filter(patterns))
-                reply = encode(SubscribedFrame(op.id, patterns))
-        except (FrameError, BadRequest) as exc:
-            errors += 1
-            frame_id = exc.frame_id if isinstance(exc, FrameError) else _id_of(text)
-            reply = encode(
-                ErrorFrame(code=exc.code, message=exc.message, id=frame_id, retryable=False)
-            )
-            if errors > settings.error_budget:
-                connection.close(
-                    CloseCode.POLICY_VIOLATION,
-                    "too_many_errors",
-                    f"more than {settings.error_budget} invalid frames",
-                )
-                return
-        await sink.send(reply)
+        await sink.send(Control(outcome))
         await asyncio.sleep(0)  # ops queued on one socket take turns with other sockets' work
-
-
-def _id_of(text: str) -> int | str | None:
-    try:
-        op = decode_client_frame(text)
-    except FrameError as exc:
-        return exc.frame_id
-    return op.id

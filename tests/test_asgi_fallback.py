@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.config import Settings
-from hub.connection import AsgiSink
+from hub.pull_sink import PullSink
 
 from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
@@ -38,7 +38,7 @@ async def test_stock_protocol_has_no_direct_send_so_the_asgi_sink_is_used(
 ) -> None:
     rec = await recorder(stock_hub)
     [connection] = stock_hub.hub.manager.connections("p1")
-    assert isinstance(connection.sink, AsgiSink)
+    assert isinstance(connection.sink, PullSink)
     await rec.close()
 
 
@@ -137,7 +137,7 @@ async def test_fallback_closes_a_slow_consumer_with_4008_and_others_get_everythi
         stalled = await open_stalled_client(running, "p1")
         await wait_for(lambda: hub.manager.connection_count == 2, timeout=5, what="stalled in")
         [_, slow] = hub.manager.connections("p1")
-        assert isinstance(slow.sink, AsgiSink)
+        assert isinstance(slow.sink, PullSink)
 
         payload = {"pad": "x" * 4000}
         published = 0

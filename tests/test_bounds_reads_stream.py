@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from hub.client import HubClient
 from hub.config import Settings
 from hub.limits import Limits
+from hub.outbound import snapshot_pages as typed_snapshot_pages
 from hub.protocol import EventFrame, GapFrame, SnapshotFrame, WelcomeFrame, decode_server_frames
-from hub.session import snapshot_pages
 
 from .support import RunningHub, run_hub, wait_for
 from .test_slow_consumer import open_stalled_client
@@ -65,6 +65,14 @@ async def stalled_sse(running: RunningHub, count: int, query: str = "") -> Async
 
 
 # --- pages (pure) ------------------------------------------------------------------------
+
+
+def snapshot_pages(
+    head: int, frames: list[bytes], max_frame_bytes: int
+) -> list[tuple[bytes, bool]]:
+    """The pages as the wire has them: (frame, is_last)."""
+    pages = typed_snapshot_pages(head, frames, max_frame_bytes)
+    return [(msgspec.json.encode(page), not page.more) for page in pages]
 
 
 def event_frame(seq: int, pad: str = "") -> bytes:

@@ -16,7 +16,10 @@ import pytest
 from hub.backends.base import StoredEvent
 from hub.config import Settings
 from hub.errors import BadRequest
-from hub.sse_endpoint import format_control, format_event, parse_last_event_id, sse_frames
+from hub.framers import SseFramer, format_control, format_event
+from hub.outbound import Control
+from hub.protocol import ErrorFrame, WelcomeFrame
+from hub.sse_endpoint import parse_last_event_id
 
 from .support import RunningHub, run_hub, wait_for
 
@@ -136,11 +139,16 @@ def test_multiline_data_becomes_several_data_lines() -> None:
     assert block == b'id: e:1\nevent: welcome\ndata: {"a":\ndata: 1,\ndata: "b":2}\n\n'
 
 
-def test_frames_of_any_op_map_to_named_blocks() -> None:
-    payload = b'[{"op":"event","seq":3,"type":"x.y"},{"op":"error","code":"c","close":4008}]'
-    assert sse_frames(payload, b"ep") == (
+def test_typed_messages_map_to_named_blocks_with_the_epoch_of_the_welcome() -> None:
+    framer = SseFramer()
+    welcome = framer.control(Control(WelcomeFrame("p", "ep", 3, 1, 5.0), 3))
+    assert welcome.startswith(b"id: ep:3\nevent: welcome\ndata: {")
+    event = StoredEvent(3, "x.y", None, 1, b'{"op":"event","seq":3,"type":"x.y"}')
+    error = ErrorFrame(code="c", message="m", retryable=True, close=4008)
+    assert framer.events([event]) + framer.control(Control(error)) == (
         b'id: ep:3\nevent: x.y\ndata: {"op":"event","seq":3,"type":"x.y"}\n\n'
-        b'event: error\ndata: {"op":"error","code":"c","close":4008}\n\n'
+        b'event: error\ndata: {"op":"error","code":"c","message":"m","retryable":true,'
+        b'"close":4008}\n\n'
     )
 
 
