@@ -11,9 +11,9 @@ import ipaddress
 from typing import Final
 from urllib.parse import urlsplit
 
-from .errors import HubError
-from .protocol import CloseCode
-from .star_patterns import StarPatterns
+from ..errors import HubError
+from ..patterns import StarPatterns
+from ..protocol import CloseCode
 
 __all__ = ["HostPolicy", "HostRefused", "OriginPolicy", "OriginRefused", "is_loopback_host"]
 
