@@ -15,8 +15,8 @@ from .backends.base import Backend, PublishRequest
 from .catalog import EventCatalog
 from .config import Settings
 from .manager import ConnectionManager
-from .metrics import HubStats
 from .protocol import CloseCode
+from .stats import HubStats
 from .validation import PublishValidator, check_project
 
 __all__ = ["Hub"]
