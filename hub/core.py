@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from .backends.base import Backend, PublishRequest
 from .catalog import EventCatalog
 from .config import Settings
@@ -48,23 +46,9 @@ class Hub:
             CloseCode.GOING_AWAY, "shutting_down", "hub shutting down; reconnect with since"
         )
 
-    # The checks live in hub.validation (pure); these delegates keep `hub.check_*` working.
     def check_project(self, project: str) -> None:
+        """The project id rule (hub.validation holds every publish check)."""
         check_project(project)
-
-    def check_request(self, request: PublishRequest, path: str = "$") -> None:
-        self.validator.check_request(request, path)
-
-    def check_data(self, data: bytes | msgspec.Raw, path: str = "$.data") -> None:
-        self.validator.check_data(data, path)
-
-    def check_envelope(self, request: PublishRequest, path: str = "$") -> None:
-        self.validator.check_envelope(request, path)
-
-    def prepare(
-        self, type: str, data: Any = None, *, key: str | None = None, id: str | None = None
-    ) -> PublishRequest:
-        return self.validator.prepare(type, data, key=key, id=id)
 
     async def publish(
         self,
@@ -76,7 +60,7 @@ class Hub:
         id: str | None = None,
     ) -> int:
         """Publish one event from service code; returns its seq (the first one, on retry)."""
-        request = self.prepare(type, data, key=key, id=id)
+        request = self.validator.prepare(type, data, key=key, id=id)
         seqs = await self.publish_requests(project, [request], validated=True)
         return seqs[0]
 
