@@ -1,10 +1,15 @@
-"""The pure core loads no web stack: `hub/__init__` and `hub.auth` load their names on first use,
-so importing a pure module does not import uvicorn, starlette, PyJWT or prometheus_client."""
+"""The layers hold: `hub/__init__` and `hub.auth` load their names on first use, so importing a
+pure module does not import uvicorn, starlette, PyJWT or prometheus_client; and no two modules
+of `hub/` import each other, directly or round a loop."""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -84,3 +89,58 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
         hub.no_such_name  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(ImportError):
         exec("from hub.auth import no_such_name", {})
+
+
+def module_imports() -> dict[str, set[str]]:
+    """hub module -> the hub modules it imports when it is imported (not under TYPE_CHECKING,
+    not inside functions); a name from a lazy package counts as an import of its module."""
+    root = Path(hub.__file__).parent
+    modules: dict[str, Path] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def targets(name: str, names: list[str]) -> set[str]:
+        found = {name} if name in modules else set()
+        lazy: dict[str, str] = getattr(importlib.import_module(name), "_MODULE_OF", {})
+        for item in names:
+            if f"{name}.{item}" in modules:
+                found.add(f"{name}.{item}")
+            elif item in lazy:
+                found.add(importlib.util.resolve_name(lazy[item], name))
+        return found
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = importlib.util.resolve_name("." * node.level + base, package)
+                if base.split(".")[0] == "hub":
+                    edges |= targets(base, [a.name for a in node.names])
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in modules}
+        graph[name] = edges - {name}
+    return graph
+
+
+def test_no_import_cycle_inside_hub() -> None:
+    graph = module_imports()
+    assert "hub.auth.grants" in graph["hub.limits"]  # lazy names count as the module's import
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            loop = [*path[path.index(name) :], name]
+            raise AssertionError("import cycle: " + " -> ".join(loop))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*path, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
