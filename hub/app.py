@@ -15,6 +15,8 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import http_api
 from .auth import AuthGate, Security, install_log_redaction
+from .auth.open_mode import OpenModeGuard
+from .auth.origins import HostPolicy
 from .backends import create_backend
 from .backends.base import Backend
 from .catalog import EventCatalog
@@ -24,8 +26,6 @@ from .dashboard import dashboard_routes
 from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
-from .open_mode import OpenModeGuard
-from .origins import HostPolicy
 from .sse_endpoint import sse_endpoint
 from .ws_endpoint import refuse, websocket_endpoint
 
@@ -104,7 +104,7 @@ def create_app(
         http_refusal=http_api.error_response,
         ws_refusal=refuse,
     )
-    # Open hub: no browser page of another site, no rebound DNS name (hub.open_mode).
+    # Open hub: no browser page of another site, no rebound DNS name (hub.auth.open_mode).
     guard = Middleware(
         OpenModeGuard,
         origins=security.origins,

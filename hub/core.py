@@ -9,20 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from .backends.base import Backend, PublishRequest
 from .catalog import EventCatalog
 from .config import Settings
-from .errors import BadRequest, EventValidationError, PayloadTooLarge
-from .json_rules import JsonRuleError, check_json
 from .manager import ConnectionManager
-from .metrics import HubStats
-from .protocol import CloseCode, is_valid_project
+from .protocol import CloseCode
+from .stats import HubStats
+from .validation import PublishValidator, check_project
 
 __all__ = ["Hub"]
-
-_NO_DATA = msgspec.Raw(b"null")
 
 
 class Hub:
@@ -30,6 +25,7 @@ class Hub:
         self.settings = settings
         self.backend = backend
         self.catalog = catalog
+        self.validator = PublishValidator(settings, catalog)
         self.manager = ConnectionManager(backend)
         self.manager.slice_s = settings.fanout_slice_ms / 1000
         self.stats = HubStats()
@@ -51,58 +47,8 @@ class Hub:
         )
 
     def check_project(self, project: str) -> None:
-        if not is_valid_project(project):
-            raise BadRequest(
-                f"invalid project id {project[:80]!r}: use letters, digits, '.', '_' and '-' "
-                "(1-128 characters, starting with a letter or digit)"
-            )
-
-    def check_request(self, request: PublishRequest, path: str = "$") -> None:
-        """Validate one publish request: envelope, input rules, and for known types its data."""
-        self.check_envelope(request, path)
-        self.check_data(request.data, f"{path}.data")
-        self.catalog.validate_json(request.type, request.data, path=f"{path}.data")
-
-    def check_data(self, data: bytes | msgspec.Raw, path: str = "$.data") -> None:
-        """The input rules (hub/json_rules.py) and the size limit, on encoded event data."""
-        limit = self.settings.max_event_bytes
-        if len(data) > limit:
-            raise PayloadTooLarge(
-                f"data of {len(data)} bytes is over the {limit} byte limit - at `{path}`"
-            )
-        try:
-            check_json(data, self.settings.max_json_depth, path)
-        except JsonRuleError as exc:
-            raise EventValidationError(f"invalid event: {exc.message}") from None
-
-    def check_envelope(self, request: PublishRequest, path: str = "$") -> None:
-        settings = self.settings
-        if len(request.type) > settings.max_type_length:
-            raise EventValidationError(
-                f"type of {len(request.type)} characters is over the "
-                f"{settings.max_type_length} character limit - at `{path}.type`"
-            )
-        if request.key is not None and not 0 < len(request.key) <= settings.max_key_length:
-            raise EventValidationError(
-                f"key must be 1-{settings.max_key_length} characters - at `{path}.key`"
-            )
-        if request.id is not None and not 0 < len(request.id) <= settings.max_id_length:
-            raise EventValidationError(
-                f"id must be 1-{settings.max_id_length} characters - at `{path}.id`"
-            )
-        for name, text in (("key", request.key), ("id", request.id)):
-            if text is not None and not _is_unicode(text):
-                raise EventValidationError(f"{name} holds a lone surrogate - at `{path}.{name}`")
-
-    def prepare(
-        self, type: str, data: Any = None, *, key: str | None = None, id: str | None = None
-    ) -> PublishRequest:
-        """Encode in-process `data` and check the event exactly as an HTTP publish is checked."""
-        self.check_envelope(PublishRequest(type, _NO_DATA, key, id))  # cheap checks first
-        encoded = self.catalog.encode_data(type, data, validate=False)
-        request = PublishRequest(type, msgspec.Raw(encoded), key, id)
-        self.check_request(request)
-        return request
+        """The project id rule (hub.validation holds every publish check)."""
+        check_project(project)
 
     async def publish(
         self,
@@ -114,25 +60,17 @@ class Hub:
         id: str | None = None,
     ) -> int:
         """Publish one event from service code; returns its seq (the first one, on retry)."""
-        request = self.prepare(type, data, key=key, id=id)
+        request = self.validator.prepare(type, data, key=key, id=id)
         seqs = await self.publish_requests(project, [request], validated=True)
         return seqs[0]
 
     async def publish_requests(
         self, project: str, requests: Sequence[PublishRequest], *, validated: bool = False
     ) -> list[int]:
-        self.check_project(project)
-        if not validated:
-            for i, request in enumerate(requests):
-                self.check_request(request, f"$[{i}]" if len(requests) > 1 else "$")
+        if validated:
+            check_project(project)
+        else:
+            self.validator.check_batch(project, requests)
         seqs = await self.backend.publish(project, requests)
         self.stats.published += len(seqs)
         return seqs
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # a lone surrogate: no client could decode it
-        return False
-    return True

@@ -19,9 +19,18 @@ from starlette.responses import Response
 from .auth import authorize
 from .backends.base import Backend, Position, PublishRequest, StoredEvent
 from .core import Hub
-from .errors import BadRequest, EventValidationError, HubError, PayloadTooLarge, Unauthorized
+from .errors import (
+    BadRequest,
+    EventValidationError,
+    HubError,
+    OverCapacity,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    Unauthorized,
+)
 from .json_rules import JsonRuleError, check_json
-from .limits import OverCapacity, RateLimitExceeded, RequestTimeout, check_publish_rate
+from .limits import check_publish_rate
 from .read_limits import read_limiter_of, read_response
 from .subscription import parse_since
 from .topics import parse_types_param
@@ -53,7 +62,7 @@ def error_response(exc: HubError) -> Response:
     response = json_response(body, exc.http_status)
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="hub"'
-    elif isinstance(exc, RateLimitExceeded):
+    elif isinstance(exc, RateLimited):
         response.headers["Retry-After"] = exc.retry_after_header
     elif isinstance(exc, OverCapacity):
         response.headers["Retry-After"] = "1"

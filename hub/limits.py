@@ -9,7 +9,6 @@ these with its Starlette HTTPConnection.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,9 +17,8 @@ from starlette.requests import HTTPConnection
 
 from .auth import Principal
 from .config import Settings
-from .errors import HubError, RateLimited
+from .errors import OverCapacity, RateLimited, RateLimitExceeded, RequestTimeout
 from .loop_lag import LoopLagMeter
-from .protocol import CloseCode
 
 __all__ = [
     "ConnectionLimits",
@@ -29,7 +27,7 @@ __all__ = [
     "OpBudget",
     "OverCapacity",
     "PublishLimits",
-    "RateLimitExceeded",
+    "RateLimitExceeded",  # = hub.errors.RateLimited; these three live there, re-exported
     "RateLimiter",
     "RequestTimeout",
     "TokenBucket",
@@ -40,32 +38,6 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
-
-
-class OverCapacity(HubError):
-    code = "over_capacity"
-    http_status = 503
-    close_code = CloseCode.TRY_AGAIN_LATER
-    retryable = True
-
-
-class RateLimitExceeded(RateLimited):
-    """Over a rate limit; `retry_after` seconds from now the same request would pass."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    @property
-    def retry_after_header(self) -> str:
-        return str(max(1, math.ceil(self.retry_after)))
-
-
-class RequestTimeout(HubError):
-    code = "request_timeout"
-    http_status = 408
-    close_code = CloseCode.POLICY_VIOLATION
-    retryable = True
 
 
 class TokenBucket:
@@ -158,7 +130,7 @@ class PublishLimits:
         )
 
     def check(self, project: str, subject: str | None, events: int, *, take: bool) -> None:
-        """Raise RateLimitExceeded if `events` may not be published now; else take them."""
+        """Raise RateLimited if `events` may not be published now; else take them."""
         buckets: list[tuple[str, TokenBucket]] = []
         if self.per_project.enabled:
             buckets.append((f"project {project!r}", self.per_project.bucket(project)))
@@ -167,7 +139,7 @@ class PublishLimits:
         for what, bucket in buckets:
             wait = bucket.wait_time(events)
             if wait > 0:
-                raise RateLimitExceeded(
+                raise RateLimited(
                     f"publish rate limit for {what} reached ({bucket.rate:g} events/s); "
                     f"retry in {wait:.2f}s",
                     wait,
@@ -299,5 +271,5 @@ def admit_connection(conn: HTTPConnection, principal: Principal) -> ConnectionSl
 def check_publish_rate(
     conn: HTTPConnection, project: str, principal: Principal, events: int, *, take: bool = True
 ) -> None:
-    """Raise RateLimitExceeded (429 with Retry-After) if `events` may not be published now."""
+    """Raise RateLimited (429 with Retry-After) if `events` may not be published now."""
     limits_of(conn).publish.check(project, principal.subject, events, take=take)

@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         for name, value in record.__dict__.items():
             if name not in _STANDARD and not name.startswith("_"):
                 entry[name] = value
-        if record.exc_text:  # already formatted (and redacted: hub.redaction)
+        if record.exc_text:  # already formatted (and redacted: hub.auth.redaction)
             entry["exc"] = record.exc_text
         elif record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

@@ -1,8 +1,8 @@
 """Prometheus `/metrics`: the hub's counters, read at scrape time by a custom collector.
 
-Nothing here sits on the fan-out path: endpoints bump plain integers in `HubStats` (and
-the manager its `ManagerStats`); `HubCollector.collect()` turns them into metric families
-only when Prometheus scrapes, so an idle exporter costs nothing.
+Nothing here sits on the fan-out path: endpoints bump plain integers in `HubStats` (and the
+manager its `ManagerStats`, both in hub/stats.py); `HubCollector.collect()` turns them into
+metric families only when Prometheus scrapes, so an idle exporter costs nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .backends.memory import MemoryBackend
 if TYPE_CHECKING:
     from .core import Hub
 
-__all__ = ["HubCollector", "HubStats", "metrics_endpoint"]
+__all__ = ["HubCollector", "metrics_endpoint"]
 
 # ManagerStats counters (hub/stats.py) -> metric name, help.
 _MANAGER_COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -44,17 +44,6 @@ _MANAGER_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("frames_built", "hub_frames_built", "Shared frames built by the fan-out (one per group)."),
     ("flushes", "hub_fanout_flushes", "Fan-out flushes (one per loop tick with events)."),
 )
-
-
-class HubStats:
-    """Counters kept outside the fan-out (which keeps `ManagerStats`)."""
-
-    __slots__ = ("aborted_bodies", "published", "sse_connections")
-
-    def __init__(self) -> None:
-        self.published = 0  # events accepted by publish calls on this hub instance
-        self.sse_connections = 0  # open SSE streams (the manager's others are WebSocket)
-        self.aborted_bodies = 0  # publish bodies the client abandoned halfway
 
 
 class HubCollector(Collector):

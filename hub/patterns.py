@@ -19,7 +19,14 @@ from typing import Final
 
 import msgspec
 
-__all__ = ["Glob", "PatternIndex", "compile_pattern", "match_stats", "normalize_pattern"]
+__all__ = [
+    "Glob",
+    "PatternIndex",
+    "StarPatterns",
+    "compile_pattern",
+    "match_stats",
+    "normalize_pattern",
+]
 
 _COMPILED_LIMIT: Final = 16_384  # patterns kept compiled process-wide before the cache restarts
 _GRAM: Final = 3  # floating patterns (`*x*`) are filed under one piece of their middle this long
@@ -100,6 +107,23 @@ def compile_pattern(pattern: str) -> Glob:
             _compiled.clear()
         glob = _compiled[pattern] = _compile(pattern)
     return glob
+
+
+class StarPatterns:
+    """Whole strings matched by `*` patterns: project grants (`acme-*`), origins, host names.
+
+    They come from settings and signed tokens but are matched against request values, so they
+    use the same linear glob as event types: no spelling of a pattern can make a match slow.
+    """
+
+    __slots__ = ("_globs", "patterns")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(sorted(set(patterns)))
+        self._globs: tuple[Glob, ...] = tuple(compile_pattern(p) for p in self.patterns)
+
+    def matches(self, value: str) -> bool:
+        return any(glob.matches(value) for glob in self._globs)
 
 
 _Table = dict[int, dict[str, dict[str, Glob]]]  # literal length -> literal -> pattern -> glob

@@ -28,8 +28,8 @@ from .backends.base import PublishRequest
 from .backends.redis import RedisBackend
 from .catalog import EventCatalog
 from .config import Settings
-from .core import Hub
 from .errors import BackendUnavailable
+from .validation import PublishValidator, check_project
 
 __all__ = ["RedisEmitter", "RedisPublisher"]
 
@@ -51,9 +51,9 @@ class RedisPublisher:
     ) -> None:
         settings = settings or Settings(backend=url)
         self.backend = RedisBackend(url, settings)
-        # A hub that is never started: its checks are the ones the HTTP publish path runs.
-        self._hub = Hub(
-            settings, self.backend, catalog or EventCatalog(strict=settings.strict_types)
+        # The checks the HTTP publish path runs (hub.validation), without a hub.
+        self.validator = PublishValidator(
+            settings, catalog or EventCatalog(strict=settings.strict_types)
         )
         self.retries = retries
         self.backoff = backoff
@@ -86,17 +86,13 @@ class RedisPublisher:
         id: str | None = None,
     ) -> int:
         """Publish one event (a msgspec Struct or JSON-able `data`); return its seq."""
-        hub = self._hub
-        hub.check_project(project)
-        request = hub.prepare(type, data, key=key, id=id or uuid.uuid4().hex)
+        check_project(project)
+        request = self.validator.prepare(type, data, key=key, id=id or uuid.uuid4().hex)
         return (await self._publish(project, [request]))[0]
 
     async def publish_requests(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
         """Publish a batch atomically (contiguous seqs); one seq per request, in order."""
-        hub = self._hub
-        hub.check_project(project)
-        for i, request in enumerate(requests):
-            hub.check_request(request, f"$[{i}]" if len(requests) > 1 else "$")
+        self.validator.check_batch(project, requests)
         with_ids = [
             r if r.id is not None else msgspec.structs.replace(r, id=uuid.uuid4().hex)
             for r in requests

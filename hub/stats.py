@@ -1,11 +1,15 @@
-"""Counters the fan-out path keeps for /metrics: plain integers, read at scrape time."""
+"""The hub's counters: plain integers bumped where things happen, read by /metrics at scrape time.
+
+`ManagerStats` is the fan-out's, `HubStats` the publish and SSE paths'; hub/metrics.py turns
+both into Prometheus families only when scraped.
+"""
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from typing import Final
 
-__all__ = ["LATENCY_BUCKETS_MS", "LatencyHistogram", "ManagerStats"]
+__all__ = ["LATENCY_BUCKETS_MS", "HubStats", "LatencyHistogram", "ManagerStats"]
 
 # Upper bounds (ms) of publish-to-send latency buckets; the last bucket is +Inf.
 LATENCY_BUCKETS_MS: Final = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -63,3 +67,14 @@ class ManagerStats:
         self.frames_built = 0
         # publish-to-send latency of each frame's oldest event, weighted by its receivers
         self.latency = LatencyHistogram()
+
+
+class HubStats:
+    """Counters kept outside the fan-out (which keeps `ManagerStats`)."""
+
+    __slots__ = ("aborted_bodies", "published", "sse_connections")
+
+    def __init__(self) -> None:
+        self.published = 0  # events accepted by publish calls on this hub instance
+        self.sse_connections = 0  # open SSE streams (the manager's others are WebSocket)
+        self.aborted_bodies = 0  # publish bodies the client abandoned halfway

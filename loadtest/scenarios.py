@@ -7,10 +7,11 @@ offsets from the start of publishing (drop everyone, stall some readers).
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
+
+from hub.patterns import compile_pattern
 
 from .publisher import EVENT_TYPE
 
@@ -102,7 +103,7 @@ def _validated(p: RunParams) -> RunParams:
     if p.slow >= p.connections:
         raise ValueError("slow subscribers must leave some measured ones")
     if p.types is not None and not any(
-        fnmatch.fnmatchcase(EVENT_TYPE, t.strip()) for t in p.types.split(",")
+        compile_pattern(t.strip()).matches(EVENT_TYPE) for t in p.types.split(",")
     ):
         # every bench event must match, or the filtered-out seqs would count as missing
         raise ValueError(f"--types {p.types!r} does not match the bench events ({EVENT_TYPE})")

@@ -7,7 +7,10 @@ from typing import Any
 
 import msgspec
 
-from services.events import EVENT_TYPES
+from hub.catalog import EventCatalog
+from hub.config import Settings
+from hub.validation import PublishValidator
+from services.events import register_events
 
 __all__ = ["RecordedEvent", "RecordingEmitter"]
 
@@ -21,12 +24,16 @@ class RecordedEvent(msgspec.Struct, frozen=True):
 
 
 class RecordingEmitter:
-    """Validates each event as the hub's catalog would, then keeps it (decoded) in order.
+    """Validates each event as the hub would (hub.validation, the service event catalog), then
+    keeps it (decoded) in order.
 
     `fail_with`, when set, is raised by the next emits instead (to test emitter outages).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        catalog = EventCatalog()
+        register_events(catalog)
+        self.validator = PublishValidator(settings or Settings(), catalog)
         self.events: list[RecordedEvent] = []
         self.fail_with: Exception | None = None
         self.changed = asyncio.Event()
@@ -41,12 +48,11 @@ class RecordingEmitter:
     ) -> int:
         if self.fail_with is not None:
             raise self.fail_with
-        encoded = msgspec.json.encode(data)  # now: the caller may change `data` afterwards
-        payload = EVENT_TYPES.get(type)
-        if payload is not None:
-            msgspec.json.decode(encoded, type=payload)  # raises ValidationError naming the path
+        # Encoded now (the caller may change `data` afterwards); raises EventValidationError
+        # naming the bad field's path, as a publish to the hub would.
+        request = self.validator.prepare(type, data, key=key, id=id)
         self.events.append(
-            RecordedEvent(len(self.events) + 1, type, key, id, msgspec.json.decode(encoded))
+            RecordedEvent(len(self.events) + 1, type, key, id, msgspec.json.decode(request.data))
         )
         self.changed.set()
         return len(self.events)

@@ -18,9 +18,15 @@ from websockets.asyncio.client import connect
 
 from hub.backends.base import PublishRequest, StoredEvent
 from hub.backends.memory import MemoryBackend
+from hub.backends.memory_log import (
+    EVENT_OVERHEAD,
+    ID_OVERHEAD,
+    MemoryLedger,
+    ProjectLog,
+    RetentionLimits,
+)
 from hub.config import Settings
 from hub.protocol import SnapshotFrame, decode_server_frames
-from hub.retention import EVENT_OVERHEAD, ID_OVERHEAD, MemoryLedger, ProjectLog, RetentionLimits
 
 from .support import run_hub
 

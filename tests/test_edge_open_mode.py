@@ -14,9 +14,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from hub.auth.origins import HostPolicy, is_loopback_host
 from hub.cli import build_parser, settings_from_args
 from hub.config import Settings
-from hub.origins import HostPolicy, is_loopback_host
 
 from .edge_support import capture_logs, control_subscriber, hub_process
 from .support import RunningHub, run_hub

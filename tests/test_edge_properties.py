@@ -10,8 +10,8 @@ from urllib.parse import quote, urlsplit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.origins import HostPolicy, OriginPolicy
-from hub.redaction import redact
+from hub.auth.origins import HostPolicy, OriginPolicy
+from hub.auth.redaction import redact
 
 PURE = settings(max_examples=400, deadline=None, database=None)
 

@@ -14,9 +14,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hub.auth import mint_token
+from hub.auth.redaction import redact
 from hub.config import Settings
 from hub.logs import JsonFormatter
-from hub.redaction import redact
 
 from .edge_support import capture_logs, control_subscriber
 from .support import run_hub, wait_for

@@ -27,7 +27,7 @@ def test_the_core_modules_are_discovered() -> None:
     for name in (
         "hub.protocol",
         "hub.topics",
-        "hub.retention",
+        "hub.backends.memory_log",
         "hub.backends.memory",
         "hub.connection",
         "hub.manager",

@@ -13,6 +13,7 @@ import pytest
 
 from loadtest.cli import main
 from loadtest.results import RESULT_KEYS
+from loadtest.scenarios import default_params
 from loadtest.system import NotLoopback, loopback_address
 from loadtest.tracker import SeqTracker
 from loadtest.wsclient import (
@@ -184,3 +185,10 @@ def test_filters_scenario_runs_every_variant_and_reports_ratios(tmp_path: Path) 
     assert result["runs"][2]["churn_ops"] > 0
     assert set(result["ratios"]) == {"distinct", "churn"}
     assert result["ok"] is True and exit_code == 0
+
+
+def test_types_must_match_the_bench_events_with_the_hubs_own_patterns() -> None:
+    assert default_params("fanout", types="bench.*,x.y").types == "bench.*,x.y"
+    assert default_params("fanout", types="*tick").types == "*tick"
+    with pytest.raises(ValueError, match="does not match the bench events"):
+        default_params("fanout", types="bench.tock,*.x")

@@ -11,8 +11,13 @@ from hypothesis import strategies as st
 
 from hub.auth import GrantedTypeFilter
 from hub.fanout_index import GroupIndex
-from hub.patterns import PatternIndex, compile_pattern, match_stats, normalize_pattern
-from hub.star_patterns import StarPatterns
+from hub.patterns import (
+    PatternIndex,
+    StarPatterns,
+    compile_pattern,
+    match_stats,
+    normalize_pattern,
+)
 from hub.topics import TypeFilter, validate_pattern
 
 

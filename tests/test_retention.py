@@ -7,8 +7,8 @@ import pytest
 
 from hub.backends.base import PublishRequest
 from hub.backends.memory import MemoryBackend
+from hub.backends.memory_log import ProjectLog, RetentionLimits
 from hub.config import Settings
-from hub.retention import ProjectLog, RetentionLimits
 
 T0 = 1_763_880_000.0
 

@@ -6,6 +6,7 @@ several hub instances). Both pass the same contract tests (tests/test_backend_co
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -22,7 +23,13 @@ __all__ = [
     "ReadResult",
     "SnapshotView",
     "StoredEvent",
+    "new_epoch",
 ]
+
+
+def new_epoch() -> str:
+    """A fresh epoch id: a project's sequence restarted, so clients' `since` no longer holds."""
+    return secrets.token_hex(6)
 
 
 class StoredEvent(msgspec.Struct, frozen=True, gc=False):

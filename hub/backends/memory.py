@@ -17,10 +17,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from ..config import Settings
-from ..retention import MemoryLedger, ProjectLog, RetentionLimits
 from .base import EventListener, Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
 from .memory_budget import enforce_budget
 from .memory_epochs import EpochBook
+from .memory_log import MemoryLedger, ProjectLog, RetentionLimits
 
 __all__ = ["MemoryBackend"]
 

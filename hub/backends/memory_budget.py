@@ -10,7 +10,7 @@ import heapq
 from collections.abc import Iterable
 from typing import Final
 
-from ..retention import MemoryLedger, ProjectLog
+from .memory_log import MemoryLedger, ProjectLog
 
 __all__ = ["LOW_WATER_MAX", "enforce_budget"]
 

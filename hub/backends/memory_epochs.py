@@ -15,7 +15,7 @@ import hashlib
 from array import array
 from typing import Final
 
-from ..retention import new_epoch
+from .base import new_epoch
 
 __all__ = ["EpochBook"]
 

@@ -27,8 +27,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ..config import Settings
 from ..errors import BackendUnavailable
 from ..protocol import EventFrame
-from ..retention import new_epoch
-from .base import Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
+from .base import Position, PublishRequest, ReadResult, SnapshotView, StoredEvent, new_epoch
 from .redis_scripts import HUB_SCRIPT, ProjectKeys
 
 __all__ = [

@@ -9,15 +9,14 @@ reports each change to a shared MemoryLedger, so the process-wide total is a run
 
 from __future__ import annotations
 
-import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import Final
 
 import msgspec
 
-from .backends.base import Position, StoredEvent
-from .protocol import EventFrame
+from ..protocol import EventFrame
+from .base import Position, StoredEvent
 
 __all__ = [
     "EVENT_OVERHEAD",
@@ -25,7 +24,6 @@ __all__ = [
     "MemoryLedger",
     "ProjectLog",
     "RetentionLimits",
-    "new_epoch",
 ]
 
 _encoder = msgspec.json.Encoder()
@@ -34,10 +32,6 @@ _encoder = msgspec.json.Encoder()
 # deque and dict slots): tracemalloc measured 163 B unkeyed, 243 B keyed (docs/operations.md).
 EVENT_OVERHEAD: Final = 256
 ID_OVERHEAD: Final = 128  # an idempotency id's dict entry, str header and seq, beside its text
-
-
-def new_epoch() -> str:
-    return secrets.token_hex(6)
 
 
 class RetentionLimits(msgspec.Struct, frozen=True):

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .errors import HubError
+from ..errors import HubError
 
 __all__ = ["Refusal"]
 

@@ -11,17 +11,10 @@ import ipaddress
 from typing import Final
 from urllib.parse import urlsplit
 
-from .errors import HubError
-from .protocol import CloseCode
-from .star_patterns import StarPatterns
+from ..errors import HostRefused, OriginRefused
+from ..patterns import StarPatterns
 
 __all__ = ["HostPolicy", "HostRefused", "OriginPolicy", "OriginRefused", "is_loopback_host"]
-
-
-class OriginRefused(HubError):
-    code = "origin"
-    http_status = 403
-    close_code = CloseCode.POLICY_VIOLATION
 
 
 _DEFAULT_PORTS: Final = {"http": 80, "ws": 80, "https": 443, "wss": 443}
@@ -61,12 +54,6 @@ def _same_host(origin: str, host: str) -> bool:
     except ValueError:  # a port that is not a number
         return False
     return parsed.hostname == served.hostname and origin_port == host_port
-
-
-class HostRefused(HubError):
-    code = "host"
-    http_status = 403
-    close_code = CloseCode.POLICY_VIOLATION
 
 
 def is_loopback_host(hostname: str) -> bool:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .errors import HubError
+from ..errors import HubError
 from .origins import HostPolicy, HostRefused, OriginPolicy, OriginRefused
 from .refusal import Refusal
 
