@@ -15,7 +15,7 @@ Every error the hub reports is here (`code`, HTTP status / close code):
     +-- OverCapacity              over_capacity, 503 + Retry-After / 1013
     +-- RequestTimeout            request_timeout, 408 / 1008
     +-- BackendUnavailable        unavailable, 503 / 1013
-    +-- ReplayOverrun             replay_overrun, 500 / 4008 (hub.session)
+    +-- ReplayOverrun             replay_overrun, 500 / 4008
 
 `retryable` (in the error frame and body) is true for the last five.
 """
@@ -38,6 +38,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimitExceeded",
     "RateLimited",
+    "ReplayOverrun",
     "RequestTimeout",
     "Unauthorized",
 ]
@@ -147,4 +148,12 @@ class BackendUnavailable(HubError):
     code = "unavailable"
     http_status = 503
     close_code = CloseCode.TRY_AGAIN_LATER
+    retryable = True
+
+
+class ReplayOverrun(HubError):
+    """Retention moved past a running replay: the client resumes and is told `gap`."""
+
+    code = "replay_overrun"
+    close_code = CloseCode.SLOW_CONSUMER
     retryable = True

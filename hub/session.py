@@ -15,21 +15,13 @@ from .auth import Principal, schedule_expiry
 from .backends.base import StoredEvent
 from .connection import AnySink, Connection
 from .core import Hub
-from .errors import HubError
+from .errors import ReplayOverrun
 from .limits import ConnectionSlot
 from .outbound import Control, Outbound, page_size, snapshot_pages
 from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
 from .subscription import SubscriptionParams
 
 __all__ = ["ReplayOverrun", "register_subscriber", "release_subscriber", "start_stream"]
-
-
-class ReplayOverrun(HubError):
-    """Retention moved past a running replay: the client resumes and is told `gap`."""
-
-    code = "replay_overrun"
-    close_code = CloseCode.SLOW_CONSUMER
-    retryable = True
 
 
 def register_subscriber(
