@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from .backends.base import StoredEvent
+from .direct import DirectChannel
+from .frames import text_frame
 from .protocol import CloseCode, ErrorFrame, close_reason, encode, encode_batch
 from .stats import ManagerStats
 from .topics import TypeFilter
-from .uvicorn_ws import DirectChannel, text_frame
 
 __all__ = ["AsgiSink", "Connection", "ControlFrame", "DirectSink", "Sink"]
 
@@ -52,7 +53,7 @@ class Sink(Protocol):
 
 
 class DirectSink:
-    """Non-blocking writes through hub.uvicorn_ws (the fast path)."""
+    """Non-blocking writes through the `hub.direct_send` extension (the fast path)."""
 
     direct = True
 

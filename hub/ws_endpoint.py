@@ -15,6 +15,7 @@ from .auth import Principal, authorize
 from .backends.base import StoredEvent
 from .connection import AsgiSink, Connection, DirectSink, Sink
 from .core import Hub
+from .direct import EXTENSION
 from .errors import BadRequest, HubError
 from .limits import admit_connection, limits_of
 from .protocol import (
@@ -36,7 +37,6 @@ from .protocol import (
 from .session import open_connection, start_stream
 from .subscription import SubscriptionParams, parse_subscription
 from .topics import validate_pattern
-from .uvicorn_ws import EXTENSION
 
 __all__ = ["refuse", "websocket_endpoint"]
 
