@@ -53,7 +53,7 @@ class Sink(Protocol):
 
 
 class DirectSink:
-    """Non-blocking writes through the `hub.direct_send` extension (the fast path)."""
+    """Non-blocking writes through hub.uvicorn_ws (the fast path)."""
 
     direct = True
 

@@ -171,10 +171,6 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if refused is not None and not self.handshake_initiated:
             self._refuse_upgrade(refused)
 
-    def handle_parser_exception(self) -> None:
-        # Replaces uvicorn's close branch: the client gets an error frame saying why first.
-        self._fail_with_error_frame()
-
     def _refuse_upgrade(self, exc: Exception) -> None:
         """websockets refused the upgrade request itself (a line over 8 KiB, 129 headers, a
         body): uvicorn would never send its answer nor close. Answer and hang up."""
@@ -191,8 +187,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.handshake_initiated = self.handshake_complete = self.close_sent = True
         self.transport.close()
 
-    def _fail_with_error_frame(self) -> None:
-        """The parser refused a frame (too big, bad UTF-8, protocol error): say why first."""
+    def handle_parser_exception(self) -> None:
+        """The parser refused a frame (too big, bad UTF-8, protocol error): say why in an
+        error frame, then close as uvicorn does."""
         sent = self.conn.close_sent
         code = sent.code if sent is not None else int(CloseCode.INTERNAL_ERROR)
         reason = sent.reason if sent is not None else ""
@@ -206,11 +203,13 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.handshake_complete and not self.close_sent:
             self.transport.write(text_frame(encode(frame)))
         logger.info("closing websocket %s with %d: %s", self.client, code, reason)
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
         self.channel.ready = False
-        self.transport.close()
+        if sent is not None:
+            super().handle_parser_exception()
+        else:  # uvicorn's branch asserts a close frame is out (websockets always sends one)
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+            self.close_sent = True
+            self.transport.close()
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn logs a traceback for every invalid UTF-8 text frame; a hostile client could
@@ -222,7 +221,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             except UnicodeDecodeError:
                 self.frames = []
                 self.conn.fail(1007, "invalid UTF-8 in text frame")
-                self._fail_with_error_frame()
+                self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
 
