@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from .backends.base import Backend, StoredEvent
 from .connection import Connection
 from .fanout_index import GroupIndex
-from .protocol import CloseCode, encode_batch
+from .frames import encode_batch, text_frame
+from .protocol import CloseCode
 from .stats import ManagerStats
 from .topics import TypeFilter
-from .uvicorn_ws import text_frame
 
 __all__ = ["ConnectionManager"]
 

@@ -64,6 +64,11 @@ class HubCollector(Collector):
         by_transport.add_metric(["ws"], total - stats.sse_connections)
         by_transport.add_metric(["sse"], stats.sse_connections)
         yield by_transport
+        yield GaugeMetricFamily(
+            "hub_connections_direct",
+            "WebSocket connections on the direct write path (hub.direct_send; see hub.fast_path).",
+            value=sum(1 for c in connections if c.sink.direct),
+        )
 
         yield CounterMetricFamily(
             "hub_events_published",

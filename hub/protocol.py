@@ -12,6 +12,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from .frames import encode_batch  # re-exported: it lived here first
 from .json_rules import DEFAULT_MAX_DEPTH, JsonRuleError, check_json
 
 __all__ = [
@@ -191,13 +192,6 @@ _server_decoder: Final = msgspec.json.Decoder(ServerFrame | list[ServerFrame])
 def encode(frame: Any) -> bytes:
     """Encode one frame (or any msgspec-encodable value) to JSON bytes."""
     return _encoder.encode(frame)
-
-
-def encode_batch(encoded_frames: list[bytes]) -> bytes:
-    """Join already encoded frames into one JSON array frame (a single frame stays as is)."""
-    if len(encoded_frames) == 1:
-        return encoded_frames[0]
-    return b"[" + b",".join(encoded_frames) + b"]"
 
 
 def _frame_id(data: bytes | str) -> int | str | None:

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from .framers import WebSocketFramer, frame
+from .frames import text_frame
 from .outbound import Control, Outbound
 from .protocol import ErrorFrame
-from .uvicorn_ws import text_frame
 
 if TYPE_CHECKING:
-    from .uvicorn_ws import DirectChannel
+    from .direct import DirectChannel
 
 __all__ = ["PushSink"]
 

@@ -1,4 +1,5 @@
-"""Run the hub's ASGI app on uvicorn with the fast WebSocket protocol and a clean drain.
+"""Run the hub's ASGI app on uvicorn with the fast WebSocket protocol (if it loads, see
+hub.fast_path) and a clean drain.
 
 On SIGTERM/SIGINT every subscriber first gets an error frame and close 1001 (reconnect with
 since), then uvicorn stops; the process exits 0.
@@ -25,8 +26,9 @@ from .accept_errors import AcceptErrorLog, BackoffListener
 from .auth import install_log_redaction
 from .config import Settings
 from .core import Hub
+from .fast_path import websocket_protocol
+from .frames import error_body
 from .gc_tuning import tune_gc
-from .uvicorn_ws import HubWebSocketProtocol, error_body
 
 __all__ = [
     "HeadLimitedConnection",
@@ -53,7 +55,7 @@ def uvicorn_config(
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "ws": HubWebSocketProtocol,
+        "ws": websocket_protocol(),
         "ws_max_size": settings.max_inbound_frame,
         "ws_per_message_deflate": False,  # no compression bombs, and frames stay shareable
         "ws_ping_interval": settings.heartbeat_s,

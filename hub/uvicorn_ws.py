@@ -3,70 +3,78 @@
 ASGI's `await send()` costs a coroutine and an await per message per connection; fan-out to
 thousands of sockets is dominated by that. This subclass of uvicorn's sans-I/O protocol lets
 the hub write a pre-framed message straight to the transport (as `websockets.broadcast()`
-does) and tells it when a congested socket drains. Select it with `uvicorn --ws
-hub.uvicorn_ws:HubWebSocketProtocol` (hub.server does so). Apps see it in
-`scope["extensions"]["hub.direct_send"]`; without it the hub falls back to plain ASGI sends.
+does) and tells it when a congested socket drains. Apps see it in
+`scope["extensions"]["hub.direct_send"]` (hub.direct); without it the hub falls back to plain
+ASGI sends.
+
+It subclasses an undocumented uvicorn class, so nothing in the core imports this module:
+hub.fast_path imports it lazily, runs `check_internals()`, and on any failure serves with
+uvicorn's stock protocol instead.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
-import msgspec
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.protocol import State
 
+from .direct import EXTENSION, DirectChannel
+from .frames import http_refusal, text_frame
 from .protocol import CloseCode, ErrorFrame, close_reason, encode
 
-__all__ = [
-    "EXTENSION",
-    "DirectChannel",
-    "HubWebSocketProtocol",
-    "error_body",
-    "http_refusal",
-    "text_frame",
-]
+__all__ = ["HubWebSocketProtocol", "TransportChannel", "check_internals"]
 
-EXTENSION = "hub.direct_send"
 logger = logging.getLogger("hub.ws")
 
+# What this module calls or overrides on uvicorn's class, and the state it reads or sets
+# (assigned in its __init__): a rename upstream must mean "no fast path", not a broken socket.
+PARENT_METHODS = (
+    "connection_lost",
+    "data_received",
+    "handle_close",
+    "handle_connect",
+    "handle_events",
+    "handle_parser_exception",
+    "keepalive_timeout",
+    "pause_writing",
+    "resume_writing",
+    "send",
+    "send_receive_event_to_app",
+    "shutdown",
+)
+PARENT_STATE = (
+    "close_sent",
+    "close_timeout",
+    "close_timer",
+    "conn",
+    "curr_msg_data_type",
+    "frames",
+    "handshake_complete",
+    "handshake_initiated",
+    "loop",
+    "queue",
+    "read_paused",
+    "transport",
+    "writable",
+)
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final, uncompressed server-to-client text frame around `payload`."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+def check_internals(parent: type = WebSocketsSansIOProtocol) -> None:
+    """Raise RuntimeError naming what `parent` lacks of the uvicorn internals used here."""
+    missing = [name for name in PARENT_METHODS if not callable(getattr(parent, name, None))]
+    init = getattr(parent, "__init__", None)
+    assigned = set(getattr(getattr(init, "__code__", None), "co_names", ()))
+    missing += [name for name in PARENT_STATE if name not in assigned]
+    if missing:
+        raise RuntimeError(f"{parent.__qualname__} lacks {', '.join(missing)}")
 
 
-def error_body(message: str, code: str = "bad_request") -> bytes:
-    """The JSON body of an HTTP refusal, as the app's own errors have it."""
-    return msgspec.json.encode(
-        {"error": {"code": code, "message": message[:300], "retryable": False}}
-    )
-
-
-def http_refusal(status: int, message: str) -> bytes:
-    """A whole HTTP/1.1 response refusing the request, for protocols that write raw bytes."""
-    body = error_body(message, "too_large" if status in (414, 431) else "bad_request")
-    head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-class DirectChannel:
-    """What the app may do with the socket without awaiting: write, close, watch drains."""
+class TransportChannel:
+    """hub.direct.DirectChannel over this protocol's transport."""
 
     __slots__ = ("_proto", "on_writable", "ready")
 
@@ -115,13 +123,14 @@ class DirectChannel:
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.channel = DirectChannel(self)
+        self.channel = TransportChannel(self)
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # the app task starts later, so it sees the extension
-            scope["extensions"][EXTENSION] = {"channel": self.channel}
+            channel: DirectChannel = self.channel  # mypy checks it fits the core's Protocol
+            scope["extensions"][EXTENSION] = {"channel": channel}
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -157,14 +166,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.channel.refresh()
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
-        if self.conn.parser_exc is not None:
-            self._fail_with_error_frame()
-            return
-        if self.conn.handshake_exc is not None and not self.handshake_initiated:
-            self._refuse_upgrade(self.conn.handshake_exc)
-            return
-        self.handle_events()
+        super().data_received(data)
+        refused = self.conn.handshake_exc
+        if refused is not None and not self.handshake_initiated:
+            self._refuse_upgrade(refused)
 
     def _refuse_upgrade(self, exc: Exception) -> None:
         """websockets refused the upgrade request itself (a line over 8 KiB, 129 headers, a
@@ -182,8 +187,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.handshake_initiated = self.handshake_complete = self.close_sent = True
         self.transport.close()
 
-    def _fail_with_error_frame(self) -> None:
-        """The parser refused a frame (too big, bad UTF-8, protocol error): say why first."""
+    def handle_parser_exception(self) -> None:
+        """The parser refused a frame (too big, bad UTF-8, protocol error): say why in an
+        error frame, then close as uvicorn does."""
         sent = self.conn.close_sent
         code = sent.code if sent is not None else int(CloseCode.INTERNAL_ERROR)
         reason = sent.reason if sent is not None else ""
@@ -197,11 +203,13 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.handshake_complete and not self.close_sent:
             self.transport.write(text_frame(encode(frame)))
         logger.info("closing websocket %s with %d: %s", self.client, code, reason)
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
         self.channel.ready = False
-        self.transport.close()
+        if sent is not None:
+            super().handle_parser_exception()
+        else:  # uvicorn's branch asserts a close frame is out (websockets always sends one)
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
+            self.close_sent = True
+            self.transport.close()
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn logs a traceback for every invalid UTF-8 text frame; a hostile client could
@@ -213,7 +221,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             except UnicodeDecodeError:
                 self.frames = []
                 self.conn.fail(1007, "invalid UTF-8 in text frame")
-                self._fail_with_error_frame()
+                self.handle_parser_exception()
                 return
         super().send_receive_event_to_app()
 

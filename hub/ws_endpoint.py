@@ -15,6 +15,7 @@ from .auth import Principal, authorize
 from .config import Settings
 from .connection import AnySink, Connection
 from .core import Hub
+from .direct import EXTENSION
 from .errors import HubError
 from .framers import WebSocketFramer
 from .limits import ConnectionSlot, admit_connection, limits_of
@@ -25,7 +26,6 @@ from .push_sink import PushSink
 from .session import register_subscriber, release_subscriber, start_stream
 from .subscriber_session import Close, SubscriberSession
 from .subscription import SubscriptionParams, parse_subscription
-from .uvicorn_ws import EXTENSION
 
 __all__ = ["refuse", "websocket_endpoint"]
 

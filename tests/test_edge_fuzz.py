@@ -90,7 +90,9 @@ async def answered_or_closed(running: RunningHub, head: bytes, rng: random.Rando
     reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
     started = time.monotonic()
     try:
-        cuts = sorted(rng.sample(range(1, len(head)), min(len(head) - 1, rng.randint(0, 3))))
+        # a head cut to nothing is a connection that sends nothing: no cuts to make
+        pieces = max(0, min(len(head) - 1, rng.randint(0, 3)))
+        cuts = sorted(rng.sample(range(1, len(head)), pieces))
         for start, end in zip([0, *cuts], [*cuts, len(head)], strict=True):
             writer.write(head[start:end])
             with contextlib.suppress(ConnectionError):

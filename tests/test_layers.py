@@ -20,7 +20,8 @@ import hub.auth
 HEAVY = ("uvicorn", "starlette", "jwt", "prometheus_client")
 
 # Modules that must stay importable without the web stack (the wire format, patterns, errors,
-# validation, stats, the backend contract and the memory backend, token grants).
+# validation, stats, the backend contract and the memory backend, token grants, the fan-out and
+# the subscriber's op rules).
 PURE = (
     "hub",
     "hub.protocol",
@@ -37,6 +38,10 @@ PURE = (
     "hub.backends.memory",
     "hub.auth.grants",
     "hub.auth.origins",
+    "hub.frames",
+    "hub.direct",
+    "hub.manager",
+    "hub.subscriber_session",
 )
 
 
