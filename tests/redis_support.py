@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
-import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -33,6 +32,8 @@ from hub.backends.base import PublishRequest
 from hub.config import Settings
 from hub.protocol import EventFrame, ServerFrame, WelcomeFrame, decode_server_frames
 from hub.redis_publisher import RedisPublisher
+
+from .support import require
 
 __all__ = [
     "REPO",
@@ -42,7 +43,7 @@ __all__ = [
     "WsRecorder",
     "fast_settings",
     "free_port",
-    "redis_server_or_skip",
+    "redis_server_binary",
     "running_redis",
 ]
 
@@ -65,10 +66,11 @@ def fast_settings(url: str, **overrides: object) -> Settings:
     return Settings(**options)  # type: ignore[arg-type]
 
 
-def redis_server_or_skip() -> str:
+def redis_server_binary() -> str:
+    """The redis-server to start: skip without one, or fail under CI (`require`)."""
     path = shutil.which("redis-server")
-    if path is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    require(None if path else "redis-server is not installed (.ci/run installs it)")
+    assert path is not None
     return path
 
 
@@ -134,7 +136,7 @@ class RedisServer:
 
     def _argv(self) -> list[str]:
         argv = [
-            redis_server_or_skip(),
+            redis_server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),

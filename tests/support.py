@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import msgspec
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 from websockets.asyncio.client import ClientConnection
@@ -147,3 +149,26 @@ class FrameRecorder:
     async def close(self) -> None:
         await self.ws.close()
         await self.task
+
+
+class FakeClock:
+    """A clock the test moves by hand: call it for the time, `advance` (or set `now`) to move."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def require(missing: str | None) -> None:
+    """Skip a test whose tool is `missing` (the reason); under CI, which installs every tool
+    (.ci/run), fail instead: a CI machine without one must not pass by skipping."""
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}, and CI is set: CI must run these tests", pytrace=False)
+    pytest.skip(missing, allow_module_level=True)

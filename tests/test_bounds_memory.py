@@ -22,25 +22,17 @@ from hub.config import Settings
 from hub.protocol import SnapshotFrame, decode_server_frames
 from hub.retention import EVENT_OVERHEAD, ID_OVERHEAD, MemoryLedger, ProjectLog, RetentionLimits
 
-from .support import run_hub
+from .support import FakeClock, run_hub
 
 KiB, MiB = 1024, 1024 * 1024
 T0 = 1_763_880_000.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_log(
     ledger: MemoryLedger, *, snapshot_bytes: int = 1 << 40, events: int = 1000, age_s: float = 60
 ) -> ProjectLog:
     limits = RetentionLimits(events, 1 << 40, age_s, 1000, snapshot_bytes)
-    return ProjectLog("p1", limits, FakeClock(), "e1", ledger)
+    return ProjectLog("p1", limits, FakeClock(T0), "e1", ledger)
 
 
 def blob(size: int) -> bytes:

@@ -25,20 +25,9 @@ from hub.limits import (
     TokenBucket,
 )
 
-from .support import FrameRecorder, RunningHub, run_hub, wait_for
+from .support import FakeClock, FrameRecorder, RunningHub, run_hub, wait_for
 
 SECRET = "limits-test-secret-at-least-32-bytes-long"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # --- token buckets (no sockets) ----------------------------------------------------------

@@ -23,10 +23,11 @@ from hub.protocol import (
 from .support import RunningHub, run_hub
 
 
-async def collect_until(ws_url: str, last_seq: int, frames: list[ServerFrame]) -> None:
-    """Record frames until both `replayed` and the event with `last_seq` have arrived."""
+async def collect_until(ws_url: str, since: int, last_seq: int, frames: list[ServerFrame]) -> None:
+    """Record frames until `replayed` and everything after `since` up to `last_seq` have
+    arrived; a client that joined with `since == last_seq` has nothing more to wait for."""
     async with connect(ws_url, max_size=None) as ws:
-        seen_last = seen_replayed = False
+        seen_last, seen_replayed = since >= last_seq, False
         while not (seen_last and seen_replayed):
             for frame in decode_server_frames(await ws.recv()):
                 frames.append(frame)
@@ -59,7 +60,7 @@ async def test_clients_joining_with_since_during_publishing_get_each_seq_once_in
         since = rng.randint(0, heads[0])
         frames: list[ServerFrame] = []
         task = asyncio.create_task(
-            collect_until(running_hub.ws_url("p1", since=since), total, frames)
+            collect_until(running_hub.ws_url("p1", since=since), since, total, frames)
         )
         clients.append((since, frames, task))
         await asyncio.sleep(0)  # stagger the joins across the publishing run
