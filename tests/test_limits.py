@@ -166,42 +166,40 @@ async def refused_with(running: RunningHub, code: int, **options: Any) -> dict[s
 # --- connections -------------------------------------------------------------------------
 
 
-async def test_a_flood_beyond_the_connection_limit_gets_1013_and_the_others_keep_receiving() -> (
-    None
-):
-    async with run_hub(Settings(heartbeat_s=5.0, max_connections=10)) as running:
-        hub = running.hub
-        existing = [await welcomed(running) for _ in range(10)]
-        published = [await hub.publish("p1", "ingest.job.updated", {"i": i}) for i in range(3)]
+@pytest.mark.hub_settings(heartbeat_s=5.0, max_connections=10)
+async def test_a_flood_beyond_the_connection_limit_gets_1013_and_the_others_keep_receiving(
+    running_hub: RunningHub,
+) -> None:
+    hub = running_hub.hub
+    existing = [await welcomed(running_hub) for _ in range(10)]
+    published = [await hub.publish("p1", "ingest.job.updated", {"i": i}) for i in range(3)]
 
-        async def one_more() -> FrameRecorder:
-            subscriber = await subscribe(running)
-            await wait_for(lambda: subscriber.closed is not None, what="refused")
-            return subscriber
+    async def one_more() -> FrameRecorder:
+        subscriber = await subscribe(running_hub)
+        await wait_for(lambda: subscriber.closed is not None, what="refused")
+        return subscriber
 
-        flood = asyncio.gather(*(one_more() for _ in range(40)))
-        for i in range(20):  # keep publishing while the flood is refused
-            published.append(await hub.publish("p1", "ingest.job.updated", {"i": i}))
-            await asyncio.sleep(0)
-        refused = await flood
-        for subscriber in refused:
-            assert subscriber.close_code == 1013
-            [error] = subscriber.frames
-            assert error["code"] == "over_capacity" and error["close"] == 1013
-            assert error["retryable"] is True
-        await wait_for(
-            lambda: all(len(s.seqs) == len(published) for s in existing), what="every event"
-        )
-        for subscriber in existing:
-            assert subscriber.seqs == published and subscriber.closed is None
-        assert limits_of(running).connections.count == 10
-        # a place freed is a place taken
-        await existing.pop().close()
-        await wait_for(lambda: limits_of(running).connections.count == 9, what="released")
-        existing.append(await welcomed(running))
-        for subscriber in existing:
-            await subscriber.close()
-        await wait_for(lambda: limits_of(running).connections.count == 0, what="all released")
+    flood = asyncio.gather(*(one_more() for _ in range(40)))
+    for i in range(20):  # keep publishing while the flood is refused
+        published.append(await hub.publish("p1", "ingest.job.updated", {"i": i}))
+        await asyncio.sleep(0)
+    refused = await flood
+    for subscriber in refused:
+        assert subscriber.close_code == 1013
+        [error] = subscriber.frames
+        assert error["code"] == "over_capacity" and error["close"] == 1013
+        assert error["retryable"] is True
+    await wait_for(lambda: all(len(s.seqs) == len(published) for s in existing), what="every event")
+    for subscriber in existing:
+        assert subscriber.seqs == published and subscriber.closed is None
+    assert limits_of(running_hub).connections.count == 10
+    # a place freed is a place taken
+    await existing.pop().close()
+    await wait_for(lambda: limits_of(running_hub).connections.count == 9, what="released")
+    existing.append(await welcomed(running_hub))
+    for subscriber in existing:
+        await subscriber.close()
+    await wait_for(lambda: limits_of(running_hub).connections.count == 0, what="all released")
 
 
 async def test_connections_per_token_and_per_address_are_limited() -> None:
@@ -399,28 +397,30 @@ async def test_an_idle_kept_alive_connection_is_closed(impatient_hub: RunningHub
     await hang_up(writer)
 
 
-async def test_a_frame_trickled_after_the_upgrade_is_cut_by_the_heartbeat() -> None:
+@pytest.mark.hub_settings(heartbeat_s=0.5)
+async def test_a_frame_trickled_after_the_upgrade_is_cut_by_the_heartbeat(
+    running_hub: RunningHub,
+) -> None:
     # The head deadline ends at the upgrade; then a peer busy trickling one frame cannot
     # answer pings, and a missed pong closes it (1011) within two heartbeats.
-    async with run_hub(Settings(heartbeat_s=0.5)) as running:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        writer.write(UPGRADE)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
-        assert head.startswith(b"HTTP/1.1 101")
-        payload = b'{"op":"ping","id":"' + b"x" * 300 + b'"}'
-        frame = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(payload)) + b"\0\0\0\0"
-        frame += payload  # masked with a zero key
-        closed = asyncio.create_task(closed_by_server(reader, within=5))
-        sent = 0
-        while not closed.done() and sent < len(frame) - 1:
-            writer.write(frame[sent : sent + 1])
-            sent += 1
-            await asyncio.sleep(0.02)
-        data = await closed
-        assert sent < len(frame) - 1, "the frame completed before the cut"
-        assert struct.pack("!H", 1011) + b"keepalive ping timeout" in data  # the close frame
-        await wait_for(lambda: running.hub.manager.connection_count == 0, what="removed")
-        await hang_up(writer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running_hub.port)
+    writer.write(UPGRADE)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 101")
+    payload = b'{"op":"ping","id":"' + b"x" * 300 + b'"}'
+    frame = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(payload)) + b"\0\0\0\0"
+    frame += payload  # masked with a zero key
+    closed = asyncio.create_task(closed_by_server(reader, within=5))
+    sent = 0
+    while not closed.done() and sent < len(frame) - 1:
+        writer.write(frame[sent : sent + 1])
+        sent += 1
+        await asyncio.sleep(0.02)
+    data = await closed
+    assert sent < len(frame) - 1, "the frame completed before the cut"
+    assert struct.pack("!H", 1011) + b"keepalive ping timeout" in data  # the close frame
+    await wait_for(lambda: running_hub.hub.manager.connection_count == 0, what="removed")
+    await hang_up(writer)
 
 
 async def test_a_publish_body_that_never_arrives_gets_408(impatient_hub: RunningHub) -> None:
@@ -452,14 +452,14 @@ async def test_a_408_closes_the_connection_at_once() -> None:
         await hang_up(writer)
 
 
-async def test_a_request_head_over_the_limit_is_refused() -> None:
-    async with run_hub(Settings(heartbeat_s=5.0, max_request_head=4096)) as running:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        # a head that keeps growing without ending is cut once it passes the limit
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 8000)
-        data = await closed_by_server(reader, within=3)
-        assert data.startswith(b"HTTP/1.1 400")
-        await hang_up(writer)
+@pytest.mark.hub_settings(heartbeat_s=5.0, max_request_head=4096)
+async def test_a_request_head_over_the_limit_is_refused(running_hub: RunningHub) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", running_hub.port)
+    # a head that keeps growing without ending is cut once it passes the limit
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 8000)
+    data = await closed_by_server(reader, within=3)
+    assert data.startswith(b"HTTP/1.1 400")
+    await hang_up(writer)
 
 
 async def test_normal_clients_are_not_hurried(impatient_hub: RunningHub) -> None:
