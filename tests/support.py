@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.app import LifespanHook, create_app
@@ -115,6 +115,7 @@ class FrameRecorder:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.frames: list[dict[str, Any]] = []
+        self.seqs: list[int] = []  # of the events, kept as they come (tests poll it)
         self.closed: ConnectionClosed | None = None
         self.task = asyncio.create_task(self._run())
 
@@ -122,16 +123,26 @@ class FrameRecorder:
         try:
             while True:
                 decoded = msgspec.json.decode(await self.ws.recv())
-                self.frames.extend(decoded if isinstance(decoded, list) else [decoded])
+                frames = decoded if isinstance(decoded, list) else [decoded]
+                self.frames.extend(frames)
+                self.seqs.extend(f["seq"] for f in frames if f["op"] == "event")
         except ConnectionClosed as exc:
             self.closed = exc
+
+    @classmethod
+    async def open(cls, url: str) -> FrameRecorder:
+        return cls(await connect(url, max_size=None))
 
     def ops(self, op: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f["op"] == op]
 
     @property
-    def seqs(self) -> list[int]:
-        return [f["seq"] for f in self.ops("event")]
+    def welcome(self) -> dict[str, Any] | None:
+        return next((f for f in self.frames if f["op"] == "welcome"), None)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.ops("event")
 
     @property
     def close_code(self) -> int | None:
