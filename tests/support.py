@@ -149,8 +149,8 @@ class FrameRecorder:
         rcvd = self.closed.rcvd if self.closed is not None else None
         return rcvd.code if rcvd is not None else None
 
-    async def wait_closed(self) -> ConnectionClosed:
-        await wait_for(lambda: self.closed is not None, timeout=5, what="connection closed")
+    async def wait_closed(self, timeout: float = 5) -> ConnectionClosed:
+        await wait_for(lambda: self.closed is not None, timeout=timeout, what="connection closed")
         assert self.closed is not None
         return self.closed
 
