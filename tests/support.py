@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -183,3 +185,52 @@ def require(missing: str | None) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{missing}, and CI is set: CI must run these tests", pytrace=False)
     pytest.skip(missing, allow_module_level=True)
+
+
+class PingProbe:
+    """A bystander on its own socket: pings every `interval` s and records each round trip in
+    `rtts` (frames other than its pong, such as events, are skipped)."""
+
+    def __init__(self, ws: ClientConnection, interval: float = 0.05) -> None:
+        self.ws = ws
+        self.interval = interval
+        self.rtts: list[float] = []
+        self.closed: ConnectionClosed | None = None
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def max_rtt(self) -> float:
+        return max(self.rtts, default=0.0)
+
+    async def _run(self) -> None:
+        try:
+            for n in itertools.count(1):
+                sent = time.perf_counter()
+                await self.ws.send('{"op":"ping","id":%d}' % n)  # noqa: UP031
+                while not _is_pong(await asyncio.wait_for(self.ws.recv(), 10), n):
+                    pass
+                self.rtts.append(time.perf_counter() - sent)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval)  # the probe's pace
+                if self._stop.is_set():
+                    return
+        except ConnectionClosed as exc:
+            self.closed = exc
+
+    async def one_more(self) -> None:
+        """Wait for a round trip that starts from now (so it overlaps the work just done)."""
+        count = len(self.rtts)
+        await wait_for(lambda: len(self.rtts) > count + 1, timeout=15, what="a bystander ping")
+
+    async def stop(self) -> list[float]:
+        self._stop.set()
+        await asyncio.wait_for(self._task, 15)
+        assert self.closed is None, f"bystander closed: {self.closed}"
+        return self.rtts
+
+
+def _is_pong(message: str | bytes, ping_id: int) -> bool:
+    decoded = msgspec.json.decode(message)
+    frames = decoded if isinstance(decoded, list) else [decoded]
+    return any(f.get("op") == "pong" and f.get("id") == ping_id for f in frames)

@@ -14,57 +14,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
 from hub.config import Settings
 from hub.patterns import match_stats
 
-from .support import FrameRecorder, RunningHub, run_hub, wait_for
+from .support import FrameRecorder, PingProbe, RunningHub, run_hub, wait_for
 from .test_limits import limits_of
 
 FORTY_STARS_Z = "*" * 40 + "z"
 PING_BOUND_S = 0.3
-
-
-class PingProbe:
-    """A bystander: pings every 50 ms on its own socket and records each round trip."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.rtts: list[float] = []
-        self.closed: ConnectionClosed | None = None
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            for i in range(1_000_000):
-                sent = time.perf_counter()
-                await self.ws.send('{"op":"ping","id":%d}' % i)  # noqa: UP031
-                while msgspec.json.decode(await asyncio.wait_for(self.ws.recv(), 10))["op"] != (
-                    "pong"
-                ):
-                    pass
-                self.rtts.append(time.perf_counter() - sent)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 0.05)  # the probe's pace
-                if self._stop.is_set():
-                    return
-        except ConnectionClosed as exc:
-            self.closed = exc
-
-    async def one_more(self) -> None:
-        """Wait for a round trip that starts from now (so it overlaps the work just done)."""
-        count = len(self.rtts)
-        await wait_for(lambda: len(self.rtts) > count + 1, timeout=15, what="a bystander ping")
-
-    async def stop(self) -> list[float]:
-        self._stop.set()
-        await asyncio.wait_for(self._task, 15)
-        assert self.closed is None, f"bystander closed: {self.closed}"
-        return self.rtts
 
 
 @contextlib.asynccontextmanager
