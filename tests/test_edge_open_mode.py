@@ -136,24 +136,24 @@ async def test_clients_without_origin_are_served(running_hub: RunningHub) -> Non
         assert msgspec.json.decode(await socket.recv())["op"] == "welcome"
 
 
-async def test_allowed_hosts_and_allowed_origins_widen_the_rules() -> None:
-    settings = SETTINGS.replace(allowed_hosts="hub.lan,*.corp.example", allowed_origins=EVIL)
-    async with run_hub(settings) as running:
-        for host in ("hub.lan", "a.corp.example"):
-            named = f"{host}:{running.port}"
-            same_origin = await request(running, *ROUTES[2], host=named, origin=f"http://{named}")
-            assert same_origin.status_code == 403  # an explicit origin list replaces "own host"
-            listed = await request(running, *ROUTES[2], host=named, origin=EVIL)
-            assert listed.status_code == 200, listed.text
-        refused = await request(running, *ROUTES[2], host=f"other.example:{running.port}")
-        assert refused.status_code == 403
+@pytest.mark.hub_settings(
+    SETTINGS.replace(allowed_hosts="hub.lan,*.corp.example", allowed_origins=EVIL)
+)
+async def test_allowed_hosts_and_allowed_origins_widen_the_rules(running_hub: RunningHub) -> None:
+    for host in ("hub.lan", "a.corp.example"):
+        named = f"{host}:{running_hub.port}"
+        same_origin = await request(running_hub, *ROUTES[2], host=named, origin=f"http://{named}")
+        assert same_origin.status_code == 403  # an explicit origin list replaces "own host"
+        listed = await request(running_hub, *ROUTES[2], host=named, origin=EVIL)
+        assert listed.status_code == 200, listed.text
+    refused = await request(running_hub, *ROUTES[2], host=f"other.example:{running_hub.port}")
+    assert refused.status_code == 403
 
 
-async def test_a_hub_with_a_secret_leaves_origins_to_tokens() -> None:
-    settings = SETTINGS.replace(secret="s" * 40)
-    async with run_hub(settings) as running:
-        response = await request(running, "GET", "/healthz", None, None, host="evil.example")
-        assert response.status_code == 200
+@pytest.mark.hub_settings(SETTINGS.replace(secret="s" * 40))
+async def test_a_hub_with_a_secret_leaves_origins_to_tokens(running_hub: RunningHub) -> None:
+    response = await request(running_hub, "GET", "/healthz", None, None, host="evil.example")
+    assert response.status_code == 200
 
 
 def test_host_rules() -> None:

@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
-from hub.config import Settings
 from hub.patterns import match_stats
 
-from .support import FrameRecorder, PingProbe, RunningHub, run_hub, wait_for
+from .support import FrameRecorder, PingProbe, RunningHub, wait_for
 from .test_limits import limits_of
 
 FORTY_STARS_Z = "*" * 40 + "z"
@@ -254,20 +254,21 @@ def _paced_pings(url: str, count: int, result: list[str]) -> None:
         result.append(f"ended: {exc!r}")
 
 
-async def test_ops_queued_while_the_loop_was_busy_do_not_count_as_a_burst() -> None:
+@pytest.mark.hub_settings(heartbeat_s=5.0, client_ops_rate=20.0, client_ops_burst=5)
+async def test_ops_queued_while_the_loop_was_busy_do_not_count_as_a_burst(
+    running_hub: RunningHub,
+) -> None:
     """The op rate limit counts a client's frames as they were sent: a stall caused by others
     made 20 pings (at 12.5/s, within 20/s) arrive together; a burst of 5 must not cut it."""
-    settings = Settings(heartbeat_s=5.0, client_ops_rate=20.0, client_ops_burst=5)
-    async with run_hub(settings) as running:
-        result: list[str] = []
-        thread = threading.Thread(
-            target=_paced_pings, args=(running.ws_url("quiet"), 20, result), daemon=True
-        )
-        thread.start()
-        meter = limits_of(running).loop_lag
-        await wait_for(lambda: meter._handle is not None, what="the socket's op budget")
-        busy_until = time.perf_counter() + 1.2
-        while time.perf_counter() < busy_until:  # the loop works for someone else
-            pass
-        await wait_for(lambda: not thread.is_alive(), timeout=15, what="pinging thread")
-        assert len(result) == 20 and all('"pong"' in r for r in result), result[-3:]
+    result: list[str] = []
+    thread = threading.Thread(
+        target=_paced_pings, args=(running_hub.ws_url("quiet"), 20, result), daemon=True
+    )
+    thread.start()
+    meter = limits_of(running_hub).loop_lag
+    await wait_for(lambda: meter._handle is not None, what="the socket's op budget")
+    busy_until = time.perf_counter() + 1.2
+    while time.perf_counter() < busy_until:  # the loop works for someone else
+        pass
+    await wait_for(lambda: not thread.is_alive(), timeout=15, what="pinging thread")
+    assert len(result) == 20 and all('"pong"' in r for r in result), result[-3:]
