@@ -8,7 +8,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlencode
 
 import httpx
@@ -132,7 +132,7 @@ class FrameRecorder:
             self.closed = exc
 
     @classmethod
-    async def open(cls, url: str) -> FrameRecorder:
+    async def open(cls, url: str) -> Self:
         return cls(await connect(url, max_size=None))
 
     def ops(self, op: str) -> list[dict[str, Any]]:
