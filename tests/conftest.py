@@ -13,9 +13,34 @@ from hub.config import Settings
 from .support import RunningHub, run_hub
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "hub_settings(settings=None, /, **fields): the running_hub fixture's Settings "
+        "(an object or its fields; default Settings(heartbeat_s=5.0))",
+    )
+    config.addinivalue_line(
+        "markers", "hub_options(**options): run_hub keywords for the running_hub fixture"
+    )
+
+
+def hub_settings(request: pytest.FixtureRequest) -> Settings:
+    marker = request.node.get_closest_marker("hub_settings")
+    if marker is None:
+        return Settings(heartbeat_s=5.0)
+    if marker.args:
+        (settings,) = marker.args
+        assert isinstance(settings, Settings) and not marker.kwargs
+        return settings
+    return Settings(**marker.kwargs)
+
+
 @pytest.fixture
-async def running_hub() -> AsyncIterator[RunningHub]:
-    async with run_hub(Settings(heartbeat_s=5.0)) as running:
+async def running_hub(request: pytest.FixtureRequest) -> AsyncIterator[RunningHub]:
+    """A real hub on a loopback port for the test's duration: `@pytest.mark.hub_settings(...)`
+    picks its Settings, `@pytest.mark.hub_options(...)` the other `run_hub` keywords."""
+    options = request.node.get_closest_marker("hub_options")
+    async with run_hub(hub_settings(request), **(options.kwargs if options else {})) as running:
         yield running
 
 

@@ -25,24 +25,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
-import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from hub.backends.base import PublishRequest
 from hub.config import Settings
-from hub.protocol import EventFrame, ServerFrame, WelcomeFrame, decode_server_frames
 from hub.redis_publisher import RedisPublisher
+
+from .support import require
 
 __all__ = [
     "REPO",
     "BlackholeProxy",
     "RedisCluster",
     "RedisServer",
-    "WsRecorder",
     "fast_settings",
     "free_port",
-    "redis_server_or_skip",
+    "redis_server_binary",
     "running_redis",
 ]
 
@@ -65,10 +62,11 @@ def fast_settings(url: str, **overrides: object) -> Settings:
     return Settings(**options)  # type: ignore[arg-type]
 
 
-def redis_server_or_skip() -> str:
+def redis_server_binary() -> str:
+    """The redis-server to start: skip without one, or fail under CI (`require`)."""
     path = shutil.which("redis-server")
-    if path is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    require(None if path else "redis-server is not installed (.ci/run installs it)")
+    assert path is not None
     return path
 
 
@@ -134,7 +132,7 @@ class RedisServer:
 
     def _argv(self) -> list[str]:
         argv = [
-            redis_server_or_skip(),
+            redis_server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
@@ -359,54 +357,6 @@ class BlackholeProxy:
             for w in pair:
                 w.close()
                 self._writers.discard(w)
-
-
-class WsRecorder:
-    """A raw WebSocket subscriber that records every frame it gets until the socket closes."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.frames: list[ServerFrame] = []
-        self.done = asyncio.Event()
-        self.ws: ClientConnection | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def open(self) -> WsRecorder:
-        self.ws = await connect(self.url, max_size=None)
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        assert self.ws is not None
-        try:
-            async for message in self.ws:
-                self.frames.extend(decode_server_frames(message))
-        except ConnectionClosed:
-            pass
-        finally:
-            self.done.set()
-
-    @property
-    def close_code(self) -> int | None:
-        return self.ws.close_code if self.ws is not None and self.done.is_set() else None
-
-    @property
-    def events(self) -> list[EventFrame]:
-        return [f for f in self.frames if isinstance(f, EventFrame)]
-
-    @property
-    def seqs(self) -> list[int]:
-        return [f.seq for f in self.frames if isinstance(f, EventFrame)]
-
-    @property
-    def welcome(self) -> WelcomeFrame | None:
-        return next((f for f in self.frames if isinstance(f, WelcomeFrame)), None)
-
-    async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self._task is not None:
-            await self._task
 
 
 # --- publisher process -----------------------------------------------------------------------

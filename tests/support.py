@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlencode
 
 import httpx
 import msgspec
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.app import LifespanHook, create_app
@@ -113,6 +117,7 @@ class FrameRecorder:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.frames: list[dict[str, Any]] = []
+        self.seqs: list[int] = []  # of the events, kept as they come (tests poll it)
         self.closed: ConnectionClosed | None = None
         self.task = asyncio.create_task(self._run())
 
@@ -120,24 +125,34 @@ class FrameRecorder:
         try:
             while True:
                 decoded = msgspec.json.decode(await self.ws.recv())
-                self.frames.extend(decoded if isinstance(decoded, list) else [decoded])
+                frames = decoded if isinstance(decoded, list) else [decoded]
+                self.frames.extend(frames)
+                self.seqs.extend(f["seq"] for f in frames if f["op"] == "event")
         except ConnectionClosed as exc:
             self.closed = exc
+
+    @classmethod
+    async def open(cls, url: str) -> Self:
+        return cls(await connect(url, max_size=None))
 
     def ops(self, op: str) -> list[dict[str, Any]]:
         return [f for f in self.frames if f["op"] == op]
 
     @property
-    def seqs(self) -> list[int]:
-        return [f["seq"] for f in self.ops("event")]
+    def welcome(self) -> dict[str, Any] | None:
+        return next((f for f in self.frames if f["op"] == "welcome"), None)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self.ops("event")
 
     @property
     def close_code(self) -> int | None:
         rcvd = self.closed.rcvd if self.closed is not None else None
         return rcvd.code if rcvd is not None else None
 
-    async def wait_closed(self) -> ConnectionClosed:
-        await wait_for(lambda: self.closed is not None, timeout=5, what="connection closed")
+    async def wait_closed(self, timeout: float = 5) -> ConnectionClosed:
+        await wait_for(lambda: self.closed is not None, timeout=timeout, what="connection closed")
         assert self.closed is not None
         return self.closed
 
@@ -147,3 +162,75 @@ class FrameRecorder:
     async def close(self) -> None:
         await self.ws.close()
         await self.task
+
+
+class FakeClock:
+    """A clock the test moves by hand: call it for the time, `advance` (or set `now`) to move."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def require(missing: str | None) -> None:
+    """Skip a test whose tool is `missing` (the reason); under CI, which installs every tool
+    (.ci/run), fail instead: a CI machine without one must not pass by skipping."""
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}, and CI is set: CI must run these tests", pytrace=False)
+    pytest.skip(missing, allow_module_level=True)
+
+
+class PingProbe:
+    """A bystander on its own socket: pings every `interval` s and records each round trip in
+    `rtts` (frames other than its pong, such as events, are skipped)."""
+
+    def __init__(self, ws: ClientConnection, interval: float = 0.05) -> None:
+        self.ws = ws
+        self.interval = interval
+        self.rtts: list[float] = []
+        self.closed: ConnectionClosed | None = None
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def max_rtt(self) -> float:
+        return max(self.rtts, default=0.0)
+
+    async def _run(self) -> None:
+        try:
+            for n in itertools.count(1):
+                sent = time.perf_counter()
+                await self.ws.send('{"op":"ping","id":%d}' % n)  # noqa: UP031
+                while not _is_pong(await asyncio.wait_for(self.ws.recv(), 10), n):
+                    pass
+                self.rtts.append(time.perf_counter() - sent)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval)  # the probe's pace
+                if self._stop.is_set():
+                    return
+        except ConnectionClosed as exc:
+            self.closed = exc
+
+    async def one_more(self) -> None:
+        """Wait for a round trip that starts from now (so it overlaps the work just done)."""
+        count = len(self.rtts)
+        await wait_for(lambda: len(self.rtts) > count + 1, timeout=15, what="a bystander ping")
+
+    async def stop(self) -> list[float]:
+        self._stop.set()
+        await asyncio.wait_for(self._task, 15)
+        assert self.closed is None, f"bystander closed: {self.closed}"
+        return self.rtts
+
+
+def _is_pong(message: str | bytes, ping_id: int) -> bool:
+    decoded = msgspec.json.decode(message)
+    frames = decoded if isinstance(decoded, list) else [decoded]
+    return any(f.get("op") == "pong" and f.get("id") == ping_id for f in frames)

@@ -417,10 +417,10 @@ async def test_with_a_secret_only_health_is_open(secured: RunningHub) -> None:
                 assert response.json()["error"]["code"] == "unauthorized"
 
 
-async def test_metrics_are_open_only_when_configured() -> None:
-    settings = Settings(heartbeat_s=5.0, secret=SECRET, metrics_public=True)
-    async with run_hub(settings) as running, running.http() as http:
-        if "/metrics" not in {getattr(r, "path", None) for r in starlette_app(running).routes}:
+@pytest.mark.hub_settings(heartbeat_s=5.0, secret=SECRET, metrics_public=True)
+async def test_metrics_are_open_only_when_configured(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        if "/metrics" not in {getattr(r, "path", None) for r in starlette_app(running_hub).routes}:
             pytest.fail("this hub serves no /metrics")
         assert (await http.get("/metrics")).status_code == 200
         assert (await http.get("/v1/schema")).status_code == 401
@@ -428,10 +428,10 @@ async def test_metrics_are_open_only_when_configured() -> None:
         assert response.status_code == 200
 
 
-async def test_the_dashboard_page_can_be_opened_without_its_data() -> None:
-    settings = Settings(heartbeat_s=5.0, secret=SECRET, dashboard_public=True)
-    async with run_hub(settings) as running, running.http() as http:
-        paths = {getattr(r, "path", None) for r in starlette_app(running).routes}
+@pytest.mark.hub_settings(heartbeat_s=5.0, secret=SECRET, dashboard_public=True)
+async def test_the_dashboard_page_can_be_opened_without_its_data(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        paths = {getattr(r, "path", None) for r in starlette_app(running_hub).routes}
         if "/hub-client.js" not in paths:
             pytest.fail("this hub serves no dashboard")
         assert (await http.get("/")).status_code == 200
@@ -568,12 +568,11 @@ async def test_clients_without_origin_are_not_browsers_and_pass(running_hub: Run
     assert code is None and frames[0]["op"] == "welcome"
 
 
-async def test_an_origin_allowlist_admits_the_listed_sites() -> None:
-    settings = Settings(heartbeat_s=5.0, allowed_origins="https://app.example.com")
-    async with run_hub(settings) as running:
-        url = running.ws_url(A)
-        assert (await ws_close_code(url, origin="https://app.example.com"))[0] is None
-        assert (await ws_close_code(url, origin=f"http://127.0.0.1:{running.port}"))[0] == 1008
+@pytest.mark.hub_settings(heartbeat_s=5.0, allowed_origins="https://app.example.com")
+async def test_an_origin_allowlist_admits_the_listed_sites(running_hub: RunningHub) -> None:
+    url = running_hub.ws_url(A)
+    assert (await ws_close_code(url, origin="https://app.example.com"))[0] is None
+    assert (await ws_close_code(url, origin=f"http://127.0.0.1:{running_hub.port}"))[0] == 1008
 
 
 async def test_origin_is_checked_before_the_token(secured: RunningHub) -> None:

@@ -28,13 +28,13 @@ from hub.backends.redis import RedisBackend
 from hub.config import Settings
 from hub.protocol import resume_plan
 
-from .redis_support import RedisCluster, RedisServer, redis_server_or_skip
+from .redis_support import RedisCluster, RedisServer, redis_server_binary
 from .support import wait_for
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    redis_server_or_skip()
+    redis_server_binary()
     server = RedisServer(Path(tmp_path_factory.mktemp("redis-contract")))
     server.start()
     try:
@@ -45,7 +45,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    redis_server_or_skip()
+    redis_server_binary()
     cluster = RedisCluster(Path(tmp_path_factory.mktemp("redis-cluster-contract")))
     cluster.start()
     try:

@@ -11,6 +11,7 @@ import tracemalloc
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,25 +29,17 @@ from hub.backends.memory_log import (
 from hub.config import Settings
 from hub.protocol import SnapshotFrame, decode_server_frames
 
-from .support import run_hub
+from .support import FakeClock, RunningHub, run_hub
 
 KiB, MiB = 1024, 1024 * 1024
 T0 = 1_763_880_000.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_log(
     ledger: MemoryLedger, *, snapshot_bytes: int = 1 << 40, events: int = 1000, age_s: float = 60
 ) -> ProjectLog:
     limits = RetentionLimits(events, 1 << 40, age_s, 1000, snapshot_bytes)
-    return ProjectLog("p1", limits, FakeClock(), "e1", ledger)
+    return ProjectLog("p1", limits, FakeClock(T0), "e1", ledger)
 
 
 def blob(size: int) -> bytes:
@@ -206,31 +199,33 @@ async def test_a_subscriber_behind_budget_evictions_is_told_gap_and_gets_the_sna
         assert samples[("hub_projects", "")] == 1
 
 
-async def test_snapshot_frame_and_response_say_when_keys_were_left_out() -> None:
-    async with run_hub(Settings(snapshot_bytes=20 * KiB)) as running:
-        hub = running.hub
-        for i in range(10):
-            await hub.publish("p1", "ingest.job.updated", {"b": "x" * 8000}, key=f"k/{i}")
-        async with running.http() as http:
-            body = (await http.get("/v1/projects/p1/snapshot")).json()
-        assert body["truncated"] is True
-        assert [e["key"] for e in body["events"]] == ["k/8", "k/9"]
-        frames: list[Any] = []
-        async with connect(running.ws_url("p1", since=50), max_size=None) as ws:
-            while not any(isinstance(f, SnapshotFrame) for f in frames):
-                frames += decode_server_frames(await asyncio.wait_for(ws.recv(), 5))
-        snapshot = next(f for f in frames if isinstance(f, SnapshotFrame))
-        assert snapshot.truncated and [e.key for e in snapshot.events] == ["k/8", "k/9"]
-        async with (
-            running.http() as http,
-            http.stream("GET", "/v1/projects/p1/sse?since=50") as response,
-        ):
-            lines = response.aiter_lines()
-            async for line in lines:
-                if line == "event: snapshot":
-                    break
-            data = msgspec.json.decode((await anext(lines)).removeprefix("data: "))
-        assert data["truncated"] is True and len(data["events"]) == 2
-        async with running.http() as http:
-            body = (await http.get("/v1/projects/other/snapshot")).json()
-        assert body["truncated"] is False
+@pytest.mark.hub_settings(snapshot_bytes=20 * KiB)
+async def test_snapshot_frame_and_response_say_when_keys_were_left_out(
+    running_hub: RunningHub,
+) -> None:
+    hub = running_hub.hub
+    for i in range(10):
+        await hub.publish("p1", "ingest.job.updated", {"b": "x" * 8000}, key=f"k/{i}")
+    async with running_hub.http() as http:
+        body = (await http.get("/v1/projects/p1/snapshot")).json()
+    assert body["truncated"] is True
+    assert [e["key"] for e in body["events"]] == ["k/8", "k/9"]
+    frames: list[Any] = []
+    async with connect(running_hub.ws_url("p1", since=50), max_size=None) as ws:
+        while not any(isinstance(f, SnapshotFrame) for f in frames):
+            frames += decode_server_frames(await asyncio.wait_for(ws.recv(), 5))
+    snapshot = next(f for f in frames if isinstance(f, SnapshotFrame))
+    assert snapshot.truncated and [e.key for e in snapshot.events] == ["k/8", "k/9"]
+    async with (
+        running_hub.http() as http,
+        http.stream("GET", "/v1/projects/p1/sse?since=50") as response,
+    ):
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line == "event: snapshot":
+                break
+        data = msgspec.json.decode((await anext(lines)).removeprefix("data: "))
+    assert data["truncated"] is True and len(data["events"]) == 2
+    async with running_hub.http() as http:
+        body = (await http.get("/v1/projects/other/snapshot")).json()
+    assert body["truncated"] is False

@@ -3,7 +3,6 @@ and a gap's snapshot sent in `more` pages over WebSocket or SSE rebuilds the sta
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -11,13 +10,9 @@ import pytest
 from hub.config import Settings
 
 from .browser_support import chromium, missing, open_page
-from .support import run_hub
+from .support import require, run_hub
 
-_reason = missing()
-pytestmark = pytest.mark.skipif(
-    _reason is not None and not os.environ.get("CI"),  # CI installs both: fail there instead
-    reason=_reason or "",
-)
+require(missing())  # skip without Chromium/Playwright; fail under CI
 
 P = "paged"
 KEYS = 120

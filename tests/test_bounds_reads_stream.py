@@ -140,21 +140,21 @@ def test_pages_hold_every_frame_once_in_order_within_the_bound(
 # --- WebSocket ---------------------------------------------------------------------------
 
 
-async def test_hub_client_gets_a_paged_snapshot_whole_once() -> None:
-    async with run_hub(Settings(max_frame_bytes=16 * KiB)) as running:
-        await publish_keys(running, 300, 500)
-        client = HubClient(running.url, P, since=10**9, max_attempts=0)
-        frames: list[object] = []
-        async with client:
-            async for frame in client:
-                frames.append(frame)
-                if isinstance(frame, SnapshotFrame):
-                    break
-        gap, snapshot = frames
-        assert isinstance(gap, GapFrame) and gap.reason == "ahead"
-        assert isinstance(snapshot, SnapshotFrame) and not snapshot.more
-        assert [e.key for e in snapshot.events] == [f"k{i}" for i in range(300)]
-        assert snapshot.head == 300 and client.last_seq == 300
+@pytest.mark.hub_settings(max_frame_bytes=16 * KiB)
+async def test_hub_client_gets_a_paged_snapshot_whole_once(running_hub: RunningHub) -> None:
+    await publish_keys(running_hub, 300, 500)
+    client = HubClient(running_hub.url, P, since=10**9, max_attempts=0)
+    frames: list[object] = []
+    async with client:
+        async for frame in client:
+            frames.append(frame)
+            if isinstance(frame, SnapshotFrame):
+                break
+    gap, snapshot = frames
+    assert isinstance(gap, GapFrame) and gap.reason == "ahead"
+    assert isinstance(snapshot, SnapshotFrame) and not snapshot.more
+    assert [e.key for e in snapshot.events] == [f"k{i}" for i in range(300)]
+    assert snapshot.head == 300 and client.last_seq == 300
 
 
 async def test_never_reading_clients_hold_a_queue_not_a_snapshot_and_are_cut_with_4008() -> None:
@@ -204,117 +204,118 @@ async def test_never_reading_clients_hold_a_queue_not_a_snapshot_and_are_cut_wit
             w.close()
 
 
-async def test_a_reading_client_gets_every_page_of_a_snapshot_larger_than_its_queue() -> None:
-    settings = Settings(queue_bytes=64 * KiB, max_frame_bytes=16 * KiB)
-    async with run_hub(settings) as running:
-        await publish_keys(running, 200, 2 * KiB)  # 400 KB: six times the queue bound
-        client = HubClient(running.url, P, since=10**9, max_attempts=0)
-        async with client:
-            async for frame in client:
-                if isinstance(frame, SnapshotFrame):
-                    assert len(frame.events) == 200
-                    break
-        assert running.hub.manager.stats.slow_closes == 0
+@pytest.mark.hub_settings(queue_bytes=64 * KiB, max_frame_bytes=16 * KiB)
+async def test_a_reading_client_gets_every_page_of_a_snapshot_larger_than_its_queue(
+    running_hub: RunningHub,
+) -> None:
+    await publish_keys(running_hub, 200, 2 * KiB)  # 400 KB: six times the queue bound
+    client = HubClient(running_hub.url, P, since=10**9, max_attempts=0)
+    async with client:
+        async for frame in client:
+            if isinstance(frame, SnapshotFrame):
+                assert len(frame.events) == 200
+                break
+    assert running_hub.hub.manager.stats.slow_closes == 0
 
 
 # --- SSE ---------------------------------------------------------------------------------
 
 
-async def test_sse_snapshot_pages_carry_an_id_only_on_the_last() -> None:
-    async with run_hub(Settings(max_frame_bytes=16 * KiB)) as running:
-        await publish_keys(running, 100, 1 * KiB)
-        async with sse(running, since=10**9) as stream:
-            await stream.until(
-                "the last page", lambda: any(not m.data.get("more") for m in stream.of("snapshot"))
-            )
-            pages = stream.of("snapshot")
-        assert len(pages) > 3
-        assert [m.id is None for m in pages] == [True] * (len(pages) - 1) + [False]
-        epoch = stream.of("welcome")[0].data["epoch"]
-        assert pages[-1].id == f"{epoch}:100"
-        keys = [e["key"] for m in pages for e in m.data["events"]]
-        assert keys == [f"k{i}" for i in range(100)]
+@pytest.mark.hub_settings(max_frame_bytes=16 * KiB)
+async def test_sse_snapshot_pages_carry_an_id_only_on_the_last(running_hub: RunningHub) -> None:
+    await publish_keys(running_hub, 100, 1 * KiB)
+    async with sse(running_hub, since=10**9) as stream:
+        await stream.until(
+            "the last page", lambda: any(not m.data.get("more") for m in stream.of("snapshot"))
+        )
+        pages = stream.of("snapshot")
+    assert len(pages) > 3
+    assert [m.id is None for m in pages] == [True] * (len(pages) - 1) + [False]
+    epoch = stream.of("welcome")[0].data["epoch"]
+    assert pages[-1].id == f"{epoch}:100"
+    keys = [e["key"] for m in pages for e in m.data["events"]]
+    assert keys == [f"k{i}" for i in range(100)]
 
 
-async def test_never_reading_sse_clients_of_a_big_snapshot_are_cut_and_released() -> None:
-    settings = Settings(queue_bytes=128 * KiB, max_frame_bytes=32 * KiB, stall_timeout_s=0.5)
-    async with run_hub(settings) as running:
-        hub = running.hub
-        await publish_keys(running, 500, 10 * KiB)
-        async with stalled_sse(running, 6, "?since=1000000000"):
-            await wait_for(
-                lambda: hub.manager.stats.slow_closes == 6, timeout=10, what="slow closes"
-            )
-            await wait_for(lambda: hub.manager.connection_count == 0, timeout=5)
-            await wait_for(lambda: limits_of(running).connections.count == 0, timeout=5)
-            assert hub.stats.sse_connections == 0
+@pytest.mark.hub_settings(queue_bytes=128 * KiB, max_frame_bytes=32 * KiB, stall_timeout_s=0.5)
+async def test_never_reading_sse_clients_of_a_big_snapshot_are_cut_and_released(
+    running_hub: RunningHub,
+) -> None:
+    hub = running_hub.hub
+    await publish_keys(running_hub, 500, 10 * KiB)
+    async with stalled_sse(running_hub, 6, "?since=1000000000"):
+        await wait_for(lambda: hub.manager.stats.slow_closes == 6, timeout=10, what="slow closes")
+        await wait_for(lambda: hub.manager.connection_count == 0, timeout=5)
+        await wait_for(lambda: limits_of(running_hub).connections.count == 0, timeout=5)
+        assert hub.stats.sse_connections == 0
 
 
 @pytest.mark.parametrize("readers", [20])
-async def test_never_reading_sse_consumers_are_released_within_seconds(readers: int) -> None:
+@pytest.mark.hub_settings(queue_bytes=128 * KiB, queue_events=1000)
+async def test_never_reading_sse_consumers_are_released_within_seconds(
+    running_hub: RunningHub, readers: int
+) -> None:
     """11.8: the close must not wait for a writer blocked on a full socket."""
-    settings = Settings(queue_bytes=128 * KiB, queue_events=1000)
-    async with run_hub(settings) as running:
-        hub = running.hub
-        limits = limits_of(running)
-        async with stalled_sse(running, readers):
-            await wait_for(lambda: hub.manager.connection_count == readers, what="all connected")
-            payload = {"b": "x" * 1000}
-            published = 0
-            while hub.manager.stats.slow_closes < readers and published < 50_000:
-                await hub.publish(P, "test.item.added", payload)
-                published += 1
-                if published % 100 == 0:
-                    await asyncio.sleep(0)
-            assert hub.manager.stats.slow_closes == readers, f"after {published} events"
-            await wait_for(
-                lambda: hub.manager.connection_count == 0, timeout=3, what="connections released"
-            )
-            await wait_for(lambda: limits.connections.count == 0, timeout=3, what="slots")
-            assert hub.stats.sse_connections == 0
-            # The hub still serves: a new subscriber gets live events.
-            async with sse(running) as stream:
-                seq = await hub.publish(P, "test.item.added", {})
-                await stream.until("live event", lambda: seq in stream.seqs)
+    hub = running_hub.hub
+    limits = limits_of(running_hub)
+    async with stalled_sse(running_hub, readers):
+        await wait_for(lambda: hub.manager.connection_count == readers, what="all connected")
+        payload = {"b": "x" * 1000}
+        published = 0
+        while hub.manager.stats.slow_closes < readers and published < 50_000:
+            await hub.publish(P, "test.item.added", payload)
+            published += 1
+            if published % 100 == 0:
+                await asyncio.sleep(0)
+        assert hub.manager.stats.slow_closes == readers, f"after {published} events"
+        await wait_for(
+            lambda: hub.manager.connection_count == 0, timeout=3, what="connections released"
+        )
+        await wait_for(lambda: limits.connections.count == 0, timeout=3, what="slots")
+        assert hub.stats.sse_connections == 0
+        # The hub still serves: a new subscriber gets live events.
+        async with sse(running_hub) as stream:
+            seq = await hub.publish(P, "test.item.added", {})
+            await stream.until("live event", lambda: seq in stream.seqs)
 
 
 # --- a stalled replay on a quiet project -------------------------------------------------
 
 
-async def test_never_reading_clients_of_a_long_replay_are_cut_and_released() -> None:
+@pytest.mark.hub_settings(stall_timeout_s=0.5)
+async def test_never_reading_clients_of_a_long_replay_are_cut_and_released(
+    running_hub: RunningHub,
+) -> None:
     """Nothing is published, so no queue overflows: the stall timeout cuts them."""
-    settings = Settings(stall_timeout_s=0.5)
-    async with run_hub(settings) as running:
-        hub = running.hub
-        await publish_keys(running, 1000, 5 * KiB)  # 5 MB retained, nothing published later
-        stalled = [await open_stalled_client(running.ws_url(P, since=0)) for _ in range(3)]
-        async with stalled_sse(running, 3, "?since=0"):
-            await wait_for(
-                lambda: hub.manager.stats.slow_closes == 6, timeout=10, what="6 slow closes"
-            )
-            await wait_for(lambda: hub.manager.connection_count == 0, timeout=5)
-            await wait_for(lambda: limits_of(running).connections.count == 0, timeout=5)
-        for _, _, writer in stalled:
-            writer.close()
+    hub = running_hub.hub
+    await publish_keys(running_hub, 1000, 5 * KiB)  # 5 MB retained, nothing published later
+    stalled = [await open_stalled_client(running_hub.ws_url(P, since=0)) for _ in range(3)]
+    async with stalled_sse(running_hub, 3, "?since=0"):
+        await wait_for(lambda: hub.manager.stats.slow_closes == 6, timeout=10, what="6 slow closes")
+        await wait_for(lambda: hub.manager.connection_count == 0, timeout=5)
+        await wait_for(lambda: limits_of(running_hub).connections.count == 0, timeout=5)
+    for _, _, writer in stalled:
+        writer.close()
 
 
-async def test_a_stalled_replay_cut_by_overflow_is_released_at_once() -> None:
+@pytest.mark.hub_settings(stall_timeout_s=60, queue_bytes=64 * KiB)
+async def test_a_stalled_replay_cut_by_overflow_is_released_at_once(
+    running_hub: RunningHub,
+) -> None:
     """The session waits on a socket that will never drain: the cut must wake it."""
-    settings = Settings(stall_timeout_s=60, queue_bytes=64 * KiB)
-    async with run_hub(settings) as running:
-        hub = running.hub
-        await publish_keys(running, 1000, 5 * KiB)
-        stalled = [await open_stalled_client(running.ws_url(P, since=0)) for _ in range(2)]
-        async with stalled_sse(running, 2, "?since=0"):
-            await wait_for(lambda: hub.manager.connection_count == 4, what="all connected")
-            published = 0
-            while hub.manager.stats.slow_closes < 4 and published < 2000:
-                await hub.publish(P, "test.item.added", {"b": "x" * 1000})
-                published += 1
-                if published % 20 == 0:
-                    await asyncio.sleep(0)
-            assert hub.manager.stats.slow_closes == 4
-            await wait_for(lambda: hub.manager.connection_count == 0, timeout=3)
-            await wait_for(lambda: limits_of(running).connections.count == 0, timeout=3)
-        for _, _, writer in stalled:
-            writer.close()
+    hub = running_hub.hub
+    await publish_keys(running_hub, 1000, 5 * KiB)
+    stalled = [await open_stalled_client(running_hub.ws_url(P, since=0)) for _ in range(2)]
+    async with stalled_sse(running_hub, 2, "?since=0"):
+        await wait_for(lambda: hub.manager.connection_count == 4, what="all connected")
+        published = 0
+        while hub.manager.stats.slow_closes < 4 and published < 2000:
+            await hub.publish(P, "test.item.added", {"b": "x" * 1000})
+            published += 1
+            if published % 20 == 0:
+                await asyncio.sleep(0)
+        assert hub.manager.stats.slow_closes == 4
+        await wait_for(lambda: hub.manager.connection_count == 0, timeout=3)
+        await wait_for(lambda: limits_of(running_hub).connections.count == 0, timeout=3)
+    for _, _, writer in stalled:
+        writer.close()

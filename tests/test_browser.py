@@ -4,22 +4,15 @@ duplicated or missing rows, WebSocket blocked falls back to SSE, a gap rebuilds 
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-import pytest
 
 from hub.config import Settings
 from services.runtime import SAMPLE_DOCS
 
 from .browser_support import PROJECT, DemoHub, chromium, demo_hub, missing, open_page
-from .support import wait_for
+from .support import require, wait_for
 
-_reason = missing()
-pytestmark = pytest.mark.skipif(
-    _reason is not None and not os.environ.get("CI"),  # CI installs both: fail there instead
-    reason=_reason or "",
-)
+require(missing())  # skip without Chromium/Playwright; fail under CI
 
 STREAMING = (
     "() => [...document.querySelectorAll('.answer[data-done=\"false\"] .text')]"

@@ -94,61 +94,66 @@ async def test_a_foreign_origin_is_refused_on_every_route(origin: str) -> None:
 
 
 @pytest.mark.parametrize("host", ["evil.example", "hub.internal", "127.0.0.1.nip.io", "[::2]"])
-async def test_a_non_loopback_host_is_refused_on_loopback_dns_rebinding(host: str) -> None:
-    async with run_hub(SETTINGS) as running, control_subscriber(running) as control:
-        named = f"{host}:{running.port}"
+@pytest.mark.hub_settings(SETTINGS)
+async def test_a_non_loopback_host_is_refused_on_loopback_dns_rebinding(
+    running_hub: RunningHub, host: str
+) -> None:
+    async with control_subscriber(running_hub) as control:
+        named = f"{host}:{running_hub.port}"
         same_origin = {"host": named, "origin": f"http://{named}"}
         for method, path, body, ctype in ROUTES:
             for headers in ({"host": named}, same_origin):
-                response = await request(running, method, path, body, ctype, **headers)
+                response = await request(running_hub, method, path, body, ctype, **headers)
                 assert response.status_code == 403, (path, headers, response.text)
             await control.publish()
-        async with ws(running, named, origin=f"http://{named}") as socket:  # type: ignore[arg-type]
+        async with ws(running_hub, named, origin=f"http://{named}") as socket:  # type: ignore[arg-type]
             frame, code = await refusal(socket)
         assert (frame["code"], code) == ("host", 1008)
-        assert (await running.hub.backend.position("p")).head == 0
+        assert (await running_hub.hub.backend.position("p")).head == 0
 
 
 @pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.1.2.3", "[::1]", "app.localhost"])
-async def test_loopback_names_and_the_hubs_own_pages_are_served(host: str) -> None:
-    async with run_hub(SETTINGS) as running:
-        named = f"{host}:{running.port}"
-        for headers in ({"host": named}, {"host": named, "origin": f"http://{named}"}):
-            response = await request(running, *ROUTES[0], **headers)
-            assert response.status_code == 202, response.text
-            history = await request(running, *ROUTES[2], **headers)
-            assert history.status_code == 200, history.text
-        async with ws(running, named, origin=f"http://{named}") as socket:  # type: ignore[arg-type]
-            welcome = msgspec.json.decode(await socket.recv())
-        assert welcome["op"] == "welcome"
+@pytest.mark.hub_settings(SETTINGS)
+async def test_loopback_names_and_the_hubs_own_pages_are_served(
+    running_hub: RunningHub, host: str
+) -> None:
+    named = f"{host}:{running_hub.port}"
+    for headers in ({"host": named}, {"host": named, "origin": f"http://{named}"}):
+        response = await request(running_hub, *ROUTES[0], **headers)
+        assert response.status_code == 202, response.text
+        history = await request(running_hub, *ROUTES[2], **headers)
+        assert history.status_code == 200, history.text
+    async with ws(running_hub, named, origin=f"http://{named}") as socket:  # type: ignore[arg-type]
+        welcome = msgspec.json.decode(await socket.recv())
+    assert welcome["op"] == "welcome"
 
 
-async def test_clients_without_origin_are_served() -> None:
-    async with run_hub(SETTINGS) as running:
-        response = await request(running, *ROUTES[0])  # what curl sends
-        assert response.status_code == 202
-        async with ws(running) as socket:
-            assert msgspec.json.decode(await socket.recv())["op"] == "welcome"
+@pytest.mark.hub_settings(SETTINGS)
+async def test_clients_without_origin_are_served(running_hub: RunningHub) -> None:
+    response = await request(running_hub, *ROUTES[0])  # what curl sends
+    assert response.status_code == 202
+    async with ws(running_hub) as socket:
+        assert msgspec.json.decode(await socket.recv())["op"] == "welcome"
 
 
-async def test_allowed_hosts_and_allowed_origins_widen_the_rules() -> None:
-    settings = SETTINGS.replace(allowed_hosts="hub.lan,*.corp.example", allowed_origins=EVIL)
-    async with run_hub(settings) as running:
-        for host in ("hub.lan", "a.corp.example"):
-            named = f"{host}:{running.port}"
-            same_origin = await request(running, *ROUTES[2], host=named, origin=f"http://{named}")
-            assert same_origin.status_code == 403  # an explicit origin list replaces "own host"
-            listed = await request(running, *ROUTES[2], host=named, origin=EVIL)
-            assert listed.status_code == 200, listed.text
-        refused = await request(running, *ROUTES[2], host=f"other.example:{running.port}")
-        assert refused.status_code == 403
+@pytest.mark.hub_settings(
+    SETTINGS.replace(allowed_hosts="hub.lan,*.corp.example", allowed_origins=EVIL)
+)
+async def test_allowed_hosts_and_allowed_origins_widen_the_rules(running_hub: RunningHub) -> None:
+    for host in ("hub.lan", "a.corp.example"):
+        named = f"{host}:{running_hub.port}"
+        same_origin = await request(running_hub, *ROUTES[2], host=named, origin=f"http://{named}")
+        assert same_origin.status_code == 403  # an explicit origin list replaces "own host"
+        listed = await request(running_hub, *ROUTES[2], host=named, origin=EVIL)
+        assert listed.status_code == 200, listed.text
+    refused = await request(running_hub, *ROUTES[2], host=f"other.example:{running_hub.port}")
+    assert refused.status_code == 403
 
 
-async def test_a_hub_with_a_secret_leaves_origins_to_tokens() -> None:
-    settings = SETTINGS.replace(secret="s" * 40)
-    async with run_hub(settings) as running:
-        response = await request(running, "GET", "/healthz", None, None, host="evil.example")
-        assert response.status_code == 200
+@pytest.mark.hub_settings(SETTINGS.replace(secret="s" * 40))
+async def test_a_hub_with_a_secret_leaves_origins_to_tokens(running_hub: RunningHub) -> None:
+    response = await request(running_hub, "GET", "/healthz", None, None, host="evil.example")
+    assert response.status_code == 200
 
 
 def test_host_rules() -> None:

@@ -4,49 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
-from websockets.asyncio.client import ClientConnection, connect
-
-from hub.protocol import EventFrame, WelcomeFrame, decode_server_frames
-
-from .support import RunningHub, wait_for
-
-
-class Recorder:
-    """A raw WebSocket subscriber that records every event seq it receives."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.seqs: list[int] = []
-        self.welcome: WelcomeFrame | None = None
-        self.others: list[object] = []
-
-    async def run(self) -> None:
-        async for message in self.ws:
-            for frame in decode_server_frames(message):
-                if isinstance(frame, EventFrame):
-                    self.seqs.append(frame.seq)
-                elif isinstance(frame, WelcomeFrame):
-                    self.welcome = frame
-                else:
-                    self.others.append(frame)
+from .support import FrameRecorder, RunningHub, wait_for
 
 
 async def open_recorders(
     running: RunningHub, project: str, n: int, **query: object
-) -> list[tuple[Recorder, asyncio.Task[None]]]:
-    async def one() -> tuple[Recorder, asyncio.Task[None]]:
-        ws = await connect(running.ws_url(project, **query), max_size=None)
-        recorder = Recorder(ws)
-        return recorder, asyncio.create_task(recorder.run())
-
-    pairs = list(await asyncio.gather(*(one() for _ in range(n))))
-    await wait_for(lambda: all(r.welcome is not None for r, _ in pairs), what="welcomes")
-    return pairs
+) -> list[FrameRecorder]:
+    url = running.ws_url(project, **query)
+    recorders = list(await asyncio.gather(*(FrameRecorder.open(url) for _ in range(n))))
+    await wait_for(lambda: all(r.welcome is not None for r in recorders), what="welcomes")
+    return recorders
 
 
-async def close_all(pairs: list[tuple[Recorder, asyncio.Task[None]]]) -> None:
-    await asyncio.gather(*(r.ws.close() for r, _ in pairs))
-    await asyncio.gather(*(t for _, t in pairs), return_exceptions=True)
+async def close_all(recorders: list[FrameRecorder]) -> None:
+    await asyncio.gather(*(r.close() for r in recorders))
 
 
 async def test_200_clients_each_receive_1000_events_in_order_and_other_project_none(
@@ -61,15 +32,15 @@ async def test_200_clients_each_receive_1000_events_in_order_and_other_project_n
             await asyncio.sleep(0)  # let flushes interleave with publishing, as in production
     expected = list(range(1, 1001))
     await wait_for(
-        lambda: all(len(r.seqs) >= 1000 for r, _ in subscribers), timeout=60, what="all events"
+        lambda: all(len(r.seqs) >= 1000 for r in subscribers), timeout=60, what="all events"
     )
     # The bystanders' project saw traffic of its own afterwards, so their silence is real.
     await hub.publish("p2", "bench.tick", {"i": -1})
-    await wait_for(lambda: all(len(r.seqs) == 1 for r, _ in bystanders), what="p2 event")
-    for recorder, _ in subscribers:
+    await wait_for(lambda: all(len(r.seqs) == 1 for r in bystanders), what="p2 event")
+    for recorder in subscribers:
         assert recorder.seqs == expected
-        assert recorder.others == []
-    for recorder, _ in bystanders:
+        assert [f for f in recorder.frames if f["op"] not in ("welcome", "event")] == []
+    for recorder in bystanders:
         assert recorder.seqs == [1]
     await close_all(subscribers + bystanders)
 
@@ -82,11 +53,11 @@ async def test_type_filters_deliver_only_matching_events(running_hub: RunningHub
     types = ["agent.run.created", "ingest.job.failed", "agent.run.failed", "workflow.run.updated"]
     for t in types:
         await hub.publish("p1", t, {})
-    await wait_for(lambda: all(len(r.seqs) == 4 for r, _ in everyone), what="all four")
-    await wait_for(lambda: all(len(r.seqs) == 2 for r, _ in agents), what="agent events")
-    await wait_for(lambda: all(len(r.seqs) == 2 for r, _ in failures), what="failures")
-    assert all(r.seqs == [1, 3] for r, _ in agents)
-    assert all(r.seqs == [2, 3] for r, _ in failures)
+    await wait_for(lambda: all(len(r.seqs) == 4 for r in everyone), what="all four")
+    await wait_for(lambda: all(len(r.seqs) == 2 for r in agents), what="agent events")
+    await wait_for(lambda: all(len(r.seqs) == 2 for r in failures), what="failures")
+    assert all(r.seqs == [1, 3] for r in agents)
+    assert all(r.seqs == [2, 3] for r in failures)
     await close_all(agents + failures + everyone)
 
 
@@ -101,5 +72,5 @@ async def test_http_publish_reaches_subscribers_with_assigned_seqs(
         )
     assert response.status_code == 202
     assert response.json() == {"seqs": [1, 2, 3, 4, 5]}
-    await wait_for(lambda: all(r.seqs == [1, 2, 3, 4, 5] for r, _ in subscribers))
+    await wait_for(lambda: all(r.seqs == [1, 2, 3, 4, 5] for r in subscribers))
     await close_all(subscribers)

@@ -14,57 +14,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
-from websockets.asyncio.client import ClientConnection, connect
+import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
-from hub.config import Settings
 from hub.patterns import match_stats
 
-from .support import FrameRecorder, RunningHub, run_hub, wait_for
+from .support import FrameRecorder, PingProbe, RunningHub, wait_for
 from .test_limits import limits_of
 
 FORTY_STARS_Z = "*" * 40 + "z"
 PING_BOUND_S = 0.3
-
-
-class PingProbe:
-    """A bystander: pings every 50 ms on its own socket and records each round trip."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.rtts: list[float] = []
-        self.closed: ConnectionClosed | None = None
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        try:
-            for i in range(1_000_000):
-                sent = time.perf_counter()
-                await self.ws.send('{"op":"ping","id":%d}' % i)  # noqa: UP031
-                while msgspec.json.decode(await asyncio.wait_for(self.ws.recv(), 10))["op"] != (
-                    "pong"
-                ):
-                    pass
-                self.rtts.append(time.perf_counter() - sent)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 0.05)  # the probe's pace
-                if self._stop.is_set():
-                    return
-        except ConnectionClosed as exc:
-            self.closed = exc
-
-    async def one_more(self) -> None:
-        """Wait for a round trip that starts from now (so it overlaps the work just done)."""
-        count = len(self.rtts)
-        await wait_for(lambda: len(self.rtts) > count + 1, timeout=15, what="a bystander ping")
-
-    async def stop(self) -> list[float]:
-        self._stop.set()
-        await asyncio.wait_for(self._task, 15)
-        assert self.closed is None, f"bystander closed: {self.closed}"
-        return self.rtts
 
 
 @contextlib.asynccontextmanager
@@ -81,11 +42,11 @@ def assert_quick(rtts: list[float], min_pings: int = 5) -> None:
     assert len(rtts) >= min_pings, rtts
 
 
-async def test_forty_stars_then_z_answers_at_once_on_every_path() -> None:
-    async with run_hub(Settings(heartbeat_s=5.0)) as running, running.http() as http:
-        async with connect(running.ws_url("control")) as control_ws:
+async def test_forty_stars_then_z_answers_at_once_on_every_path(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        async with connect(running_hub.ws_url("control")) as control_ws:
             control = FrameRecorder(control_ws)
-            async with bystander(running) as probe:
+            async with bystander(running_hub) as probe:
                 # the curl reproduction: one event, then a history GET with 40 `*` and `z`
                 r = await http.post(
                     "/v1/projects/p/events", json={"type": "rt.test.event", "data": 1}
@@ -104,7 +65,7 @@ async def test_forty_stars_then_z_answers_at_once_on_every_path() -> None:
                 ) as sse:
                     assert sse.status_code == 200
                 # a WebSocket subscriber holding such patterns, by query and by subscribe op
-                async with connect(running.ws_url("p", types=FORTY_STARS_Z)) as ws:
+                async with connect(running_hub.ws_url("p", types=FORTY_STARS_Z)) as ws:
                     attacker = FrameRecorder(ws)
                     await ws.send(
                         msgspec.json.encode(
@@ -114,9 +75,9 @@ async def test_forty_stars_then_z_answers_at_once_on_every_path() -> None:
                     await wait_for(lambda: bool(attacker.ops("subscribed")), what="subscribed")
                     assert attacker.ops("subscribed")[0]["types"] == ["*z", "*y", "*a" * 30 + "*"]
                     for i in range(20):  # a new type each time, on both projects
-                        await running.hub.publish("p", f"rt.new{i}.event", {})
-                        await running.hub.publish("control", f"rt.new{i}.event", {})
-                    await running.hub.publish("p", "rt.endz", {})
+                        await running_hub.hub.publish("p", f"rt.new{i}.event", {})
+                        await running_hub.hub.publish("control", f"rt.new{i}.event", {})
+                    await running_hub.hub.publish("p", "rt.endz", {})
                     await wait_for(lambda: len(attacker.seqs) == 1, what="the one matching event")
                 assert attacker.ops("event")[0]["type"] == "rt.endz"
                 await wait_for(lambda: len(control.seqs) == 20, what="control events")
@@ -164,14 +125,13 @@ async def churn(running: RunningHub, socket: int, ops: int, rate: float) -> int:
         return replies
 
 
-async def test_subscription_churn_does_not_stall_a_bystander() -> None:
+async def test_subscription_churn_does_not_stall_a_bystander(running_hub: RunningHub) -> None:
     """Finding 11.6 scaled down: 40 sockets at 18 ops/s each, every op a new 32-pattern set
     of 128-character patterns (the old recompile took 3-5 ms an op: 2-4 s of CPU a second)."""
-    async with run_hub(Settings(heartbeat_s=5.0)) as running:
-        async with bystander(running) as probe:
-            replies = await asyncio.gather(*(churn(running, s, 36, 18.0) for s in range(40)))
-            assert replies == [36] * 40  # nobody was cut (4029) or refused
-            assert_quick(await probe.stop())
+    async with bystander(running_hub) as probe:
+        replies = await asyncio.gather(*(churn(running_hub, s, 36, 18.0) for s in range(40)))
+        assert replies == [36] * 40  # nobody was cut (4029) or refused
+        assert_quick(await probe.stop())
 
 
 def masked_text_frame(payload: bytes) -> bytes:
@@ -212,54 +172,59 @@ async def burst_client(url: str, sockets: int, ops: int) -> None:
     print(f"subscribed {subscribed}", flush=True)
 
 
-async def test_bursts_of_ops_on_many_sockets_leave_a_bystander_served() -> None:
+async def test_bursts_of_ops_on_many_sockets_leave_a_bystander_served(
+    running_hub: RunningHub,
+) -> None:
     """30 sockets each write their whole burst (100 ops of 32 new 128-character patterns) at
     once: 3,000 filter updates, about 18 s of regex compiles before this change."""
-    async with run_hub(Settings(heartbeat_s=5.0)) as running:
-        code = (
-            "import asyncio, sys; from tests.test_filter_load import burst_client; "
-            f"asyncio.run(burst_client({running.ws_url('busy')!r}, 30, 100))"
-        )
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            code,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=Path(__file__).parent.parent,
-        )
-        assert child.stdin is not None and child.stdout is not None
-        try:
-            ready = await asyncio.wait_for(child.stdout.readline(), 30)
-            assert ready.strip() == b"ready"
-            async with bystander(running) as probe:
-                await probe.one_more()
-                child.stdin.write(b"go\n")
-                await child.stdin.drain()
-                done = await asyncio.wait_for(child.stdout.readline(), 60)
-                await probe.one_more()
-                assert_quick(await probe.stop(), min_pings=3)
-            assert done.strip() == b"subscribed 3000"
-        finally:
-            if child.returncode is None:
-                child.kill()
-            await child.wait()
+    code = (
+        "import asyncio, sys; from tests.test_filter_load import burst_client; "
+        f"asyncio.run(burst_client({running_hub.ws_url('busy')!r}, 30, 100))"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        ready = await asyncio.wait_for(child.stdout.readline(), 30)
+        assert ready.strip() == b"ready"
+        async with bystander(running_hub) as probe:
+            await probe.one_more()
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+            done = await asyncio.wait_for(child.stdout.readline(), 60)
+            await probe.one_more()
+            assert_quick(await probe.stop(), min_pings=3)
+        assert done.strip() == b"subscribed 3000"
+    finally:
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
 
 
-async def test_many_distinct_filters_and_new_types_do_not_stall_a_bystander() -> None:
+async def test_many_distinct_filters_and_new_types_do_not_stall_a_bystander(
+    running_hub: RunningHub,
+) -> None:
     """Finding 11.7 scaled down: 400 subscribers with their own 32 patterns each, then batches
     of 1,000 events, 999 of types never seen before (the old fan-out matched each new type
     against every filter: 400 x 1,000 regex alternations per batch)."""
-    async with run_hub(Settings(heartbeat_s=5.0)) as running, running.http() as http:
+    async with running_hub.http() as http:
         sockets = []
         async with contextlib.AsyncExitStack() as stack:
             for i in range(400):
                 types = ",".join(f"w{i}.p{j}.*" if j % 2 else f"*.w{i}_{j}" for j in range(32))
-                ws = await stack.enter_async_context(connect(running.ws_url("wide", types=types)))
+                ws = await stack.enter_async_context(
+                    connect(running_hub.ws_url("wide", types=types))
+                )
                 sockets.append(ws)
-            await wait_for(lambda: running.hub.manager.project_connection_count("wide") == 400)
+            await wait_for(lambda: running_hub.hub.manager.project_connection_count("wide") == 400)
             matching = FrameRecorder(sockets[7])
-            async with bystander(running) as probe:
+            async with bystander(running_hub) as probe:
                 await probe.one_more()
                 checks_before = match_stats.checks
                 for batch in range(10):
@@ -289,20 +254,21 @@ def _paced_pings(url: str, count: int, result: list[str]) -> None:
         result.append(f"ended: {exc!r}")
 
 
-async def test_ops_queued_while_the_loop_was_busy_do_not_count_as_a_burst() -> None:
+@pytest.mark.hub_settings(heartbeat_s=5.0, client_ops_rate=20.0, client_ops_burst=5)
+async def test_ops_queued_while_the_loop_was_busy_do_not_count_as_a_burst(
+    running_hub: RunningHub,
+) -> None:
     """The op rate limit counts a client's frames as they were sent: a stall caused by others
     made 20 pings (at 12.5/s, within 20/s) arrive together; a burst of 5 must not cut it."""
-    settings = Settings(heartbeat_s=5.0, client_ops_rate=20.0, client_ops_burst=5)
-    async with run_hub(settings) as running:
-        result: list[str] = []
-        thread = threading.Thread(
-            target=_paced_pings, args=(running.ws_url("quiet"), 20, result), daemon=True
-        )
-        thread.start()
-        meter = limits_of(running).loop_lag
-        await wait_for(lambda: meter._handle is not None, what="the socket's op budget")
-        busy_until = time.perf_counter() + 1.2
-        while time.perf_counter() < busy_until:  # the loop works for someone else
-            pass
-        await wait_for(lambda: not thread.is_alive(), timeout=15, what="pinging thread")
-        assert len(result) == 20 and all('"pong"' in r for r in result), result[-3:]
+    result: list[str] = []
+    thread = threading.Thread(
+        target=_paced_pings, args=(running_hub.ws_url("quiet"), 20, result), daemon=True
+    )
+    thread.start()
+    meter = limits_of(running_hub).loop_lag
+    await wait_for(lambda: meter._handle is not None, what="the socket's op budget")
+    busy_until = time.perf_counter() + 1.2
+    while time.perf_counter() < busy_until:  # the loop works for someone else
+        pass
+    await wait_for(lambda: not thread.is_alive(), timeout=15, what="pinging thread")
+    assert len(result) == 20 and all('"pong"' in r for r in result), result[-3:]

@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.config import Settings
 
-from .support import RunningHub, run_hub, wait_for
+from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
 ROUNDS = 80  # batches of attacks; each batch runs CONCURRENCY attacks at once
 CONCURRENCY = 8
@@ -243,23 +243,6 @@ ATTACKS: list[Callable[[RunningHub, random.Random], Awaitable[None]]] = [
 ]
 
 
-class Bystander:
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.seqs: list[int] = []
-        self.types: list[str] = []
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                decoded = msgspec.json.decode(await self.ws.recv())
-                for frame in decoded if isinstance(decoded, list) else [decoded]:
-                    if frame["op"] == "event":
-                        self.seqs.append(frame["seq"])
-                        self.types.append(frame["type"])
-
-
 async def test_a_fuzzed_hub_keeps_serving_every_event_to_its_other_clients(
     rng: random.Random, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -272,8 +255,8 @@ async def test_a_fuzzed_hub_keeps_serving_every_event_to_its_other_clients(
     async with run_hub(settings, log_level="info") as running:
         uvicorn_logger.addHandler(caplog.handler)
         try:
-            everyone = [Bystander(await connect(running.ws_url("p1"))) for _ in range(3)]
-            agents = Bystander(await connect(running.ws_url("p1", types="agent.*")))
+            everyone = [FrameRecorder(await connect(running.ws_url("p1"))) for _ in range(3)]
+            agents = FrameRecorder(await connect(running.ws_url("p1", types="agent.*")))
             await wait_for(lambda: running.hub.manager.connection_count == 4, what="bystanders")
             published: list[tuple[int, str]] = []
             for round_ in range(ROUNDS):
@@ -300,11 +283,10 @@ async def test_a_fuzzed_hub_keeps_serving_every_event_to_its_other_clients(
             assert agents.seqs == agent_seqs
             # the attackers are gone; a newcomer is served
             await wait_for(lambda: running.hub.manager.connection_count == 4, what="fuzzers gone")
-            newcomer = Bystander(await connect(running.ws_url("p1", since=0)))
+            newcomer = FrameRecorder(await connect(running.ws_url("p1", since=0)))
             await wait_for(lambda: newcomer.seqs == seqs, what="newcomer replay")
             for bystander in [*everyone, agents, newcomer]:
-                await bystander.ws.close()
-                await bystander.task
+                await bystander.close()
             # whatever hostile publish was accepted, every client decodes it
             async with running.http() as http:
                 stored = (await http.get("/v1/projects/p2/events?since=0")).content

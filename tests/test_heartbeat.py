@@ -9,11 +9,10 @@ import os
 import struct
 
 import msgspec
+import pytest
 from websockets.asyncio.client import connect
 
-from hub.config import Settings
-
-from .support import RunningHub, run_hub, wait_for
+from .support import RunningHub, wait_for
 
 HEARTBEAT = 0.3
 
@@ -57,42 +56,46 @@ def parse_server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
-async def test_peer_that_never_answers_pings_is_dropped_within_two_heartbeats() -> None:
-    async with run_hub(Settings(heartbeat_s=HEARTBEAT)) as running:
-        manager = running.hub.manager
-        loop = asyncio.get_running_loop()
-        reader, writer = await open_dead_peer(running, "p1")
-        started = loop.time()
-        await wait_for(lambda: manager.connection_count == 1, timeout=5, what="registered")
+@pytest.mark.hub_settings(heartbeat_s=HEARTBEAT)
+async def test_peer_that_never_answers_pings_is_dropped_within_two_heartbeats(
+    running_hub: RunningHub,
+) -> None:
+    manager = running_hub.hub.manager
+    loop = asyncio.get_running_loop()
+    reader, writer = await open_dead_peer(running_hub, "p1")
+    started = loop.time()
+    await wait_for(lambda: manager.connection_count == 1, timeout=5, what="registered")
 
-        received = await asyncio.wait_for(reader.read(), timeout=5 * HEARTBEAT + 2)  # to EOF
-        elapsed = loop.time() - started
-        await wait_for(lambda: manager.connection_count == 0, timeout=5, what="unregistered")
+    received = await asyncio.wait_for(reader.read(), timeout=5 * HEARTBEAT + 2)  # to EOF
+    elapsed = loop.time() - started
+    await wait_for(lambda: manager.connection_count == 0, timeout=5, what="unregistered")
+    writer.close()
+
+    frames = parse_server_frames(received)
+    opcodes = [opcode for opcode, _ in frames]
+    assert opcodes[0] == 0x1  # welcome text frame
+    assert msgspec.json.decode(frames[0][1])["op"] == "welcome"
+    assert 0x9 in opcodes, "the hub pinged before giving up"
+    assert opcodes[-1] == 0x8, "the hub closed with a close frame"
+    assert HEARTBEAT <= elapsed < 2 * HEARTBEAT + 0.5
+
+
+@pytest.mark.hub_settings(heartbeat_s=HEARTBEAT)
+async def test_peer_that_answers_pings_outlives_a_dead_one_and_keeps_receiving(
+    running_hub: RunningHub,
+) -> None:
+    manager = running_hub.hub.manager
+    async with connect(running_hub.ws_url("p1")) as live:
+        welcome = msgspec.json.decode(await live.recv())
+        assert welcome["op"] == "welcome"
+        assert welcome["heartbeat"] == HEARTBEAT
+        reader, writer = await open_dead_peer(running_hub, "p1")
+        await wait_for(lambda: manager.connection_count == 2, timeout=5, what="both in")
+        await asyncio.wait_for(reader.read(), timeout=5 * HEARTBEAT + 2)  # dead one: EOF
         writer.close()
-
-        frames = parse_server_frames(received)
-        opcodes = [opcode for opcode, _ in frames]
-        assert opcodes[0] == 0x1  # welcome text frame
-        assert msgspec.json.decode(frames[0][1])["op"] == "welcome"
-        assert 0x9 in opcodes, "the hub pinged before giving up"
-        assert opcodes[-1] == 0x8, "the hub closed with a close frame"
-        assert HEARTBEAT <= elapsed < 2 * HEARTBEAT + 0.5
-
-
-async def test_peer_that_answers_pings_outlives_a_dead_one_and_keeps_receiving() -> None:
-    async with run_hub(Settings(heartbeat_s=HEARTBEAT)) as running:
-        manager = running.hub.manager
-        async with connect(running.ws_url("p1")) as live:
-            welcome = msgspec.json.decode(await live.recv())
-            assert welcome["op"] == "welcome"
-            assert welcome["heartbeat"] == HEARTBEAT
-            reader, writer = await open_dead_peer(running, "p1")
-            await wait_for(lambda: manager.connection_count == 2, timeout=5, what="both in")
-            await asyncio.wait_for(reader.read(), timeout=5 * HEARTBEAT + 2)  # dead one: EOF
-            writer.close()
-            await wait_for(lambda: manager.connection_count == 1, timeout=5, what="dead one out")
-            # The live client has now answered at least one ping and is still served.
-            seq = await running.hub.publish("p1", "ingest.job.updated", {"n": 1})
-            event = msgspec.json.decode(await asyncio.wait_for(live.recv(), 5))
-            assert (event["op"], event["seq"]) == ("event", seq)
-            assert manager.connection_count == 1
+        await wait_for(lambda: manager.connection_count == 1, timeout=5, what="dead one out")
+        # The live client has now answered at least one ping and is still served.
+        seq = await running_hub.hub.publish("p1", "ingest.job.updated", {"n": 1})
+        event = msgspec.json.decode(await asyncio.wait_for(live.recv(), 5))
+        assert (event["op"], event["seq"]) == ("event", seq)
+        assert manager.connection_count == 1

@@ -299,16 +299,16 @@ async def test_unknown_well_formed_type_passes_when_not_strict(http: httpx.Async
     assert (await http.post(EVENTS, json=body)).json() == {"seqs": [1]}
 
 
-async def test_strict_types_refuse_types_outside_the_catalog() -> None:
-    async with run_hub(Settings(heartbeat_s=5.0, strict_types=True)) as running:
-        running.hub.catalog.register("ingest.job.updated", JobUpdated)
-        async with running.http() as http:
-            unknown = {"type": "some.unknown.type", "data": {}}
-            assert_error(
-                await http.post(EVENTS, json=unknown), 422, "invalid_event", "some.unknown.type"
-            )
-            known = {"type": "ingest.job.updated", "data": {"job_id": "j", "progress": 0}}
-            assert (await http.post(EVENTS, json=known)).json() == {"seqs": [1]}
+@pytest.mark.hub_settings(heartbeat_s=5.0, strict_types=True)
+async def test_strict_types_refuse_types_outside_the_catalog(running_hub: RunningHub) -> None:
+    running_hub.hub.catalog.register("ingest.job.updated", JobUpdated)
+    async with running_hub.http() as http:
+        unknown = {"type": "some.unknown.type", "data": {}}
+        assert_error(
+            await http.post(EVENTS, json=unknown), 422, "invalid_event", "some.unknown.type"
+        )
+        known = {"type": "ingest.job.updated", "data": {"job_id": "j", "progress": 0}}
+        assert (await http.post(EVENTS, json=known)).json() == {"seqs": [1]}
 
 
 # --- history -----------------------------------------------------------------------------
@@ -370,26 +370,28 @@ async def test_history_types_filter_keeps_paging_over_skipped_events(
     assert [e["seq"] for e in page["events"]] == [1, 3, 4, 5, 7, 8]
 
 
-async def test_history_reports_a_gap_when_since_is_older_than_retention() -> None:
-    async with run_hub(Settings(heartbeat_s=5.0, retention_events=5)) as running:
-        async with running.http() as http:
-            await publish_many(http, "p1", [{"type": "a.b", "data": {}}] * 12)
-            page = (await http.get(EVENTS, params={"since": 3})).json()
-            assert page["gap"] is True
-            assert (page["oldest"], page["head"]) == (8, 12)
-            assert [e["seq"] for e in page["events"]] == [8, 9, 10, 11, 12]
-            page = (await http.get(EVENTS, params={"since": 7})).json()
-            assert page["gap"] is False
-            assert [e["seq"] for e in page["events"]] == [8, 9, 10, 11, 12]
+@pytest.mark.hub_settings(heartbeat_s=5.0, retention_events=5)
+async def test_history_reports_a_gap_when_since_is_older_than_retention(
+    running_hub: RunningHub,
+) -> None:
+    async with running_hub.http() as http:
+        await publish_many(http, "p1", [{"type": "a.b", "data": {}}] * 12)
+        page = (await http.get(EVENTS, params={"since": 3})).json()
+        assert page["gap"] is True
+        assert (page["oldest"], page["head"]) == (8, 12)
+        assert [e["seq"] for e in page["events"]] == [8, 9, 10, 11, 12]
+        page = (await http.get(EVENTS, params={"since": 7})).json()
+        assert page["gap"] is False
+        assert [e["seq"] for e in page["events"]] == [8, 9, 10, 11, 12]
 
 
-async def test_history_limit_is_capped_at_history_max_limit() -> None:
-    async with run_hub(Settings(heartbeat_s=5.0, history_max_limit=3)) as running:
-        async with running.http() as http:
-            await publish_many(http, "p1", [{"type": "a.b", "data": {}}] * 5)
-            page = (await http.get(EVENTS, params={"limit": 100})).json()
-            assert [e["seq"] for e in page["events"]] == [1, 2, 3]
-            assert (page["next"], page["more"]) == (3, True)
+@pytest.mark.hub_settings(heartbeat_s=5.0, history_max_limit=3)
+async def test_history_limit_is_capped_at_history_max_limit(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        await publish_many(http, "p1", [{"type": "a.b", "data": {}}] * 5)
+        page = (await http.get(EVENTS, params={"limit": 100})).json()
+        assert [e["seq"] for e in page["events"]] == [1, 2, 3]
+        assert (page["next"], page["more"]) == (3, True)
 
 
 @pytest.mark.parametrize(
@@ -484,14 +486,14 @@ class UnreachableBackend(MemoryBackend):
         return False
 
 
-async def test_readyz_is_503_when_the_backend_is_not_ready() -> None:
-    async with run_hub(Settings(heartbeat_s=5.0), backend=UnreachableBackend()) as running:
-        async with running.http() as http:
-            health = await http.get("/healthz")
-            assert health.status_code == 200
-            ready = await http.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["status"] == "not ready"
+@pytest.mark.hub_options(backend=UnreachableBackend())
+async def test_readyz_is_503_when_the_backend_is_not_ready(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        health = await http.get("/healthz")
+        assert health.status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "not ready"
 
 
 @pytest.mark.parametrize("project", ["-bad", ".hidden", "p" * 129, "sp%20ace"])

@@ -25,20 +25,9 @@ from hub.limits import (
     TokenBucket,
 )
 
-from .support import FrameRecorder, RunningHub, run_hub, wait_for
+from .support import FakeClock, FrameRecorder, RunningHub, run_hub, wait_for
 
 SECRET = "limits-test-secret-at-least-32-bytes-long"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # --- token buckets (no sockets) ----------------------------------------------------------
@@ -177,68 +166,61 @@ async def refused_with(running: RunningHub, code: int, **options: Any) -> dict[s
 # --- connections -------------------------------------------------------------------------
 
 
-async def test_a_flood_beyond_the_connection_limit_gets_1013_and_the_others_keep_receiving() -> (
-    None
-):
-    async with run_hub(Settings(heartbeat_s=5.0, max_connections=10)) as running:
-        hub = running.hub
-        existing = [await welcomed(running) for _ in range(10)]
-        published = [await hub.publish("p1", "ingest.job.updated", {"i": i}) for i in range(3)]
+@pytest.mark.hub_settings(heartbeat_s=5.0, max_connections=10)
+async def test_a_flood_beyond_the_connection_limit_gets_1013_and_the_others_keep_receiving(
+    running_hub: RunningHub,
+) -> None:
+    hub = running_hub.hub
+    existing = [await welcomed(running_hub) for _ in range(10)]
+    published = [await hub.publish("p1", "ingest.job.updated", {"i": i}) for i in range(3)]
 
-        async def one_more() -> FrameRecorder:
-            subscriber = await subscribe(running)
-            await wait_for(lambda: subscriber.closed is not None, what="refused")
-            return subscriber
+    async def one_more() -> FrameRecorder:
+        subscriber = await subscribe(running_hub)
+        await wait_for(lambda: subscriber.closed is not None, what="refused")
+        return subscriber
 
-        flood = asyncio.gather(*(one_more() for _ in range(40)))
-        for i in range(20):  # keep publishing while the flood is refused
-            published.append(await hub.publish("p1", "ingest.job.updated", {"i": i}))
-            await asyncio.sleep(0)
-        refused = await flood
-        for subscriber in refused:
-            assert subscriber.close_code == 1013
-            [error] = subscriber.frames
-            assert error["code"] == "over_capacity" and error["close"] == 1013
-            assert error["retryable"] is True
-        await wait_for(
-            lambda: all(len(s.seqs) == len(published) for s in existing), what="every event"
-        )
-        for subscriber in existing:
-            assert subscriber.seqs == published and subscriber.closed is None
-        assert limits_of(running).connections.count == 10
-        # a place freed is a place taken
-        await existing.pop().close()
-        await wait_for(lambda: limits_of(running).connections.count == 9, what="released")
-        existing.append(await welcomed(running))
-        for subscriber in existing:
-            await subscriber.close()
-        await wait_for(lambda: limits_of(running).connections.count == 0, what="all released")
+    flood = asyncio.gather(*(one_more() for _ in range(40)))
+    for i in range(20):  # keep publishing while the flood is refused
+        published.append(await hub.publish("p1", "ingest.job.updated", {"i": i}))
+        await asyncio.sleep(0)
+    refused = await flood
+    for subscriber in refused:
+        assert subscriber.close_code == 1013
+        [error] = subscriber.frames
+        assert error["code"] == "over_capacity" and error["close"] == 1013
+        assert error["retryable"] is True
+    await wait_for(lambda: all(len(s.seqs) == len(published) for s in existing), what="every event")
+    for subscriber in existing:
+        assert subscriber.seqs == published and subscriber.closed is None
+    assert limits_of(running_hub).connections.count == 10
+    # a place freed is a place taken
+    await existing.pop().close()
+    await wait_for(lambda: limits_of(running_hub).connections.count == 9, what="released")
+    existing.append(await welcomed(running_hub))
+    for subscriber in existing:
+        await subscriber.close()
+    await wait_for(lambda: limits_of(running_hub).connections.count == 0, what="all released")
 
 
-async def test_connections_per_token_and_per_address_are_limited() -> None:
-    settings = Settings(
-        heartbeat_s=5.0,
-        secret=SECRET,
-        max_connections_per_subject=2,
-        max_connections_per_address=3,
-    )
-    async with run_hub(settings) as running:
+@pytest.mark.hub_settings(
+    heartbeat_s=5.0, secret=SECRET, max_connections_per_subject=2, max_connections_per_address=3
+)
+async def test_connections_per_token_and_per_address_are_limited(running_hub: RunningHub) -> None:
+    def bearer(subject: str) -> dict[str, str]:
+        token = mint_token(SECRET, subject=subject, projects=["p1"])
+        return {"Authorization": f"Bearer {token}"}
 
-        def bearer(subject: str) -> dict[str, str]:
-            token = mint_token(SECRET, subject=subject, projects=["p1"])
-            return {"Authorization": f"Bearer {token}"}
-
-        alice = [await welcomed(running, headers=bearer("alice")) for _ in range(2)]
-        error = await refused_with(running, 1013, headers=bearer("alice"))
-        assert "per token" in error["message"]
-        bob = await welcomed(running, headers=bearer("bob"))
-        error = await refused_with(running, 1013, headers=bearer("carol"))
-        assert "per address" in error["message"]  # all of them come from 127.0.0.1
-        await alice[0].close()
-        await wait_for(lambda: limits_of(running).connections.count == 2, what="released")
-        alice[0] = await welcomed(running, headers=bearer("alice"))
-        for subscriber in [*alice, bob]:
-            await subscriber.close()
+    alice = [await welcomed(running_hub, headers=bearer("alice")) for _ in range(2)]
+    error = await refused_with(running_hub, 1013, headers=bearer("alice"))
+    assert "per token" in error["message"]
+    bob = await welcomed(running_hub, headers=bearer("bob"))
+    error = await refused_with(running_hub, 1013, headers=bearer("carol"))
+    assert "per address" in error["message"]  # all of them come from 127.0.0.1
+    await alice[0].close()
+    await wait_for(lambda: limits_of(running_hub).connections.count == 2, what="released")
+    alice[0] = await welcomed(running_hub, headers=bearer("alice"))
+    for subscriber in [*alice, bob]:
+        await subscriber.close()
 
 
 async def test_refused_subscriptions_take_no_place(running_hub: RunningHub) -> None:
@@ -250,42 +232,47 @@ async def test_refused_subscriptions_take_no_place(running_hub: RunningHub) -> N
 # --- socket op rate ----------------------------------------------------------------------
 
 
-async def test_too_many_frames_per_second_close_the_socket_with_4029() -> None:
-    settings = Settings(heartbeat_s=5.0, client_ops_rate=1.0, client_ops_burst=5)
-    async with run_hub(settings) as running:
-        clock = FakeClock()
-        limits_of(running).clock = clock
-        bystander = await welcomed(running)
-        chatty = await welcomed(running)
-        for i in range(5):
-            await chatty.ws.send('{"op":"ping","id":%d}' % i)  # noqa: UP031
-        await wait_for(lambda: len(chatty.frames) == 6, what="five pongs")
-        clock.advance(1.0)  # one more allowed a second later
-        await chatty.ws.send('{"op":"ping","id":5}')
-        await wait_for(lambda: len(chatty.frames) == 7, what="sixth pong")
-        await chatty.ws.send('{"op":"ping","id":6}')
-        await wait_for(lambda: chatty.closed is not None, what="4029")
-        assert chatty.close_code == 4029
-        assert chatty.frames[-1] == {
-            "op": "error",
-            "code": "rate_limited",
-            "message": "more than 1 frames per second; slow down",
-            "retryable": True,
-            "close": 4029,
-        }
-        seq = await running.hub.publish("p1", "agent.run.created", {})
-        await wait_for(lambda: bystander.seqs == [seq], what="bystander still served")
-        await bystander.close()
+@pytest.mark.hub_settings(heartbeat_s=5.0, client_ops_rate=1.0, client_ops_burst=5)
+async def test_too_many_frames_per_second_close_the_socket_with_4029(
+    running_hub: RunningHub,
+) -> None:
+    clock = FakeClock()
+    limits_of(running_hub).clock = clock
+    bystander = await welcomed(running_hub)
+    chatty = await welcomed(running_hub)
+    for i in range(5):
+        await chatty.ws.send('{"op":"ping","id":%d}' % i)  # noqa: UP031
+    await wait_for(lambda: len(chatty.frames) == 6, what="five pongs")
+    clock.advance(1.0)  # one more allowed a second later
+    await chatty.ws.send('{"op":"ping","id":5}')
+    await wait_for(lambda: len(chatty.frames) == 7, what="sixth pong")
+    await chatty.ws.send('{"op":"ping","id":6}')
+    await wait_for(lambda: chatty.closed is not None, what="4029")
+    assert chatty.close_code == 4029
+    assert chatty.frames[-1] == {
+        "op": "error",
+        "code": "rate_limited",
+        "message": "more than 1 frames per second; slow down",
+        "retryable": True,
+        "close": 4029,
+    }
+    seq = await running_hub.hub.publish("p1", "agent.run.created", {})
+    await wait_for(lambda: bystander.seqs == [seq], what="bystander still served")
+    await bystander.close()
 
 
 # --- publish rate ------------------------------------------------------------------------
 
 
-async def test_publishing_over_the_project_rate_gets_429_with_retry_after() -> None:
-    settings = Settings(heartbeat_s=5.0, publish_rate_per_project=2.0, publish_burst_per_project=4)
-    async with run_hub(settings) as running, running.http() as http:
+@pytest.mark.hub_settings(
+    heartbeat_s=5.0, publish_rate_per_project=2.0, publish_burst_per_project=4
+)
+async def test_publishing_over_the_project_rate_gets_429_with_retry_after(
+    running_hub: RunningHub,
+) -> None:
+    async with running_hub.http() as http:
         clock = FakeClock()
-        limits_of(running).clock = clock
+        limits_of(running_hub).clock = clock
         event = {"type": "agent.run.created", "data": {}}
         response = await http.post("/v1/projects/p1/events", json=[event] * 3)
         assert response.status_code == 202
@@ -300,16 +287,16 @@ async def test_publishing_over_the_project_rate_gets_429_with_retry_after() -> N
         clock.advance(0.5)  # one more token: 2 events fit now
         assert (await http.post("/v1/projects/p1/events", json=[event] * 2)).status_code == 202
         assert (await http.post("/v1/projects/p1/events", json=event)).status_code == 429
-        assert (await running.hub.backend.position("p1")).head == 5
+        assert (await running_hub.hub.backend.position("p1")).head == 5
 
 
-async def test_publishing_over_the_token_rate_gets_429() -> None:
-    settings = Settings(
-        heartbeat_s=5.0, secret=SECRET, publish_rate_per_token=1.0, publish_burst_per_token=2
-    )
-    async with run_hub(settings) as running, running.http() as http:
+@pytest.mark.hub_settings(
+    heartbeat_s=5.0, secret=SECRET, publish_rate_per_token=1.0, publish_burst_per_token=2
+)
+async def test_publishing_over_the_token_rate_gets_429(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
         clock = FakeClock()
-        limits_of(running).clock = clock
+        limits_of(running_hub).clock = clock
 
         def headers(subject: str) -> dict[str, str]:
             token = mint_token(SECRET, subject=subject, projects=["*"], scopes=["publish"])
@@ -410,28 +397,30 @@ async def test_an_idle_kept_alive_connection_is_closed(impatient_hub: RunningHub
     await hang_up(writer)
 
 
-async def test_a_frame_trickled_after_the_upgrade_is_cut_by_the_heartbeat() -> None:
+@pytest.mark.hub_settings(heartbeat_s=0.5)
+async def test_a_frame_trickled_after_the_upgrade_is_cut_by_the_heartbeat(
+    running_hub: RunningHub,
+) -> None:
     # The head deadline ends at the upgrade; then a peer busy trickling one frame cannot
     # answer pings, and a missed pong closes it (1011) within two heartbeats.
-    async with run_hub(Settings(heartbeat_s=0.5)) as running:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        writer.write(UPGRADE)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
-        assert head.startswith(b"HTTP/1.1 101")
-        payload = b'{"op":"ping","id":"' + b"x" * 300 + b'"}'
-        frame = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(payload)) + b"\0\0\0\0"
-        frame += payload  # masked with a zero key
-        closed = asyncio.create_task(closed_by_server(reader, within=5))
-        sent = 0
-        while not closed.done() and sent < len(frame) - 1:
-            writer.write(frame[sent : sent + 1])
-            sent += 1
-            await asyncio.sleep(0.02)
-        data = await closed
-        assert sent < len(frame) - 1, "the frame completed before the cut"
-        assert struct.pack("!H", 1011) + b"keepalive ping timeout" in data  # the close frame
-        await wait_for(lambda: running.hub.manager.connection_count == 0, what="removed")
-        await hang_up(writer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running_hub.port)
+    writer.write(UPGRADE)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 101")
+    payload = b'{"op":"ping","id":"' + b"x" * 300 + b'"}'
+    frame = bytes([0x81, 0x80 | 126]) + struct.pack("!H", len(payload)) + b"\0\0\0\0"
+    frame += payload  # masked with a zero key
+    closed = asyncio.create_task(closed_by_server(reader, within=5))
+    sent = 0
+    while not closed.done() and sent < len(frame) - 1:
+        writer.write(frame[sent : sent + 1])
+        sent += 1
+        await asyncio.sleep(0.02)
+    data = await closed
+    assert sent < len(frame) - 1, "the frame completed before the cut"
+    assert struct.pack("!H", 1011) + b"keepalive ping timeout" in data  # the close frame
+    await wait_for(lambda: running_hub.hub.manager.connection_count == 0, what="removed")
+    await hang_up(writer)
 
 
 async def test_a_publish_body_that_never_arrives_gets_408(impatient_hub: RunningHub) -> None:
@@ -447,30 +436,29 @@ async def test_a_publish_body_that_never_arrives_gets_408(impatient_hub: Running
     await hang_up(writer)
 
 
-async def test_a_408_closes_the_connection_at_once() -> None:
+@pytest.mark.hub_settings(heartbeat_s=5.0, handshake_timeout_s=10.0, body_timeout_s=0.5)
+async def test_a_408_closes_the_connection_at_once(running_hub: RunningHub) -> None:
     # The head deadline (10 s) would close it eventually; the 408 must not wait for it, or a
     # trickled body holds its connection (and the drain at shutdown) that long.
-    settings = Settings(heartbeat_s=5.0, handshake_timeout_s=10.0, body_timeout_s=0.5)
-    async with run_hub(settings) as running:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        writer.write(
-            b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: localhost\r\n"
-            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"type":'
-        )
-        data = await closed_by_server(reader, within=5)
-        assert data.startswith(b"HTTP/1.1 408")
-        assert b"connection: close" in data.lower()
-        await hang_up(writer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running_hub.port)
+    writer.write(
+        b"POST /v1/projects/p1/events HTTP/1.1\r\nHost: localhost\r\n"
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"type":'
+    )
+    data = await closed_by_server(reader, within=5)
+    assert data.startswith(b"HTTP/1.1 408")
+    assert b"connection: close" in data.lower()
+    await hang_up(writer)
 
 
-async def test_a_request_head_over_the_limit_is_refused() -> None:
-    async with run_hub(Settings(heartbeat_s=5.0, max_request_head=4096)) as running:
-        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
-        # a head that keeps growing without ending is cut once it passes the limit
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 8000)
-        data = await closed_by_server(reader, within=3)
-        assert data.startswith(b"HTTP/1.1 400")
-        await hang_up(writer)
+@pytest.mark.hub_settings(heartbeat_s=5.0, max_request_head=4096)
+async def test_a_request_head_over_the_limit_is_refused(running_hub: RunningHub) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", running_hub.port)
+    # a head that keeps growing without ending is cut once it passes the limit
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 8000)
+    data = await closed_by_server(reader, within=3)
+    assert data.startswith(b"HTTP/1.1 400")
+    await hang_up(writer)
 
 
 async def test_normal_clients_are_not_hurried(impatient_hub: RunningHub) -> None:

@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import msgspec
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from hub.backends.base import StoredEvent
-from hub.protocol import ErrorFrame, EventFrame, WelcomeFrame, decode_server_frames
+from hub.protocol import EventFrame, WelcomeFrame, decode_server_frames
 
-from .support import RunningHub, wait_for
+from .support import FrameRecorder, RunningHub, wait_for
 
 
 def stored(project: str, seq: int) -> StoredEvent:
     frame = EventFrame(project, seq, "a.b", 1, msgspec.Raw(b"{}"))
     return StoredEvent(seq, "a.b", None, 1, msgspec.json.encode(frame))
-
-
-async def frames_until_close(ws: object) -> tuple[list[object], int | None]:
-    frames: list[object] = []
-    try:
-        async for message in ws:  # type: ignore[attr-defined]
-            frames.extend(decode_server_frames(message))
-    except ConnectionClosed:
-        pass
-    return frames, ws.close_code  # type: ignore[attr-defined]
 
 
 async def test_a_hole_in_dispatched_seqs_closes_subscribers_with_4008_resync(
@@ -38,12 +27,13 @@ async def test_a_hole_in_dispatched_seqs_closes_subscribers_with_4008_resync(
         assert isinstance(welcome, WelcomeFrame)
         await hub.publish("p1", "a.b", {})  # seq 2 arrives normally
         assert [f.seq for f in decode_server_frames(await ws.recv())] == [2]  # type: ignore[union-attr]
+        rest = FrameRecorder(ws)
         hub.manager.dispatch("p1", welcome.epoch, [stored("p1", 7)])  # 3..6 never arrived
-        frames, code = await frames_until_close(ws)
-    assert code == 4008
-    errors = [f for f in frames if isinstance(f, ErrorFrame)]
-    assert [e.code for e in errors] == ["resync"] and errors[0].retryable
-    assert not any(isinstance(f, EventFrame) and f.seq == 7 for f in frames)
+        await rest.wait_closed()
+    assert rest.close_code == 4008
+    errors = rest.ops("error")
+    assert [e["code"] for e in errors] == ["resync"] and errors[0]["retryable"]
+    assert 7 not in rest.seqs
 
 
 async def test_an_epoch_announced_without_events_closes_subscribers_with_1001(
@@ -53,7 +43,8 @@ async def test_an_epoch_announced_without_events_closes_subscribers_with_1001(
     async with connect(running_hub.ws_url("p1")) as ws:
         await ws.recv()
         await wait_for(lambda: hub.manager.project_connection_count("p1") == 1)
+        rest = FrameRecorder(ws)
         hub.manager.dispatch("p1", "a-new-life", [])
-        frames, code = await frames_until_close(ws)
-    assert code == 1001
-    assert [f.code for f in frames if isinstance(f, ErrorFrame)] == ["epoch_changed"]
+        await rest.wait_closed()
+    assert rest.close_code == 1001
+    assert [e["code"] for e in rest.ops("error")] == ["epoch_changed"]

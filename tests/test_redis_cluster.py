@@ -13,8 +13,8 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 from hub.backends.redis import RedisBackend
 from hub.redis_publisher import RedisPublisher
 
-from .redis_support import RedisCluster, WsRecorder, fast_settings
-from .support import run_hub, wait_for
+from .redis_support import RedisCluster, fast_settings
+from .support import FrameRecorder, run_hub, wait_for
 
 PROJECTS = [f"team-{i}" for i in range(8)]
 
@@ -44,7 +44,9 @@ async def test_two_hubs_on_a_cluster_agree_on_every_project_across_nodes(
         run_hub(settings, backend=RedisBackend(cluster.url, settings)) as b,
     ):
         watchers = {
-            (hub.url, p): await WsRecorder(hub.ws_url(p)).open() for hub in (a, b) for p in PROJECTS
+            (hub.url, p): await FrameRecorder.open(hub.ws_url(p))
+            for hub in (a, b)
+            for p in PROJECTS
         }
         await wait_for(lambda: all(w.welcome is not None for w in watchers.values()))
         async with httpx.AsyncClient(timeout=10) as http:
@@ -65,6 +67,6 @@ async def test_two_hubs_on_a_cluster_agree_on_every_project_across_nodes(
         for project in PROJECTS:
             on_a, on_b = watchers[(a.url, project)], watchers[(b.url, project)]
             assert on_a.events == on_b.events
-            assert [e.data for e in on_a.events] == [{"r": r, "p": project} for r in range(6)]
+            assert [e["data"] for e in on_a.events] == [{"r": r, "p": project} for r in range(6)]
         for watcher in watchers.values():
             await watcher.close()

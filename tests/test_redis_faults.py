@@ -18,18 +18,17 @@ from redis.asyncio import Redis
 from hub.backends.redis import RedisBackend
 from hub.client import HubClient, HubClientError
 from hub.config import Settings
-from hub.protocol import ErrorFrame, GapFrame, SnapshotFrame, WelcomeFrame
+from hub.protocol import GapFrame, SnapshotFrame
 from hub.redis_publisher import RedisPublisher
 
 from .redis_support import (
     BlackholeProxy,
     RedisServer,
-    WsRecorder,
     fast_settings,
     free_port,
     running_redis,
 )
-from .support import RunningHub, run_hub, wait_for
+from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
 
 @pytest.fixture
@@ -83,19 +82,19 @@ async def test_unreachable_at_start_then_everything_recovers_when_redis_comes_up
         assert error["code"] == "unavailable" and error["retryable"] is True
         assert error["message"].startswith("redis unavailable: ")
 
-        turned_away = await WsRecorder(running.ws_url("p1", since=0)).open()
-        await asyncio.wait_for(turned_away.done.wait(), 10)
+        turned_away = await FrameRecorder.open(running.ws_url("p1", since=0))
+        await turned_away.wait_closed(timeout=10)
         assert turned_away.close_code == 1013
         [frame] = turned_away.frames
-        assert isinstance(frame, ErrorFrame)
-        assert (frame.code, frame.close, frame.retryable) == ("unavailable", 1013, True)
+        assert frame["op"] == "error"
+        assert (frame["code"], frame["close"], frame["retryable"]) == ("unavailable", 1013, True)
 
         server = RedisServer(tmp_path / "late", port=port)
         server.start()
         try:
             await wait_for(lambda: ready_status(running), what="ready once redis is up")
             assert await publish_until_accepted(http, "p1", {"type": "a.b", "data": 1}) == 1
-            subscriber = await WsRecorder(running.ws_url("p1", since=0)).open()
+            subscriber = await FrameRecorder.open(running.ws_url("p1", since=0))
             await wait_for(lambda: subscriber.seqs == [1], what="the replayed event")
             await http.post("/v1/projects/p1/events", json={"type": "a.b", "data": 2})
             await wait_for(lambda: subscriber.seqs == [1, 2], what="a live event")
@@ -111,7 +110,7 @@ async def test_kill_9_and_restart_with_aof_every_subscriber_gets_every_acknowled
     with running_redis(tmp_path / "aof", appendonly=True) as server:
         async with redis_hub(server.url) as a, redis_hub(server.url) as b:
             subscribers = [
-                await WsRecorder(hub.ws_url("p1", since=0)).open() for hub in (a, b, a, b)
+                await FrameRecorder.open(hub.ws_url("p1", since=0)) for hub in (a, b, a, b)
             ]
             await wait_for(lambda: all(s.welcome is not None for s in subscribers))
             acked: dict[int, int] = {}
@@ -142,8 +141,10 @@ async def test_kill_9_and_restart_with_aof_every_subscriber_gets_every_acknowled
             by_seq = {seq: i for i, seq in acked.items()}
             for subscriber in subscribers:
                 assert subscriber.seqs == list(range(1, total + 1))  # each once, in order
-                assert [e.data for e in subscriber.events] == [by_seq[s] for s in subscriber.seqs]
-                assert subscriber.close_code is None  # nobody was dropped
+                assert [e["data"] for e in subscriber.events] == [
+                    by_seq[s] for s in subscriber.seqs
+                ]
+                assert subscriber.closed is None  # nobody was dropped
                 await subscriber.close()
             assert a.hub.backend.reader.reconnects >= 2  # type: ignore[attr-defined]
 
@@ -152,7 +153,7 @@ async def test_restart_without_persistence_gives_gap_and_snapshot_with_a_new_epo
     redis_server: RedisServer,
 ) -> None:
     async with redis_hub(redis_server.url) as running, running.http() as http:
-        watcher = await WsRecorder(running.ws_url("p1")).open()
+        watcher = await FrameRecorder.open(running.ws_url("p1"))
         client = HubClient(running.url, "p1", backoff_initial=0.01, backoff_max=0.1)
         from_client: list[Any] = []
 
@@ -169,7 +170,7 @@ async def test_restart_without_persistence_gives_gap_and_snapshot_with_a_new_epo
             )
         await wait_for(lambda: len(watcher.seqs) == 5 and len(from_client) == 5)
         assert watcher.welcome is not None
-        old_epoch = watcher.welcome.epoch
+        old_epoch = watcher.welcome["epoch"]
 
         await asyncio.to_thread(redis_server.restart)  # no AOF, no RDB: everything is gone
         for i in range(3):
@@ -177,19 +178,19 @@ async def test_restart_without_persistence_gives_gap_and_snapshot_with_a_new_epo
             assert await publish_until_accepted(http, "p1", body) == i + 1
 
         # the live subscriber is told its seqs mean nothing now
-        await asyncio.wait_for(watcher.done.wait(), 10)
+        await watcher.wait_closed(timeout=10)
         assert watcher.close_code == 1001
         last = watcher.frames[-1]
-        assert isinstance(last, ErrorFrame) and last.code == "epoch_changed"
+        assert last["op"] == "error" and last["code"] == "epoch_changed"
 
         # coming back with since + the old epoch: gap (epoch), then the new epoch's snapshot
-        back = await WsRecorder(running.ws_url("p1", since=5, epoch=old_epoch)).open()
+        back = await FrameRecorder.open(running.ws_url("p1", since=5, epoch=old_epoch))
         await wait_for(lambda: len(back.frames) >= 3, what="welcome, gap, snapshot")
         welcome, gap, snapshot = back.frames[:3]
-        assert isinstance(welcome, WelcomeFrame) and welcome.epoch != old_epoch
-        assert gap == GapFrame("epoch", 5, 1, 3)
-        assert isinstance(snapshot, SnapshotFrame) and snapshot.head == 3
-        assert [(e.key, e.seq, e.data) for e in snapshot.events] == [
+        assert welcome["op"] == "welcome" and welcome["epoch"] != old_epoch
+        assert gap == {"op": "gap", "reason": "epoch", "since": 5, "oldest": 1, "head": 3}
+        assert snapshot["op"] == "snapshot" and snapshot["head"] == 3
+        assert [(e["key"], e["seq"], e["data"]) for e in snapshot["events"]] == [
             ("k0", 1, 100),
             ("k1", 2, 101),
             ("k2", 3, 102),
@@ -200,7 +201,7 @@ async def test_restart_without_persistence_gives_gap_and_snapshot_with_a_new_epo
         await wait_for(lambda: any(isinstance(f, SnapshotFrame) for f in from_client))
         gaps = [f for f in from_client if isinstance(f, GapFrame)]
         assert [g.reason for g in gaps] == ["epoch"]
-        assert client.epoch == welcome.epoch
+        assert client.epoch == welcome["epoch"]
         await client.close()
         consuming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -212,7 +213,7 @@ async def test_redis_back_from_an_older_snapshot_starts_a_new_epoch_never_reusin
 ) -> None:
     with running_redis(tmp_path / "rdb") as server:
         async with redis_hub(server.url) as running, running.http() as http:
-            watcher = await WsRecorder(running.ws_url("p1")).open()
+            watcher = await FrameRecorder.open(running.ws_url("p1"))
             await wait_for(lambda: watcher.welcome is not None)
             for i in range(5):
                 await http.post("/v1/projects/p1/events", json={"type": "a.b", "data": i})
@@ -220,20 +221,20 @@ async def test_redis_back_from_an_older_snapshot_starts_a_new_epoch_never_reusin
                     server.cli("save")  # an RDB snapshot taken at head 3
             await wait_for(lambda: watcher.seqs == [1, 2, 3, 4, 5])
             assert watcher.welcome is not None
-            old_epoch = watcher.welcome.epoch
+            old_epoch = watcher.welcome["epoch"]
 
             await asyncio.to_thread(server.restart)  # back at head 3: seqs 4 and 5 are gone
             body = {"type": "a.b", "id": "after", "data": 9}
             # this hub saw seq 5, so seq 4 is not handed out again in the old epoch
             assert await publish_until_accepted(http, "p1", body) == 1
-            await asyncio.wait_for(watcher.done.wait(), 10)
+            await watcher.wait_closed(timeout=10)
             assert watcher.close_code == 1001
 
-            back = await WsRecorder(running.ws_url("p1", since=5, epoch=old_epoch)).open()
+            back = await FrameRecorder.open(running.ws_url("p1", since=5, epoch=old_epoch))
             await wait_for(lambda: len(back.frames) >= 3, what="welcome, gap, snapshot")
             welcome, gap = back.frames[:2]
-            assert isinstance(welcome, WelcomeFrame) and welcome.epoch != old_epoch
-            assert gap == GapFrame("epoch", 5, 1, 1)
+            assert welcome["op"] == "welcome" and welcome["epoch"] != old_epoch
+            assert gap == {"op": "gap", "reason": "epoch", "since": 5, "oldest": 1, "head": 1}
             await back.close()
 
 
@@ -241,7 +242,7 @@ async def test_data_flushed_under_a_live_reader_is_noticed_as_a_new_epoch(
     redis_server: RedisServer,
 ) -> None:
     async with redis_hub(redis_server.url) as running, running.http() as http:
-        watcher = await WsRecorder(running.ws_url("p1")).open()
+        watcher = await FrameRecorder.open(running.ws_url("p1"))
         await wait_for(lambda: watcher.welcome is not None)
         for i in range(3):
             await http.post("/v1/projects/p1/events", json={"type": "a.b", "data": i})
@@ -252,7 +253,7 @@ async def test_data_flushed_under_a_live_reader_is_noticed_as_a_new_epoch(
         # seq 1 of the new epoch sits below the reader's cursor: only the epoch check sees it
         response = await http.post("/v1/projects/p1/events", json={"type": "a.b", "data": 9})
         assert response.json() == {"seqs": [1]}
-        await asyncio.wait_for(watcher.done.wait(), 10)
+        await watcher.wait_closed(timeout=10)
         assert watcher.close_code == 1001
         assert watcher.seqs == [1, 2, 3]
 
@@ -266,7 +267,7 @@ async def test_a_blackholed_link_is_noticed_within_seconds_and_reading_resumes_a
         async with redis_hub(proxy.url) as running, running.http() as http:
             backend = running.hub.backend
             assert isinstance(backend, RedisBackend)
-            watcher = await WsRecorder(running.ws_url("p1")).open()
+            watcher = await FrameRecorder.open(running.ws_url("p1"))
             await wait_for(lambda: watcher.welcome is not None)
             await http.post("/v1/projects/p1/events", json={"type": "a.b", "data": 1})
             await wait_for(lambda: watcher.seqs == [1])
@@ -292,8 +293,8 @@ async def test_a_blackholed_link_is_noticed_within_seconds_and_reading_resumes_a
             await wait_for(lambda: watcher.seqs == [1, 2, 3, 4], what="resumed from its cursor")
             await http.post("/v1/projects/p1/events", json={"type": "a.b", "data": 5})
             await wait_for(lambda: watcher.seqs == [1, 2, 3, 4, 5])
-            assert [e.data for e in watcher.events] == [1, 2, 3, 4, 5]
-            assert watcher.close_code is None
+            assert [e["data"] for e in watcher.events] == [1, 2, 3, 4, 5]
+            assert watcher.closed is None
             await watcher.close()
     finally:
         await proxy.close()

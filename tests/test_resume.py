@@ -7,9 +7,9 @@ import asyncio
 import random
 
 import msgspec
+import pytest
 from websockets.asyncio.client import connect
 
-from hub.config import Settings
 from hub.protocol import (
     EventFrame,
     GapFrame,
@@ -20,13 +20,14 @@ from hub.protocol import (
     decode_server_frames,
 )
 
-from .support import RunningHub, run_hub
+from .support import RunningHub
 
 
-async def collect_until(ws_url: str, last_seq: int, frames: list[ServerFrame]) -> None:
-    """Record frames until both `replayed` and the event with `last_seq` have arrived."""
+async def collect_until(ws_url: str, since: int, last_seq: int, frames: list[ServerFrame]) -> None:
+    """Record frames until `replayed` and everything after `since` up to `last_seq` have
+    arrived; a client that joined with `since == last_seq` has nothing more to wait for."""
     async with connect(ws_url, max_size=None) as ws:
-        seen_last = seen_replayed = False
+        seen_last, seen_replayed = since >= last_seq, False
         while not (seen_last and seen_replayed):
             for frame in decode_server_frames(await ws.recv()):
                 frames.append(frame)
@@ -59,7 +60,7 @@ async def test_clients_joining_with_since_during_publishing_get_each_seq_once_in
         since = rng.randint(0, heads[0])
         frames: list[ServerFrame] = []
         task = asyncio.create_task(
-            collect_until(running_hub.ws_url("p1", since=since), total, frames)
+            collect_until(running_hub.ws_url("p1", since=since), since, total, frames)
         )
         clients.append((since, frames, task))
         await asyncio.sleep(0)  # stagger the joins across the publishing run
@@ -88,19 +89,21 @@ async def first_frames(url: str, count: int) -> list[ServerFrame]:
     return frames
 
 
-async def test_since_older_than_retention_yields_gap_then_snapshot_of_latest_per_key() -> None:
-    async with run_hub(Settings(retention_events=10)) as running:
-        hub = running.hub
-        for i in range(50):
-            await hub.publish("p1", "ingest.job.updated", {"i": i}, key=f"job{i % 3}")
-        welcome, gap, snapshot = await first_frames(running.ws_url("p1", since=5), 3)
-        assert isinstance(welcome, WelcomeFrame) and (welcome.oldest, welcome.head) == (41, 50)
-        assert gap == GapFrame("evicted", 5, 41, 50)
-        assert isinstance(snapshot, SnapshotFrame)
-        assert snapshot.head == 50
-        latest = {e.key: (e.seq, e.data) for e in snapshot.events}
-        # i = 47, 48, 49 got seqs 48, 49, 50 and keys job2, job0, job1
-        assert latest == {"job2": (48, {"i": 47}), "job0": (49, {"i": 48}), "job1": (50, {"i": 49})}
+@pytest.mark.hub_settings(retention_events=10)
+async def test_since_older_than_retention_yields_gap_then_snapshot_of_latest_per_key(
+    running_hub: RunningHub,
+) -> None:
+    hub = running_hub.hub
+    for i in range(50):
+        await hub.publish("p1", "ingest.job.updated", {"i": i}, key=f"job{i % 3}")
+    welcome, gap, snapshot = await first_frames(running_hub.ws_url("p1", since=5), 3)
+    assert isinstance(welcome, WelcomeFrame) and (welcome.oldest, welcome.head) == (41, 50)
+    assert gap == GapFrame("evicted", 5, 41, 50)
+    assert isinstance(snapshot, SnapshotFrame)
+    assert snapshot.head == 50
+    latest = {e.key: (e.seq, e.data) for e in snapshot.events}
+    # i = 47, 48, 49 got seqs 48, 49, 50 and keys job2, job0, job1
+    assert latest == {"job2": (48, {"i": 47}), "job0": (49, {"i": 48}), "job1": (50, {"i": 49})}
 
 
 async def test_wrong_epoch_yields_gap_epoch_and_snapshot(running_hub: RunningHub) -> None:

@@ -10,18 +10,9 @@ from hub.backends.memory import MemoryBackend
 from hub.backends.memory_log import ProjectLog, RetentionLimits
 from hub.config import Settings
 
+from .support import FakeClock
+
 T0 = 1_763_880_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_log(
@@ -43,7 +34,7 @@ def seqs(log: ProjectLog, since: int = 0, limit: int = 10_000) -> list[int]:
 
 
 def test_seqs_start_at_one_and_are_contiguous() -> None:
-    log = make_log(FakeClock())
+    log = make_log(FakeClock(T0))
     assert log.head == 0
     assert log.oldest == 1
     assigned = [log.append("a.b", b"{}", None, None) for _ in range(50)]
@@ -71,7 +62,7 @@ def test_stored_event_carries_the_encoded_event_frame_with_publish_time() -> Non
 
 
 def test_position_reports_epoch_oldest_and_head() -> None:
-    log = make_log(FakeClock(), events=3)
+    log = make_log(FakeClock(T0), events=3)
     for _ in range(5):
         log.append("a.b", b"{}", None, None)
     position = log.position()
@@ -82,7 +73,7 @@ def test_position_reports_epoch_oldest_and_head() -> None:
 
 
 def test_count_bound_keeps_the_newest_events() -> None:
-    log = make_log(FakeClock(), events=5)
+    log = make_log(FakeClock(T0), events=5)
     for _ in range(12):
         log.append("a.b", b"{}", None, None)
     assert seqs(log) == [8, 9, 10, 11, 12]
@@ -90,7 +81,7 @@ def test_count_bound_keeps_the_newest_events() -> None:
 
 
 def test_bytes_bound_keeps_what_fits() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     probe = make_log(clock)
     probe.append("a.b", b'{"pad":"xxxxxxxxxx"}', None, None)
     size = len(probe.read(0, 1)[0].frame)
@@ -105,7 +96,7 @@ def test_bytes_bound_keeps_what_fits() -> None:
 
 
 def test_event_larger_than_the_bytes_bound_is_not_retained_but_keeps_its_seq() -> None:
-    log = make_log(FakeClock(), bytes=50)
+    log = make_log(FakeClock(T0), bytes=50)
     assert log.append("a.b", b'{"pad":"' + b"x" * 100 + b'"}', None, None) == 1
     assert seqs(log) == []
     assert (log.oldest, log.head) == (2, 1)
@@ -114,7 +105,7 @@ def test_event_larger_than_the_bytes_bound_is_not_retained_but_keeps_its_seq() -
 
 
 def test_age_bound_drops_events_older_than_the_limit_when_the_clock_moves() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     log = make_log(clock, age_s=60)
     log.append("a.b", b"{}", None, None)  # t = 0
     clock.advance(30)
@@ -132,7 +123,7 @@ def test_age_bound_drops_events_older_than_the_limit_when_the_clock_moves() -> N
 
 
 def test_aged_out_project_keeps_counting_from_its_head() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     log = make_log(clock, age_s=10)
     for _ in range(3):
         log.append("a.b", b"{}", None, None)
@@ -158,21 +149,21 @@ def test_aged_out_project_keeps_counting_from_its_head() -> None:
     ],
 )
 def test_read_windows(since: int, limit: int, expected: list[int]) -> None:
-    log = make_log(FakeClock(), events=5)
+    log = make_log(FakeClock(T0), events=5)
     for _ in range(10):
         log.append("a.b", b"{}", None, None)
     assert seqs(log, since, limit) == expected
 
 
 def test_read_of_an_empty_log_is_empty() -> None:
-    assert seqs(make_log(FakeClock())) == []
+    assert seqs(make_log(FakeClock(T0))) == []
 
 
 # --- snapshot ----------------------------------------------------------------------------
 
 
 def test_snapshot_holds_the_latest_event_per_key_in_seq_order() -> None:
-    log = make_log(FakeClock())
+    log = make_log(FakeClock(T0))
     log.append("ingest.job.updated", b'{"v":1}', "job/a", None)  # 1
     log.append("ingest.job.updated", b'{"v":1}', "job/b", None)  # 2
     log.append("ingest.job.updated", b'{"v":2}', "job/a", None)  # 3
@@ -184,7 +175,7 @@ def test_snapshot_holds_the_latest_event_per_key_in_seq_order() -> None:
 
 
 def test_snapshot_outlives_retention() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     log = make_log(clock, events=2, age_s=10)
     log.append("a.b", b"{}", "k1", None)
     log.append("a.b", b"{}", "k2", None)
@@ -197,7 +188,7 @@ def test_snapshot_outlives_retention() -> None:
 
 
 def test_snapshot_key_bound_drops_the_least_recently_updated_key() -> None:
-    log = make_log(FakeClock(), snapshot_keys=2)
+    log = make_log(FakeClock(T0), snapshot_keys=2)
     log.append("a.b", b"{}", "k1", None)  # 1
     log.append("a.b", b"{}", "k2", None)  # 2
     log.append("a.b", b"{}", "k1", None)  # 3: k1 is now the most recently updated
@@ -209,7 +200,7 @@ def test_snapshot_key_bound_drops_the_least_recently_updated_key() -> None:
 
 
 def test_same_id_returns_the_first_seq_and_adds_nothing() -> None:
-    log = make_log(FakeClock())
+    log = make_log(FakeClock(T0))
     assert log.append("a.b", b'{"v":1}', "k", "req-1") == 1
     bytes_before = log.retained_bytes
     assert log.append("a.b", b'{"v":2}', "k", "req-1") == 1
@@ -221,7 +212,7 @@ def test_same_id_returns_the_first_seq_and_adds_nothing() -> None:
 
 
 def test_ids_are_forgotten_when_their_event_leaves_retention_by_count() -> None:
-    log = make_log(FakeClock(), events=2)
+    log = make_log(FakeClock(T0), events=2)
     assert log.append("a.b", b"{}", None, "req-1") == 1
     assert log.append("a.b", b"{}", None, "req-1") == 1
     log.append("a.b", b"{}", None, None)  # 2
@@ -230,7 +221,7 @@ def test_ids_are_forgotten_when_their_event_leaves_retention_by_count() -> None:
 
 
 def test_ids_are_forgotten_when_their_event_leaves_retention_by_age() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     log = make_log(clock, age_s=10)
     assert log.append("a.b", b"{}", None, "req-1") == 1
     clock.advance(5)
@@ -241,7 +232,7 @@ def test_ids_are_forgotten_when_their_event_leaves_retention_by_age() -> None:
 
 
 def test_ids_within_retention_survive_other_evictions() -> None:
-    log = make_log(FakeClock(), events=3)
+    log = make_log(FakeClock(T0), events=3)
     log.append("a.b", b"{}", None, None)  # 1
     assert log.append("a.b", b"{}", None, "req-2") == 2
     log.append("a.b", b"{}", None, None)  # 3
@@ -262,7 +253,7 @@ def make_backend(clock: FakeClock, **settings: object) -> MemoryBackend:
 
 
 async def test_idle_project_is_evicted_by_sweep_after_the_idle_time() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, project_idle_s=100)
     await backend.publish("p1", [request(), request()])
     epoch = (await backend.position("p1")).epoch
@@ -278,7 +269,7 @@ async def test_idle_project_is_evicted_by_sweep_after_the_idle_time() -> None:
 
 
 async def test_activity_keeps_a_project_from_idle_eviction() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, project_idle_s=100)
     await backend.publish("busy", [request()])
     await backend.publish("quiet", [request()])
@@ -291,7 +282,7 @@ async def test_activity_keeps_a_project_from_idle_eviction() -> None:
 
 
 async def test_watched_project_is_never_evicted_by_idleness() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, project_idle_s=10)
     await backend.watch("p1")
     await backend.publish("p1", [request()])
@@ -302,7 +293,7 @@ async def test_watched_project_is_never_evicted_by_idleness() -> None:
 
 
 async def test_unwatched_project_becomes_idle_from_when_its_last_watcher_left() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, project_idle_s=10)
     await backend.watch("p1")
     await backend.watch("p1")
@@ -322,7 +313,7 @@ async def test_unwatched_project_becomes_idle_from_when_its_last_watcher_left() 
 
 
 async def test_sweep_trims_aged_events_of_kept_projects() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, retention_age_s=10, project_idle_s=1000)
     await backend.publish("p1", [request()])
     clock.advance(11)
@@ -332,7 +323,7 @@ async def test_sweep_trims_aged_events_of_kept_projects() -> None:
 
 
 async def test_max_projects_evicts_the_least_recently_active_project() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, max_projects=3)
     for project in ("p1", "p2", "p3"):
         await backend.publish(project, [request()])
@@ -348,7 +339,7 @@ async def test_max_projects_evicts_the_least_recently_active_project() -> None:
 
 
 async def test_max_projects_never_evicts_a_watched_project() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, max_projects=2)
     await backend.watch("watched")
     await backend.publish("watched", [request()])
@@ -362,7 +353,7 @@ async def test_max_projects_never_evicts_a_watched_project() -> None:
 
 
 async def test_a_new_project_is_not_evicted_by_its_own_creation() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock, max_projects=1)
     await backend.watch("watched")
     assert await backend.publish("fresh", [request()]) == [1]
@@ -372,7 +363,7 @@ async def test_a_new_project_is_not_evicted_by_its_own_creation() -> None:
 
 
 async def test_idempotent_publish_through_the_backend_returns_the_first_seqs() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     backend = make_backend(clock)
     delivered: list[list[int]] = []
     await backend.start(lambda project, epoch, events: delivered.append([e.seq for e in events]))

@@ -8,13 +8,10 @@ import re
 import signal
 import sys
 
-from websockets.asyncio.client import connect
-
-from hub.protocol import EventFrame, decode_server_frames
 from services.demo import register
 from services.runtime import SAMPLE_DOCS
 
-from .test_services_hub import data_of
+from .support import FrameRecorder, wait_for
 
 
 def test_demo_command_registers_with_its_options_and_defaults() -> None:
@@ -57,23 +54,24 @@ async def test_demo_prints_where_to_watch_and_publishes_a_workflow_within_second
         assert f"dashboard: {base.group(1)}/" in banner
 
         ws_url = base.group(1).replace("http://", "ws://") + "/v1/projects/demo/ws?since=0"
-        seen: list[EventFrame] = []
-        async with connect(ws_url) as ws, asyncio.timeout(20):
-            while not any(
-                e.type == "workflow.run.updated" and data_of(e)["state"] == "succeeded"
-                for e in seen
-            ):
-                seen += [
-                    f for f in decode_server_frames(await ws.recv()) if isinstance(f, EventFrame)
-                ]
-        types = {e.type for e in seen}
+        watcher = await FrameRecorder.open(ws_url)
+        await wait_for(
+            lambda: any(
+                e["type"] == "workflow.run.updated" and e["data"]["state"] == "succeeded"
+                for e in watcher.events
+            ),
+            timeout=20,
+            what="a workflow run that succeeded",
+        )
+        await watcher.close()
+        types = {e["type"] for e in watcher.events}
         assert {
             "ingest.job.completed",
             "agent.message.appended",
             "agent.run.completed",
             "workflow.node_state.updated",
         } <= types
-        assert [e.seq for e in seen] == list(range(1, len(seen) + 1))
+        assert watcher.seqs == list(range(1, len(watcher.seqs) + 1))
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGINT)

@@ -21,7 +21,7 @@ from services.testing import RecordingEmitter
 from services.workflow import NodeSpec, WorkflowSpec
 
 from .support import RunningHub, wait_for
-from .test_services_hostile_support import P, bystander, hub_with_services
+from .test_services_hostile_support import P, assert_unharmed, bystander, hub_with_services
 
 FINAL_NODE_STATES = ("succeeded", "failed", "skipped", "cancelled")
 
@@ -88,7 +88,7 @@ async def test_nan_specs_never_reach_a_timer_and_other_projects_keep_their_pace(
             assert time.perf_counter() - started < 3  # was unfinished at 50 s
         loop = asyncio.get_running_loop()
         assert all(math.isfinite(h.when()) for h in loop._scheduled)  # type: ignore[attr-defined]
-    watcher.assert_unharmed()
+    assert_unharmed(watcher)
 
 
 def test_specs_built_in_code_are_checked_too() -> None:
@@ -140,7 +140,7 @@ async def test_trickled_bodies_get_408_at_the_hubs_body_timeout_on_every_route()
         assert set(statuses) <= {408, 429} and statuses.count(408) >= 20
         assert max(delay for _, delay in results) < 0.5 + 3
         assert services.ingest.uploads_in_flight.used == 0  # every slot came back
-    watcher.assert_unharmed()
+    assert_unharmed(watcher)
 
 
 async def test_bodies_over_their_limit_are_413() -> None:
@@ -243,7 +243,7 @@ async def test_a_workflow_flood_is_admitted_up_to_its_limits_and_refused_with_42
     pacing = limits.emit_burst_per_project + limits.emit_rate_per_project * elapsed
     print(f"flood: {published} events in {elapsed:.2f}s (pace allows {pacing:.0f})")
     assert published <= pacing
-    watcher.assert_unharmed()
+    assert_unharmed(watcher)
 
 
 async def test_agent_runs_are_admitted_up_to_their_limit() -> None:

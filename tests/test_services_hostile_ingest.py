@@ -31,7 +31,7 @@ from services.store import Store
 from services.testing import RecordingEmitter
 
 from .support import wait_for
-from .test_services_hostile_support import P, bystander, hub_with_services
+from .test_services_hostile_support import P, assert_unharmed, bystander, hub_with_services
 
 MiB = 1024 * 1024
 FINAL = ("completed", "failed", "cancelled")
@@ -94,7 +94,7 @@ async def test_amplifying_csv_and_json_are_bounded_file_errors_without_stalling_
     for job in finals:  # the only file was refused: the job fails naming the limit
         assert job["status"] == "failed", job
         assert "characters of text (the document limit)" in job["error"]["message"], job
-    watcher.assert_unharmed()
+    assert_unharmed(watcher)
     assert elapsed < 10  # was unfinished at 45 s
 
 
@@ -127,7 +127,7 @@ async def test_big_single_paragraph_texts_are_parsed_off_the_loop() -> None:
             finals = [await until_final(http, job_id, timeout=60) for job_id in jobs]
     assert all(job["status"] == "completed" and job["chunks"] > 6000 for job in finals), finals
     assert services.ingest.parse_pool.runs == 4  # each file was parsed in the pool's threads
-    watcher.assert_unharmed()  # was a 576 ms stall
+    assert_unharmed(watcher)  # was a 576 ms stall
 
 
 def test_splitting_a_long_paragraph_is_linear() -> None:
@@ -163,7 +163,7 @@ async def test_a_cancelled_job_stops_its_parsing_thread() -> None:
             # The thread stopped before `cancelled` went out: no core burning behind it.
             assert pool.active == 0
             assert pool.finished_cancelled == 1
-    watcher.assert_unharmed()
+    assert_unharmed(watcher)
 
 
 # --- finding 3: payloads are released, uploads in flight are bounded ----------------------

@@ -14,14 +14,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
 from hub.catalog import EventCatalog
 from hub.config import Settings
 from hub.errors import EventValidationError
-from hub.protocol import EventFrame, WelcomeFrame, decode_server_frames
 from services.emitters import HttpEmitter, InProcessEmitter
 from services.events import EVENT_TYPES, IngestJob, register_events
 from services.instrument import track
@@ -29,51 +26,30 @@ from services.model import ExtractiveModel, Passage, Task
 from services.runtime import Services
 from services.store import BatchResult, NewDocument, Store
 
-from .support import RunningHub, run_hub, wait_for
+from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
 P = "p1"
 TERMINAL = ("completed", "failed", "cancelled", "succeeded")
 
 
-class Event(msgspec.Struct, frozen=True):
-    seq: int
-    type: str
-    key: str | None
-    data: dict[str, Any]
+Event = dict[str, Any]  # an event frame as it came over the wire
 
 
-def data_of(frame: EventFrame) -> dict[str, Any]:
-    data = frame.data
-    return msgspec.json.decode(data) if isinstance(data, msgspec.Raw) else dict(data)
-
-
-class Subscriber:
-    """A raw WebSocket subscriber that keeps every event it receives, decoded."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.events: list[Event] = []
-        self.welcome: WelcomeFrame | None = None
-
-    async def run(self) -> None:
-        async for message in self.ws:
-            for frame in decode_server_frames(message):
-                if isinstance(frame, EventFrame):
-                    self.events.append(Event(frame.seq, frame.type, frame.key, data_of(frame)))
-                elif isinstance(frame, WelcomeFrame):
-                    self.welcome = frame
+class Subscriber(FrameRecorder):
+    """A raw WebSocket subscriber, with the services' view: events by key and their states."""
 
     def of(self, key: str) -> list[Event]:
-        return [e for e in self.events if e.key == key]
+        return [e for e in self.events if e["key"] == key]
 
     def types(self, key: str) -> list[str]:
-        return [e.type for e in self.of(key)]
+        return [e["type"] for e in self.of(key)]
 
     def states(self, key: str) -> list[str]:
-        return [e.data.get("state") or e.data["status"] for e in self.of(key)]
+        return [e["data"].get("state") or e["data"]["status"] for e in self.of(key)]
 
     def finished(self, key: str) -> bool:
-        return any((e.data.get("state") or e.data.get("status")) in TERMINAL for e in self.of(key))
+        states = (e["data"].get("state") or e["data"].get("status") for e in self.of(key))
+        return any(state in TERMINAL for state in states)
 
     async def until_finished(self, key: str) -> list[Event]:
         await wait_for(lambda: self.finished(key), what=f"{key} to finish")
@@ -93,17 +69,14 @@ async def hub_with_services(
         routes=services.routes(),
         lifespan_hooks=[services.lifespan],
     ) as running:
-        ws = await connect(running.ws_url(P, since=0), max_size=None)
-        subscriber = Subscriber(ws)
-        task = asyncio.create_task(subscriber.run())
+        subscriber = await Subscriber.open(running.ws_url(P, since=0))
         await wait_for(lambda: subscriber.welcome is not None, what="welcome")
         try:
             yield running, services, subscriber
             # Whatever a test did, the subscriber saw every seq once and in order.
-            assert [e.seq for e in subscriber.events] == list(range(1, len(subscriber.events) + 1))
+            assert subscriber.seqs == list(range(1, len(subscriber.events) + 1))
         finally:
-            await ws.close()
-            await task
+            await subscriber.close()
 
 
 async def post(running: RunningHub, path: str, **kwargs: Any) -> httpx.Response:
@@ -117,7 +90,7 @@ async def get(running: RunningHub, path: str) -> httpx.Response:
 
 
 def assert_progress_ends_at_one(events: Sequence[Event]) -> None:
-    progress = [e.data["progress"] for e in events]
+    progress = [e["data"]["progress"] for e in events]
     assert progress == sorted(progress), progress
     assert progress[-1] == 1.0
 
@@ -201,7 +174,7 @@ async def test_http_emitter_retry_after_a_lost_response_publishes_once() -> None
         await client.aclose()
         events = await subscriber.until_finished("ingest.job/remote")
         assert transport.requests == 4  # created twice (one lost answer), updated, completed
-        assert [e.type for e in events] == [
+        assert [e["type"] for e in events] == [
             "ingest.job.created",
             "ingest.job.updated",
             "ingest.job.completed",
@@ -219,14 +192,14 @@ async def test_ingest_job_over_http_reports_batches_and_completes() -> None:
         key = response.json()["key"]
         events = await subscriber.until_finished(key)
         # 8 sample files in batches of 4: one update per batch.
-        assert [e.type for e in events] == [
+        assert [e["type"] for e in events] == [
             "ingest.job.created",
             "ingest.job.updated",
             "ingest.job.updated",
             "ingest.job.completed",
         ]
         assert_progress_ends_at_one(events)
-        final = events[-1].data
+        final = events[-1]["data"]
         assert (final["documents"], final["total_files"], final["status"]) == (8, 8, "completed")
         assert (await get(running, f"/ingest/jobs/{final['job_id']}")).json()["job"] == final
         hits = (await get(running, "/ingest/search?q=varroa")).json()["hits"]
@@ -240,8 +213,8 @@ async def test_ingest_job_fails_on_an_unsupported_upload_with_policy_fail() -> N
         )
         key = response.json()["key"]
         events = await subscriber.until_finished(key)
-        assert [e.type for e in events] == ["ingest.job.created", "ingest.job.failed"]
-        error = events[-1].data["error"]
+        assert [e["type"] for e in events] == ["ingest.job.created", "ingest.job.failed"]
+        error = events[-1]["data"]["error"]
         assert error["kind"] == "UnsupportedDocument"
         assert "notes.docx: unsupported file type '.docx'" in error["message"]
 
@@ -279,12 +252,12 @@ async def test_cancelling_an_ingest_job_ends_it_cancelled_after_the_batches_done
         await wait_for(lambda: "ingest.job.updated" in subscriber.types(key), what="batch 1")
         assert (await post(running, f"/ingest/jobs/{job_id}/cancel")).status_code == 202
         events = await subscriber.until_finished(key)
-        assert [e.type for e in events] == [
+        assert [e["type"] for e in events] == [
             "ingest.job.created",
             "ingest.job.updated",
             "ingest.job.cancelled",
         ]
-        assert events[-1].data["documents"] == 4  # the first batch stays stored
+        assert events[-1]["data"]["documents"] == 4  # the first batch stays stored
         assert (await post(running, f"/ingest/jobs/{job_id}/cancel")).status_code == 409
         assert (await post(running, "/ingest/jobs/nope/cancel")).status_code == 404
     store.close()
@@ -325,26 +298,26 @@ async def test_agent_run_streams_an_answer_that_the_deltas_rebuild() -> None:
     async with hub_with_services() as (running, services, subscriber):
         run_id = await ask(running, services, "How do we prepare hives for winter?")
         run = await subscriber.until_finished(f"agent.run/{run_id}")
-        assert run[0].type == "agent.run.created" and run[-1].type == "agent.run.completed"
-        assert set(e.type for e in run[1:-1]) <= {"agent.run.updated"}
+        assert run[0]["type"] == "agent.run.created" and run[-1]["type"] == "agent.run.completed"
+        assert set(e["type"] for e in run[1:-1]) <= {"agent.run.updated"}
         assert_progress_ends_at_one(run)
-        steps = [e for e in subscriber.events if e.type == "agent.step.updated"]
-        names = [(e.key, e.data["name"], e.data["status"]) for e in steps]
+        steps = [e for e in subscriber.events if e["type"] == "agent.step.updated"]
+        names = [(e["key"], e["data"]["name"], e["data"]["status"]) for e in steps]
         assert names[:2] == [
             (f"agent.step/{run_id}/0", "plan", "running"),
             (f"agent.step/{run_id}/0", "plan", "succeeded"),
         ]
         assert [n[1:] for n in names[-2:]] == [("answer", "running"), ("answer", "succeeded")]
         messages = subscriber.of(f"agent.message/{run_id}/answer")
-        assert len(messages) > 20 and messages[-1].data["done"] is True
-        answer = "".join(e.data["delta"] for e in messages)
-        assert answer == messages[-1].data["text"]
-        assert [e.data["index"] for e in messages] == list(range(len(messages)))
+        assert len(messages) > 20 and messages[-1]["data"]["done"] is True
+        answer = "".join(e["data"]["delta"] for e in messages)
+        assert answer == messages[-1]["data"]["text"]
+        assert [e["data"]["index"] for e in messages] == list(range(len(messages)))
         body = (await get(running, f"/agent/runs/{run_id}")).json()
         assert body["answer"] == answer and body["run"]["status"] == "completed"
         assert "20 kg of honey" in answer
         # The message finished before the run did.
-        assert messages[-1].seq < run[-1].seq
+        assert messages[-1]["seq"] < run[-1]["seq"]
 
 
 async def test_agent_run_fails_when_the_model_fails_mid_answer() -> None:
@@ -355,15 +328,15 @@ async def test_agent_run_fails_when_the_model_fails_mid_answer() -> None:
     ):
         run_id = await ask(running, services, "When do swarms happen?")
         run = await subscriber.until_finished(f"agent.run/{run_id}")
-        assert run[-1].type == "agent.run.failed"
-        assert run[-1].data["error"] == {
+        assert run[-1]["type"] == "agent.run.failed"
+        assert run[-1]["data"]["error"] == {
             "kind": "RuntimeError",
             "message": "model backend exploded",
         }
-        steps = [e.data for e in subscriber.events if e.type == "agent.step.updated"]
+        steps = [e["data"] for e in subscriber.events if e["type"] == "agent.step.updated"]
         assert (steps[-1]["name"], steps[-1]["status"]) == ("answer", "failed")
         messages = subscriber.of(f"agent.message/{run_id}/answer")
-        assert len(messages) == 3 and not any(e.data["done"] for e in messages)
+        assert len(messages) == 3 and not any(e["data"]["done"] for e in messages)
 
 
 async def test_cancelling_an_agent_run_mid_answer_ends_it_cancelled() -> None:
@@ -377,9 +350,9 @@ async def test_cancelling_an_agent_run_mid_answer_ends_it_cancelled() -> None:
         await wait_for(lambda: len(subscriber.of(message_key)) == 2, what="two deltas")
         assert (await post(running, f"/agent/runs/{run_id}/cancel")).status_code == 202
         run = await subscriber.until_finished(f"agent.run/{run_id}")
-        assert run[-1].type == "agent.run.cancelled"
-        assert run[-1].data["status"] == "cancelled"
-        steps = [e.data for e in subscriber.events if e.type == "agent.step.updated"]
+        assert run[-1]["type"] == "agent.run.cancelled"
+        assert run[-1]["data"]["status"] == "cancelled"
+        steps = [e["data"] for e in subscriber.events if e["type"] == "agent.step.updated"]
         assert (steps[-1]["name"], steps[-1]["status"]) == ("answer", "cancelled")
 
 
@@ -410,7 +383,7 @@ async def test_workflow_runs_ingest_then_agent_and_succeeds() -> None:
         run_id = response.json()["run"]["run_id"]
         run = await subscriber.until_finished(f"workflow.run/{run_id}")
         assert subscriber.states(f"workflow.run/{run_id}")[:2] == ["pending", "running"]
-        assert run[-1].data["state"] == "succeeded"
+        assert run[-1]["data"]["state"] == "succeeded"
         assert_progress_ends_at_one(run)
         for node in ("ingest", "ask"):
             assert subscriber.states(f"workflow.node/{run_id}/{node}") == [
@@ -418,13 +391,14 @@ async def test_workflow_runs_ingest_then_agent_and_succeeds() -> None:
                 "running",
                 "succeeded",
             ]
-        ingest_ref = subscriber.of(f"workflow.node/{run_id}/ingest")[-1].data["output_ref"]
-        ask_ref = subscriber.of(f"workflow.node/{run_id}/ask")[-1].data["output_ref"]
+        ingest_ref = subscriber.of(f"workflow.node/{run_id}/ingest")[-1]["data"]["output_ref"]
+        ask_ref = subscriber.of(f"workflow.node/{run_id}/ask")[-1]["data"]["output_ref"]
         assert subscriber.types(ingest_ref)[-1] == "ingest.job.completed"
         assert subscriber.types(ask_ref)[-1] == "agent.run.completed"
         # The agent started only after the ingest node had succeeded.
         assert (
-            subscriber.of(ask_ref)[0].seq > subscriber.of(f"workflow.node/{run_id}/ingest")[-1].seq
+            subscriber.of(ask_ref)[0]["seq"]
+            > subscriber.of(f"workflow.node/{run_id}/ingest")[-1]["seq"]
         )
         body = (await get(running, f"/workflows/runs/{run_id}")).json()
         assert [n["state"] for n in body["nodes"]] == ["succeeded", "succeeded"]
@@ -436,15 +410,15 @@ async def test_workflow_fails_when_ingest_fails_and_skips_the_agent() -> None:
             "run_id"
         ]
         run = await subscriber.until_finished(f"workflow.run/{run_id}")
-        assert run[-1].data["state"] == "failed"
-        assert "ingest: SourceNotFound" in run[-1].data["error"]["message"]
+        assert run[-1]["data"]["state"] == "failed"
+        assert "ingest: SourceNotFound" in run[-1]["data"]["error"]["message"]
         assert subscriber.states(f"workflow.node/{run_id}/ingest") == [
             "pending",
             "running",
             "failed",
         ]
         assert subscriber.states(f"workflow.node/{run_id}/ask") == ["pending", "skipped"]
-        assert not [e for e in subscriber.events if e.type.startswith("agent.")]
+        assert not [e for e in subscriber.events if e["type"].startswith("agent.")]
 
 
 async def test_cancelling_a_workflow_cancels_its_running_nodes() -> None:
@@ -457,7 +431,7 @@ async def test_cancelling_a_workflow_cancels_its_running_nodes() -> None:
         await wait_for(lambda: "running" in subscriber.states(wait_key), what="delay running")
         assert (await post(running, f"/workflows/runs/{run_id}/cancel")).status_code == 202
         run = await subscriber.until_finished(f"workflow.run/{run_id}")
-        assert run[-1].data["state"] == "cancelled"
+        assert run[-1]["data"]["state"] == "cancelled"
         assert subscriber.states(wait_key) == ["pending", "running", "cancelled"]
         for node in ("ingest", "ask"):  # these race with the cancel: either end is right
             assert subscriber.states(f"workflow.node/{run_id}/{node}")[-1] in (

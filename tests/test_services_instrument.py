@@ -14,15 +14,7 @@ from services.events import IngestJob
 from services.instrument import Throttle, track
 from services.testing import RecordingEmitter
 
-from .support import wait_for
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from .support import FakeClock, wait_for
 
 
 def test_throttle_lets_one_update_through_per_interval() -> None:
@@ -53,7 +45,7 @@ async def test_success_emits_created_updates_and_completed_with_the_final_state(
 
 async def test_updates_in_a_tight_loop_are_coalesced_and_the_latest_state_wins() -> None:
     emitter = RecordingEmitter()
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     async with track(
         emitter, IngestJob(job_id="j1", source="s"), min_interval=1.0, clock=clock
     ) as job:

@@ -9,12 +9,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+
+from .support import FrameRecorder
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"hub listening on http://127\.0\.0\.1:(\d+)")
@@ -55,17 +55,6 @@ async def hub_process() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]
             await process.wait()
 
 
-async def read_until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], ConnectionClosed]:
-    frames: list[dict[str, Any]] = []
-    while True:
-        try:
-            message = await ws.recv()
-        except ConnectionClosed as exc:
-            return frames, exc
-        decoded = msgspec.json.decode(message)
-        frames.extend(decoded if isinstance(decoded, list) else [decoded])
-
-
 async def open_subscribers(port: int, projects: tuple[str, ...]) -> list[ClientConnection]:
     clients = []
     for project in projects:
@@ -80,11 +69,11 @@ async def test_sigterm_sends_every_subscriber_an_error_frame_and_close_1001(
     hub_process: tuple[asyncio.subprocess.Process, int],
 ) -> None:
     process, port = hub_process
-    clients = await open_subscribers(port, ("p1", "p1", "p2"))
+    recorders = [FrameRecorder(ws) for ws in await open_subscribers(port, ("p1", "p1", "p2"))]
 
     process.send_signal(signal.SIGTERM)
-    results = await asyncio.wait_for(asyncio.gather(*(read_until_closed(ws) for ws in clients)), 5)
-    for frames, closed in results:
+    for recorder in recorders:
+        closed, frames = await recorder.wait_closed(), recorder.frames
         assert closed.rcvd is not None, "the hub must send a close frame, not just drop TCP"
         assert closed.rcvd.code == 1001
         assert frames, "an error frame says why before the close"
@@ -100,12 +89,12 @@ async def test_sigterm_with_subscribers_connected_exits_with_code_0(
     hub_process: tuple[asyncio.subprocess.Process, int],
 ) -> None:
     process, port = hub_process
-    clients = await open_subscribers(port, ("p1", "p2"))
+    recorders = [FrameRecorder(ws) for ws in await open_subscribers(port, ("p1", "p2"))]
 
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 5) == 0
-    for ws in clients:
-        _, closed = await asyncio.wait_for(read_until_closed(ws), 5)
+    for recorder in recorders:
+        closed = await recorder.wait_closed()
         assert closed.rcvd is not None
         assert closed.rcvd.code == 1001
 

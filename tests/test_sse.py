@@ -205,25 +205,25 @@ async def test_types_filter_applies_to_replay_and_live(running_hub: RunningHub) 
         await stream.until("live", lambda: stream.seqs == [3, 4, 6])
 
 
-async def test_gap_and_snapshot_when_the_id_was_evicted() -> None:
-    async with run_hub(Settings(retention_events=5)) as running:
-        async with running.http() as http:
-            for job in ("a", "b"):
-                for progress in (0.5, 1.0):
-                    event = {"type": "x.job.updated", "key": f"job/{job}", "data": {"p": progress}}
-                    await http.post(f"/v1/projects/{P}/events", json=event)
-        await publish(running, 6)
-        epoch = await epoch_of(running)
-        async with sse(running, headers={"Last-Event-ID": f"{epoch}:1"}) as stream:
-            await stream.until("snapshot", lambda: bool(stream.of("snapshot")))
-            gap = stream.of("gap")[0].data
-            assert gap == {"op": "gap", "reason": "evicted", "since": 1, "oldest": 6, "head": 10}
-            snapshot = stream.of("snapshot")[0]
-            assert snapshot.id == f"{epoch}:10"
-            latest = {e["key"]: e["data"]["p"] for e in snapshot.data["events"]}
-            assert latest == {"job/a": 1.0, "job/b": 1.0}
-            await publish(running, 1)
-            await stream.until("live after the snapshot", lambda: stream.seqs == [11])
+@pytest.mark.hub_settings(retention_events=5)
+async def test_gap_and_snapshot_when_the_id_was_evicted(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        for job in ("a", "b"):
+            for progress in (0.5, 1.0):
+                event = {"type": "x.job.updated", "key": f"job/{job}", "data": {"p": progress}}
+                await http.post(f"/v1/projects/{P}/events", json=event)
+    await publish(running_hub, 6)
+    epoch = await epoch_of(running_hub)
+    async with sse(running_hub, headers={"Last-Event-ID": f"{epoch}:1"}) as stream:
+        await stream.until("snapshot", lambda: bool(stream.of("snapshot")))
+        gap = stream.of("gap")[0].data
+        assert gap == {"op": "gap", "reason": "evicted", "since": 1, "oldest": 6, "head": 10}
+        snapshot = stream.of("snapshot")[0]
+        assert snapshot.id == f"{epoch}:10"
+        latest = {e["key"]: e["data"]["p"] for e in snapshot.data["events"]}
+        assert latest == {"job/a": 1.0, "job/b": 1.0}
+        await publish(running_hub, 1)
+        await stream.until("live after the snapshot", lambda: stream.seqs == [11])
 
 
 async def test_an_id_of_another_epoch_gets_a_gap(running_hub: RunningHub) -> None:
@@ -233,24 +233,27 @@ async def test_an_id_of_another_epoch_gets_a_gap(running_hub: RunningHub) -> Non
         assert stream.of("gap")[0].data["reason"] == "epoch"
 
 
-async def test_keepalive_comment_every_heartbeat() -> None:
-    async with run_hub(Settings(heartbeat_s=0.1)) as running, sse(running) as stream:
+@pytest.mark.hub_settings(heartbeat_s=0.1)
+async def test_keepalive_comment_every_heartbeat(running_hub: RunningHub) -> None:
+    async with sse(running_hub) as stream:
         await stream.until("two keepalives", lambda: stream.comments >= 2)
 
 
-async def test_queue_overflow_ends_the_stream_and_the_client_resumes() -> None:
-    async with run_hub(Settings(queue_events=5)) as running:
-        epoch = await epoch_of(running)
-        async with sse(running) as stream:
-            await publish(running, 20)  # one fan-out tick: 20 queued events > 5
-            await stream.until("end of stream", lambda: stream.ended)
-            error = stream.of("error")[0].data
-            assert error["close"] == 4008 and error["retryable"] is True
-            assert stream.seqs == []
-        assert running.hub.manager.stats.slow_closes == 1
-        async with sse(running, headers={"Last-Event-ID": f"{epoch}:0"}) as resumed:
-            await resumed.until("replayed", lambda: bool(resumed.of("replayed")))
-            assert resumed.seqs == list(range(1, 21))
+@pytest.mark.hub_settings(queue_events=5)
+async def test_queue_overflow_ends_the_stream_and_the_client_resumes(
+    running_hub: RunningHub,
+) -> None:
+    epoch = await epoch_of(running_hub)
+    async with sse(running_hub) as stream:
+        await publish(running_hub, 20)  # one fan-out tick: 20 queued events > 5
+        await stream.until("end of stream", lambda: stream.ended)
+        error = stream.of("error")[0].data
+        assert error["close"] == 4008 and error["retryable"] is True
+        assert stream.seqs == []
+    assert running_hub.hub.manager.stats.slow_closes == 1
+    async with sse(running_hub, headers={"Last-Event-ID": f"{epoch}:0"}) as resumed:
+        await resumed.until("replayed", lambda: bool(resumed.of("replayed")))
+        assert resumed.seqs == list(range(1, 21))
 
 
 async def test_drain_sends_1001_and_ends_the_stream(running_hub: RunningHub) -> None:
@@ -326,9 +329,10 @@ async def test_curl_with_last_event_id_resumes_exactly_after_that_event(
 SECRET = "sse-test-secret-that-is-at-least-32-bytes"
 
 
-async def test_connection_limit_answers_503() -> None:
-    async with run_hub(Settings(max_connections=1)) as running, sse(running):
-        async with running.http() as http:
+@pytest.mark.hub_settings(max_connections=1)
+async def test_connection_limit_answers_503(running_hub: RunningHub) -> None:
+    async with sse(running_hub):
+        async with running_hub.http() as http:
             response = await http.get(f"/v1/projects/{P}/sse")
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "over_capacity"
