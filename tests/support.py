@@ -189,12 +189,15 @@ def require(missing: str | None) -> None:
 
 class PingProbe:
     """A bystander on its own socket: pings every `interval` s and records each round trip in
-    `rtts` (frames other than its pong, such as events, are skipped)."""
+    `rtts` (frames other than its pong, such as events, are skipped), and in `loop_cpu` the CPU
+    time this thread (the event loop, where in-process hubs run) spent meanwhile: the stall
+    the hub's own work caused, which a machine busy with other processes does not inflate."""
 
     def __init__(self, ws: ClientConnection, interval: float = 0.05) -> None:
         self.ws = ws
         self.interval = interval
         self.rtts: list[float] = []
+        self.loop_cpu: list[float] = []
         self.closed: ConnectionClosed | None = None
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._run())
@@ -206,11 +209,12 @@ class PingProbe:
     async def _run(self) -> None:
         try:
             for n in itertools.count(1):
-                sent = time.perf_counter()
+                sent, cpu = time.perf_counter(), time.thread_time()
                 await self.ws.send('{"op":"ping","id":%d}' % n)  # noqa: UP031
                 while not _is_pong(await asyncio.wait_for(self.ws.recv(), 10), n):
                     pass
                 self.rtts.append(time.perf_counter() - sent)
+                self.loop_cpu.append(time.thread_time() - cpu)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.interval)  # the probe's pace
                 if self._stop.is_set():
