@@ -14,7 +14,6 @@ from .lazy_exports import lazy_getattr
 if TYPE_CHECKING:
     from .app import create_app
     from .backends import Backend, MemoryBackend, create_backend
-    from .catalog import EventCatalog
     from .config import Settings
     from .core import Hub
     from .errors import (
@@ -27,8 +26,9 @@ if TYPE_CHECKING:
         RateLimited,
         Unauthorized,
     )
-    from .manager import ConnectionManager
+    from .fanout.manager import ConnectionManager
     from .protocol import CloseCode
+    from .wire.catalog import EventCatalog
 
 __all__ = [
     "Backend",
@@ -56,8 +56,8 @@ _MODULE_OF: dict[str, str] = {
     "BackendUnavailable": ".errors",
     "BadRequest": ".errors",
     "CloseCode": ".protocol",
-    "ConnectionManager": ".manager",
-    "EventCatalog": ".catalog",
+    "ConnectionManager": ".fanout.manager",
+    "EventCatalog": ".wire.catalog",
     "EventValidationError": ".errors",
     "Forbidden": ".errors",
     "Hub": ".core",

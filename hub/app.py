@@ -13,21 +13,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from . import http_api
 from .auth import AuthGate, Security, install_log_redaction
 from .auth.open_mode import OpenModeGuard
 from .auth.origins import HostPolicy
 from .backends import create_backend
 from .backends.base import Backend
-from .catalog import EventCatalog
 from .config import Settings
 from .core import Hub
 from .dashboard import dashboard_routes
 from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
-from .sse_endpoint import sse_endpoint
-from .ws_endpoint import refuse, websocket_endpoint
+from .transports import http_api
+from .transports.sse_endpoint import sse_endpoint
+from .transports.ws_endpoint import refuse, websocket_endpoint
+from .wire.catalog import EventCatalog
 
 __all__ = [
     "DASHBOARD_PATHS",

@@ -119,7 +119,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 async def _serve(args: argparse.Namespace) -> None:
     from .app import create_app
-    from .server import serve
+    from .transports.server import serve
 
     try:
         settings = settings_from_args(args)

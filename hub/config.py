@@ -121,8 +121,9 @@ class Settings(msgspec.Struct, kw_only=True):
     # for at most this long per loop tick, then yields and continues on the next tick.
     fanout_slice_ms: float = 20.0
 
-    # Garbage collector of `hub serve` / `hub demo` (hub.gc_tuning): young collections every
-    # this many allocations after startup objects are frozen; 0 keeps Python's default (700).
+    # Garbage collector of `hub serve` / `hub demo` (hub.transports.gc_tuning): young
+    # collections every this many allocations after startup objects are frozen; 0 keeps
+    # Python's default (700).
     gc_gen0_threshold: int = 50_000
 
     def __post_init__(self) -> None:

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .backends.base import Backend, PublishRequest
-from .catalog import EventCatalog
 from .config import Settings
-from .manager import ConnectionManager
+from .fanout.manager import ConnectionManager
 from .protocol import CloseCode
 from .stats import HubStats
-from .validation import PublishValidator, check_project
+from .wire.catalog import EventCatalog
+from .wire.validation import PublishValidator, check_project
 
 __all__ = ["Hub"]
 
@@ -47,7 +47,7 @@ class Hub:
         )
 
     def check_project(self, project: str) -> None:
-        """The project id rule (hub.validation holds every publish check)."""
+        """The project id rule (hub.wire.validation holds every publish check)."""
         check_project(project)
 
     async def publish(

@@ -18,7 +18,7 @@ from starlette.requests import HTTPConnection
 from .auth import Principal
 from .config import Settings
 from .errors import OverCapacity, RateLimited, RateLimitExceeded, RequestTimeout
-from .loop_lag import LoopLagMeter
+from .fanout.loop_lag import LoopLagMeter
 
 __all__ = [
     "ConnectionLimits",

@@ -66,7 +66,8 @@ class HubCollector(Collector):
         yield by_transport
         yield GaugeMetricFamily(
             "hub_connections_direct",
-            "WebSocket connections on the direct write path (hub.direct_send; see hub.fast_path).",
+            "WebSocket connections on the direct write path"
+            " (hub.direct_send; see hub.transports.fast_path).",
             value=sum(1 for c in connections if c.sink.direct),
         )
 

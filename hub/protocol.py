@@ -12,8 +12,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from .frames import encode_batch  # re-exported: it lived here first
-from .json_rules import DEFAULT_MAX_DEPTH, JsonRuleError, check_json
+from .wire.frames import encode_batch  # re-exported: it lived here first
+from .wire.json_rules import DEFAULT_MAX_DEPTH, JsonRuleError, check_json
 
 __all__ = [
     "EVENT_TYPE_RE",

@@ -26,10 +26,10 @@ import msgspec
 
 from .backends.base import PublishRequest
 from .backends.redis import RedisBackend
-from .catalog import EventCatalog
 from .config import Settings
 from .errors import BackendUnavailable
-from .validation import PublishValidator, check_project
+from .wire.catalog import EventCatalog
+from .wire.validation import PublishValidator, check_project
 
 __all__ = ["RedisEmitter", "RedisPublisher"]
 
@@ -51,7 +51,7 @@ class RedisPublisher:
     ) -> None:
         settings = settings or Settings(backend=url)
         self.backend = RedisBackend(url, settings)
-        # The checks the HTTP publish path runs (hub.validation), without a hub.
+        # The checks the HTTP publish path runs (hub.wire.validation), without a hub.
         self.validator = PublishValidator(
             settings, catalog or EventCatalog(strict=settings.strict_types)
         )

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
-from hub.patterns import compile_pattern
+from hub.wire.patterns import compile_pattern
 
 from .publisher import EVENT_TYPE
 

@@ -31,12 +31,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from hub.errors import BadRequest, Forbidden
-from hub.http_api import (
+from hub.limits import RequestTimeout
+from hub.protocol import is_valid_project
+from hub.transports.http_api import (
     _read_body,  # the one body reader: deadline (408) and size (413)
     error_response,
 )
-from hub.limits import RequestTimeout
-from hub.protocol import is_valid_project
 from services.admission import Permit, TooBusy
 from services.ingest import OnError, Upload
 from services.spec_check import SpecInvalid, check_spec

@@ -110,10 +110,10 @@ async def _schedule(services: Services, project: str, folder: Path, interval: fl
 
 async def run_demo(args: argparse.Namespace) -> None:
     from hub.app import create_app
-    from hub.catalog import EventCatalog
     from hub.cli import settings_from_args
-    from hub.gc_tuning import tune_gc
-    from hub.server import HubServer, uvicorn_config
+    from hub.transports.gc_tuning import tune_gc
+    from hub.transports.server import HubServer, uvicorn_config
+    from hub.wire.catalog import EventCatalog
 
     settings = settings_from_args(args)
     folder = args.docs.resolve()

@@ -7,9 +7,9 @@ from typing import Any
 
 import msgspec
 
-from hub.catalog import EventCatalog
 from hub.config import Settings
-from hub.validation import PublishValidator
+from hub.wire.catalog import EventCatalog
+from hub.wire.validation import PublishValidator
 from services.events import register_events
 
 __all__ = ["RecordedEvent", "RecordingEmitter"]
@@ -24,7 +24,7 @@ class RecordedEvent(msgspec.Struct, frozen=True):
 
 
 class RecordingEmitter:
-    """Validates each event as the hub would (hub.validation, the service event catalog), then
+    """Validates each event as the hub would (hub.wire.validation, the service event catalog), then
     keeps it (decoded) in order.
 
     `fail_with`, when set, is raised by the next emits instead (to test emitter outages).

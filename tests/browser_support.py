@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from hub.catalog import EventCatalog
 from hub.config import Settings
+from hub.wire.catalog import EventCatalog
 from services.demo import QUESTIONS, demo_workflow
 from services.events import register_events
 from services.model import ExtractiveModel

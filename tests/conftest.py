@@ -15,7 +15,8 @@ from .support import RunningHub, run_hub
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    # `hub serve` freezes its startup objects so full collections skip them (hub.gc_tuning).
+    # `hub serve` freezes its startup objects so full collections skip them
+    # (hub.transports.gc_tuning).
     # Tests run hubs inside this process and bound their latency (bystander pings), so this
     # process does the same with what collection loaded: otherwise one full collection over
     # every test module's objects can stall an in-process hub by 100+ ms.

@@ -21,10 +21,10 @@ from websockets.exceptions import ConnectionClosed
 
 from hub.app import LifespanHook, create_app
 from hub.backends.base import Backend
-from hub.catalog import EventCatalog
 from hub.config import Settings
 from hub.core import Hub
-from hub.server import HubServer, uvicorn_config
+from hub.transports.server import HubServer, uvicorn_config
+from hub.wire.catalog import EventCatalog
 
 
 async def wait_for(

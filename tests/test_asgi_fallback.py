@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hub.config import Settings
-from hub.pull_sink import PullSink
+from hub.fanout.pull_sink import PullSink
 
 from .support import FrameRecorder, RunningHub, run_hub, wait_for
 

@@ -30,7 +30,7 @@ from hub.auth import (
 from hub.cli import build_parser
 from hub.config import Settings
 from hub.errors import Forbidden, Unauthorized
-from hub.topics import TypeFilter
+from hub.wire.topics import TypeFilter
 
 SECRET = "current-secret-of-at-least-32-bytes!"
 OLD_SECRET = "previous-secret-of-at-least-32-bytes"

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from starlette.applications import Starlette
 from websockets.asyncio.client import connect
 
-from hub.read_limits import json_array_chunks
+from hub.transports.read_limits import json_array_chunks
 
 from .support import RunningHub, wait_for
 

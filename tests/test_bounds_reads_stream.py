@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from hub.client import HubClient
 from hub.config import Settings
+from hub.fanout.outbound import snapshot_pages as typed_snapshot_pages
 from hub.limits import Limits
-from hub.outbound import snapshot_pages as typed_snapshot_pages
 from hub.protocol import EventFrame, GapFrame, SnapshotFrame, WelcomeFrame, decode_server_frames
 
 from .support import RunningHub, run_hub, wait_for

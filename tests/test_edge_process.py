@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from hub.accept_errors import ACCEPT_FAILURE, AcceptErrorLog
+from hub.transports.accept_errors import ACCEPT_FAILURE, AcceptErrorLog
 
 from .edge_support import hub_process, upgrade_head
 from .support import wait_for

@@ -26,15 +26,15 @@ MODULES = hub_module_names()
 def test_the_core_modules_are_discovered() -> None:
     for name in (
         "hub.protocol",
-        "hub.topics",
+        "hub.wire.topics",
         "hub.backends.memory_log",
         "hub.backends.memory",
-        "hub.connection",
-        "hub.manager",
-        "hub.ws_endpoint",
-        "hub.http_api",
-        "hub.uvicorn_ws",
-        "hub.server",
+        "hub.fanout.connection",
+        "hub.fanout.manager",
+        "hub.transports.ws_endpoint",
+        "hub.transports.http_api",
+        "hub.transports.uvicorn_ws",
+        "hub.transports.server",
         "hub.cli",
         "hub.config",
     ):

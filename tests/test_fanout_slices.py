@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from hub.backends.base import StoredEvent
-from hub.catalog import EventCatalog
 from hub.config import Settings
-from hub.connection import Connection
 from hub.core import Hub
-from hub.manager import ConnectionManager
-from hub.topics import TypeFilter
+from hub.fanout.connection import Connection
+from hub.fanout.manager import ConnectionManager
+from hub.wire.catalog import EventCatalog
+from hub.wire.topics import TypeFilter
 
 from .support import wait_for
 

@@ -14,11 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from hub import uvicorn_ws
 from hub.config import Settings
-from hub.fast_path import STOCK_PROTOCOL, websocket_protocol
-from hub.pull_sink import PullSink
-from hub.push_sink import PushSink
+from hub.fanout.pull_sink import PullSink
+from hub.fanout.push_sink import PushSink
+from hub.transports import uvicorn_ws
+from hub.transports.fast_path import STOCK_PROTOCOL, websocket_protocol
 
 from .edge_support import hub_process
 from .support import FrameRecorder, run_hub, wait_for
@@ -79,7 +79,8 @@ def test_changed_uvicorn_internals_mean_the_stock_protocol_and_one_warning(
 async def test_a_broken_adapter_import_serves_events_on_the_asgi_path_after_one_warning(
     fresh_choice: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setitem(sys.modules, "hub.uvicorn_ws", None)  # the import raises ImportError
+    # None in sys.modules: the import raises ImportError.
+    monkeypatch.setitem(sys.modules, "hub.transports.uvicorn_ws", None)
     with caplog.at_level(logging.WARNING, logger="hub"):
         async with run_hub(Settings(heartbeat_s=5.0)) as running:
             rec = FrameRecorder(await connect(running.ws_url("p1")))
@@ -110,13 +111,14 @@ async def test_run_hub_in_process_takes_the_direct_sink() -> None:
 
 def test_the_core_imports_without_loading_the_uvicorn_adapter() -> None:
     core = (
-        "hub.protocol hub.frames hub.direct hub.manager hub.connection hub.session "
-        "hub.ws_endpoint hub.sse_endpoint hub.app hub.server"
+        "hub.protocol hub.wire.frames hub.transports.direct hub.fanout.manager "
+        "hub.fanout.connection hub.fanout.session "
+        "hub.transports.ws_endpoint hub.transports.sse_endpoint hub.app hub.transports.server"
     )
     code = (
         "import importlib, sys\n"
         f"for name in {core.split()!r}: importlib.import_module(name)\n"
-        "print(sorted(m for m in sys.modules if m == 'hub.uvicorn_ws'"
+        "print(sorted(m for m in sys.modules if m == 'hub.transports.uvicorn_ws'"
         " or m.startswith('uvicorn.protocols.websockets')))\n"
     )
     result = subprocess.run(

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as connect_sync
 
-from hub.patterns import match_stats
+from hub.wire.patterns import match_stats
 
 from .support import FrameRecorder, PingProbe, RunningHub, wait_for
 from .test_limits import limits_of

@@ -1,4 +1,4 @@
-"""hub.frames builds bytes a WebSocket client and a JSON parser read back unchanged."""
+"""hub.wire.frames builds bytes a WebSocket client and a JSON parser read back unchanged."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from hub.frames import encode_batch, http_refusal, text_frame
 from hub.protocol import encode
+from hub.wire.frames import encode_batch, http_refusal, text_frame
 
 
 def parse_client_side(data: bytes) -> Frame:

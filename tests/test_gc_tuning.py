@@ -1,5 +1,5 @@
-"""hub.gc_tuning: what `hub serve` and `hub demo` do to the collector (in child processes, so
-this test process keeps its own settings)."""
+"""hub.transports.gc_tuning: what `hub serve` and `hub demo` do to the collector (in child
+processes, so this test process keeps its own settings)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hub.config import Settings
 
 _PROBE = """
 import gc, sys
-from hub.gc_tuning import tune_gc
+from hub.transports.gc_tuning import tune_gc
 before = gc.get_threshold()
 changed = tune_gc(int(sys.argv[1]))
 print(before, gc.get_threshold(), gc.get_freeze_count() > 0, changed)

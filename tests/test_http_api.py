@@ -14,8 +14,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from hub.backends.memory import MemoryBackend
-from hub.catalog import EventCatalog
 from hub.config import Settings
+from hub.wire.catalog import EventCatalog
 
 from .support import RunningHub, run_hub, wait_for
 

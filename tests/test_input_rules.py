@@ -1,4 +1,4 @@
-"""The input rules (hub/json_rules.py): a table of JSON texts and in-process values, each
+"""The input rules (hub/wire/json_rules.py): a table of JSON texts and in-process values, each
 accepted or refused with the path of the bad field, on every publish path but HTTP (which
 tests/test_input_rules_live.py drives over real sockets), and HubClient's undecodable frames."""
 
@@ -19,14 +19,14 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from hub.backends.base import PublishRequest
 from hub.backends.memory import MemoryBackend
-from hub.catalog import EventCatalog
 from hub.client import HubClient, HubClientError, UndecodableFrame, decode_frames
 from hub.config import Settings
 from hub.core import Hub
 from hub.errors import EventValidationError, PayloadTooLarge
-from hub.json_rules import MAX_SAFE_INTEGER, JsonRuleError, check_json
 from hub.protocol import EventFrame, FrameError, PingOp, decode_client_frame
 from hub.redis_publisher import RedisPublisher
+from hub.wire.catalog import EventCatalog
+from hub.wire.json_rules import MAX_SAFE_INTEGER, JsonRuleError, check_json
 
 from .support import wait_for
 

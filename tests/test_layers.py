@@ -25,23 +25,25 @@ HEAVY = ("uvicorn", "starlette", "jwt", "prometheus_client")
 PURE = (
     "hub",
     "hub.protocol",
-    "hub.topics",
-    "hub.patterns",
+    "hub.wire",
+    "hub.fanout",
+    "hub.wire.topics",
+    "hub.wire.patterns",
     "hub.errors",
     "hub.config",
-    "hub.catalog",
-    "hub.json_rules",
-    "hub.validation",
+    "hub.wire.catalog",
+    "hub.wire.json_rules",
+    "hub.wire.validation",
     "hub.stats",
     "hub.backends",
     "hub.backends.base",
     "hub.backends.memory",
     "hub.auth.grants",
     "hub.auth.origins",
-    "hub.frames",
-    "hub.direct",
-    "hub.manager",
-    "hub.subscriber_session",
+    "hub.wire.frames",
+    "hub.transports.direct",
+    "hub.fanout.manager",
+    "hub.fanout.subscriber_session",
 )
 
 
@@ -64,7 +66,7 @@ def test_the_pure_modules_load_none_of_the_web_stack() -> None:
     assert heavy_modules_after("import " + ", ".join(PURE)) == []
 
 
-@pytest.mark.parametrize("name", ["hub.protocol", "hub.topics", "hub.validation"])
+@pytest.mark.parametrize("name", ["hub.protocol", "hub.wire.topics", "hub.wire.validation"])
 def test_a_pure_module_alone_loads_none_of_the_web_stack(name: str) -> None:
     assert heavy_modules_after(f"import {name}") == []
 

@@ -10,15 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hub.auth import GrantedTypeFilter
-from hub.fanout_index import GroupIndex
-from hub.patterns import (
+from hub.fanout.fanout_index import GroupIndex
+from hub.wire.patterns import (
     PatternIndex,
     StarPatterns,
     compile_pattern,
     match_stats,
     normalize_pattern,
 )
-from hub.topics import TypeFilter, validate_pattern
+from hub.wire.topics import TypeFilter, validate_pattern
 
 
 def reference_match(pattern: str, value: str) -> bool:

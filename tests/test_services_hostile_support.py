@@ -13,8 +13,8 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from hub.catalog import EventCatalog
 from hub.config import Settings
+from hub.wire.catalog import EventCatalog
 from services.events import register_events
 from services.runtime import Services
 

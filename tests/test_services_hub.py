@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.catalog import EventCatalog
 from hub.config import Settings
 from hub.errors import EventValidationError
+from hub.wire.catalog import EventCatalog
 from services.emitters import HttpEmitter, InProcessEmitter
 from services.events import EVENT_TYPES, IngestJob, register_events
 from services.instrument import track

@@ -12,20 +12,20 @@ import msgspec
 import pytest
 
 from hub.backends.memory import MemoryBackend
-from hub.catalog import EventCatalog
 from hub.config import Settings
-from hub.connection import AnySink, Connection
 from hub.core import Hub
-from hub.framers import WebSocketFramer, frame
+from hub.fanout.connection import AnySink, Connection
+from hub.fanout.framers import WebSocketFramer, frame
+from hub.fanout.loop_lag import LoopLagMeter
+from hub.fanout.outbound import Outbound
+from hub.fanout.pull_sink import PullSink
+from hub.fanout.session import start_stream
+from hub.fanout.subscriber_session import Close, SubscriberSession
 from hub.limits import OpBudget, TokenBucket
-from hub.loop_lag import LoopLagMeter
-from hub.outbound import Outbound
 from hub.protocol import CloseCode, ErrorFrame, PongFrame, SubscribedFrame
-from hub.pull_sink import PullSink
-from hub.session import start_stream
-from hub.subscriber_session import Close, SubscriberSession
-from hub.subscription import SubscriptionParams
-from hub.topics import TypeFilter
+from hub.wire.catalog import EventCatalog
+from hub.wire.subscription import SubscriptionParams
+from hub.wire.topics import TypeFilter
 
 from .support import wait_for
 

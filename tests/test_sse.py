@@ -16,10 +16,10 @@ import pytest
 from hub.backends.base import StoredEvent
 from hub.config import Settings
 from hub.errors import BadRequest
-from hub.framers import SseFramer, format_control, format_event
-from hub.outbound import Control
+from hub.fanout.framers import SseFramer, format_control, format_event
+from hub.fanout.outbound import Control
 from hub.protocol import ErrorFrame, WelcomeFrame
-from hub.sse_endpoint import parse_last_event_id
+from hub.transports.sse_endpoint import parse_last_event_id
 
 from .support import RunningHub, run_hub, wait_for
 

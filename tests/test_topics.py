@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hub.errors import BadRequest
-from hub.patterns import match_stats
-from hub.topics import MATCH_ALL, TypeFilter, parse_types_param, validate_pattern
+from hub.wire.patterns import match_stats
+from hub.wire.topics import MATCH_ALL, TypeFilter, parse_types_param, validate_pattern
 
 
 @pytest.mark.parametrize(

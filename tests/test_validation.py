@@ -7,11 +7,11 @@ import msgspec
 import pytest
 
 from hub.backends.base import PublishRequest
-from hub.catalog import EventCatalog
 from hub.config import Settings
 from hub.errors import BadRequest, EventValidationError, PayloadTooLarge
 from hub.redis_publisher import RedisPublisher
-from hub.validation import PublishValidator, check_project
+from hub.wire.catalog import EventCatalog
+from hub.wire.validation import PublishValidator, check_project
 from services.testing import RecordingEmitter
 
 

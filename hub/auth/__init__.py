@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..lazy_exports import lazy_getattr
 
 if TYPE_CHECKING:
-    from ..patterns import StarPatterns
+    from ..wire.patterns import StarPatterns
     from .gate import (
         AuthGate,
         Security,
@@ -76,7 +76,7 @@ _MODULE_OF: dict[str, str] = {
     "Principal": ".grants",
     "RedactTokens": ".redaction",
     "Security": ".gate",
-    "StarPatterns": "..patterns",
+    "StarPatterns": "..wire.patterns",
     "TokenVerifier": ".tokens",
     "authenticate": ".gate",
     "authorize": ".gate",

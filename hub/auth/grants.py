@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Final, Literal
 
 from ..errors import Forbidden
-from ..patterns import StarPatterns
-from ..topics import TypeFilter
+from ..wire.patterns import StarPatterns
+from ..wire.topics import TypeFilter
 
 __all__ = ["OPEN", "SCOPES", "GrantedTypeFilter", "Permission", "Principal", "schedule_expiry"]
 

@@ -12,7 +12,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from ..errors import HostRefused, OriginRefused
-from ..patterns import StarPatterns
+from ..wire.patterns import StarPatterns
 
 __all__ = ["HostPolicy", "HostRefused", "OriginPolicy", "OriginRefused", "is_loopback_host"]
 

@@ -17,7 +17,7 @@ import jwt
 import msgspec
 
 from ..errors import HubError, Unauthorized
-from ..topics import validate_pattern
+from ..wire.topics import validate_pattern
 from .grants import Principal
 
 __all__ = [

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-from .config import Settings
-from .errors import BadRequest
-from .protocol import is_valid_project
+from ..config import Settings
+from ..errors import BadRequest
+from ..protocol import is_valid_project
 from .topics import parse_types_param
 
 __all__ = ["SubscriptionParams", "parse_subscription"]

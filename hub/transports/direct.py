@@ -2,8 +2,8 @@
 
 A server that can write to a socket without awaiting puts a `DirectChannel` in
 `scope["extensions"][EXTENSION]["channel"]`; the fan-out then writes pre-framed bytes straight
-to the transport. Only hub.uvicorn_ws provides one, and the core never imports it: without
-the extension every socket takes the portable ASGI path.
+to the transport. Only hub.transports.uvicorn_ws provides one, and the core never imports it:
+without the extension every socket takes the portable ASGI path.
 """
 
 from __future__ import annotations

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from .config import Settings
-from .errors import BadRequest
-from .outbound import ControlMessage
-from .protocol import (
+from ..config import Settings
+from ..errors import BadRequest
+from ..protocol import (
     CloseCode,
     ErrorFrame,
     FrameError,
@@ -23,10 +22,11 @@ from .protocol import (
     SubscribeOp,
     decode_client_frame,
 )
-from .topics import validate_pattern
+from ..wire.topics import validate_pattern
+from .outbound import ControlMessage
 
 if TYPE_CHECKING:
-    from .limits import OpBudget  # a type only: limits.py loads starlette
+    from ..limits import OpBudget  # a type only: limits.py loads starlette
 
 __all__ = ["Close", "SubscriberSession", "merge_patterns"]
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 from asyncio import TimerHandle
 
-from .auth import Principal, schedule_expiry
-from .backends.base import StoredEvent
+from ..auth import Principal, schedule_expiry
+from ..backends.base import StoredEvent
+from ..core import Hub
+from ..errors import ReplayOverrun
+from ..limits import ConnectionSlot
+from ..protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
+from ..wire.subscription import SubscriptionParams
 from .connection import AnySink, Connection
-from .core import Hub
-from .errors import ReplayOverrun
-from .limits import ConnectionSlot
 from .outbound import Control, Outbound, page_size, snapshot_pages
-from .protocol import CloseCode, GapFrame, ReplayedFrame, WelcomeFrame, resume_plan
-from .subscription import SubscriptionParams
 
 __all__ = ["ReplayOverrun", "register_subscriber", "release_subscriber", "start_stream"]
 

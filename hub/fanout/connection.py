@@ -14,11 +14,11 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
-from .backends.base import StoredEvent
+from ..backends.base import StoredEvent
+from ..protocol import CloseCode, ErrorFrame
+from ..stats import ManagerStats
+from ..wire.topics import TypeFilter
 from .outbound import Control, Outbound
-from .protocol import CloseCode, ErrorFrame
-from .stats import ManagerStats
-from .topics import TypeFilter
 
 __all__ = ["AnySink", "Connection", "PullSinkShape", "PushSinkShape", "Sink"]
 

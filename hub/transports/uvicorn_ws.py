@@ -4,11 +4,11 @@ ASGI's `await send()` costs a coroutine and an await per message per connection;
 thousands of sockets is dominated by that. This subclass of uvicorn's sans-I/O protocol lets
 the hub write a pre-framed message straight to the transport (as `websockets.broadcast()`
 does) and tells it when a congested socket drains. Apps see it in
-`scope["extensions"]["hub.direct_send"]` (hub.direct); without it the hub falls back to plain
-ASGI sends.
+`scope["extensions"]["hub.direct_send"]` (hub.transports.direct); without it the hub falls back
+to plain ASGI sends.
 
 It subclasses an undocumented uvicorn class, so nothing in the core imports this module:
-hub.fast_path imports it lazily, runs `check_internals()`, and on any failure serves with
+hub.transports.fast_path imports it lazily, runs `check_internals()`, and on any failure serves with
 uvicorn's stock protocol instead.
 """
 
@@ -22,9 +22,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.protocol import State
 
+from ..protocol import CloseCode, ErrorFrame, close_reason, encode
+from ..wire.frames import http_refusal, text_frame
 from .direct import EXTENSION, DirectChannel
-from .frames import http_refusal, text_frame
-from .protocol import CloseCode, ErrorFrame, close_reason, encode
 
 __all__ = ["HubWebSocketProtocol", "TransportChannel", "check_internals"]
 
@@ -74,7 +74,7 @@ def check_internals(parent: type = WebSocketsSansIOProtocol) -> None:
 
 
 class TransportChannel:
-    """hub.direct.DirectChannel over this protocol's transport."""
+    """hub.transports.direct.DirectChannel over this protocol's transport."""
 
     __slots__ = ("_proto", "on_writable", "ready")
 

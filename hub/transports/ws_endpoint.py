@@ -11,21 +11,21 @@ import logging
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .auth import Principal, authorize
-from .config import Settings
-from .connection import AnySink, Connection
-from .core import Hub
+from ..auth import Principal, authorize
+from ..config import Settings
+from ..core import Hub
+from ..errors import HubError
+from ..fanout.connection import AnySink, Connection
+from ..fanout.framers import WebSocketFramer
+from ..fanout.outbound import Control
+from ..fanout.pull_sink import PullSink
+from ..fanout.push_sink import PushSink
+from ..fanout.session import register_subscriber, release_subscriber, start_stream
+from ..fanout.subscriber_session import Close, SubscriberSession
+from ..limits import ConnectionSlot, admit_connection, limits_of
+from ..protocol import CloseCode, ErrorFrame, close_reason, encode
+from ..wire.subscription import SubscriptionParams, parse_subscription
 from .direct import EXTENSION
-from .errors import HubError
-from .framers import WebSocketFramer
-from .limits import ConnectionSlot, admit_connection, limits_of
-from .outbound import Control
-from .protocol import CloseCode, ErrorFrame, close_reason, encode
-from .pull_sink import PullSink
-from .push_sink import PushSink
-from .session import register_subscriber, release_subscriber, start_stream
-from .subscriber_session import Close, SubscriberSession
-from .subscription import SubscriptionParams, parse_subscription
 
 __all__ = ["refuse", "websocket_endpoint"]
 

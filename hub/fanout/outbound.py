@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import msgspec
 
-from .backends.base import StoredEvent
-from .protocol import (
+from ..backends.base import StoredEvent
+from ..protocol import (
     ErrorFrame,
     GapFrame,
     PongFrame,

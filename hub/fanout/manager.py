@@ -15,13 +15,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from .backends.base import Backend, StoredEvent
+from ..backends.base import Backend, StoredEvent
+from ..protocol import CloseCode
+from ..stats import ManagerStats
+from ..wire.frames import encode_batch, text_frame
+from ..wire.topics import TypeFilter
 from .connection import Connection
 from .fanout_index import GroupIndex
-from .frames import encode_batch, text_frame
-from .protocol import CloseCode
-from .stats import ManagerStats
-from .topics import TypeFilter
 
 __all__ = ["ConnectionManager"]
 

@@ -1,6 +1,6 @@
 """Event-type patterns: `*` matches any run of characters, everything else is literal.
 
-Pure and synchronous. Matching is hub.patterns' linear glob (no regex). A pattern set compiles
+Pure and synchronous. Matching is hub.wire.patterns' linear glob (no regex). A pattern set compiles
 once per process, on first use: every TypeFilter with the same patterns shares one compiled
 index and one verdict cache, so building a filter on each subscribe/unsubscribe is a sort.
 """
@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from .errors import BadRequest
+from ..errors import BadRequest
 from .patterns import PatternIndex, normalize_pattern
 
 __all__ = ["MATCH_ALL", "PATTERN_RE", "TypeFilter", "parse_types_param", "validate_pattern"]

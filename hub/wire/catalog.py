@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 
-from .errors import EventValidationError
+from ..errors import EventValidationError
+from ..protocol import is_valid_event_type
 from .json_rules import JsonRuleError, encode_value
-from .protocol import is_valid_event_type
 
 __all__ = ["EventCatalog"]
 

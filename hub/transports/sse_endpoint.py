@@ -19,16 +19,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .auth import Principal, authorize
-from .connection import Connection
-from .core import Hub
-from .errors import BadRequest, HubError
-from .framers import SseFramer
-from .limits import ConnectionSlot, admit_connection
-from .protocol import ErrorFrame
-from .pull_sink import PullSink
-from .session import register_subscriber, release_subscriber, start_stream
-from .subscription import SubscriptionParams, parse_since, parse_subscription
+from ..auth import Principal, authorize
+from ..core import Hub
+from ..errors import BadRequest, HubError
+from ..fanout.connection import Connection
+from ..fanout.framers import SseFramer
+from ..fanout.pull_sink import PullSink
+from ..fanout.session import register_subscriber, release_subscriber, start_stream
+from ..limits import ConnectionSlot, admit_connection
+from ..protocol import ErrorFrame
+from ..wire.subscription import SubscriptionParams, parse_since, parse_subscription
 
 __all__ = ["parse_last_event_id", "sse_endpoint"]
 

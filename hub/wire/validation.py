@@ -13,12 +13,12 @@ from typing import Any
 
 import msgspec
 
-from .backends.base import PublishRequest
+from ..backends.base import PublishRequest
+from ..config import Settings
+from ..errors import BadRequest, EventValidationError, PayloadTooLarge
+from ..protocol import is_valid_project
 from .catalog import EventCatalog
-from .config import Settings
-from .errors import BadRequest, EventValidationError, PayloadTooLarge
 from .json_rules import JsonRuleError, check_json
-from .protocol import is_valid_project
 
 __all__ = ["PublishValidator", "check_project"]
 
@@ -53,7 +53,7 @@ class PublishValidator:
         self.catalog.validate_json(request.type, request.data, path=f"{path}.data")
 
     def check_data(self, data: bytes | msgspec.Raw, path: str = "$.data") -> None:
-        """The input rules (hub/json_rules.py) and the size limit, on encoded event data."""
+        """The input rules (hub/wire/json_rules.py) and the size limit, on encoded event data."""
         limit = self.settings.max_event_bytes
         if len(data) > limit:
             raise PayloadTooLarge(

@@ -16,10 +16,10 @@ import msgspec
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from .auth import authorize
-from .backends.base import Backend, Position, PublishRequest, StoredEvent
-from .core import Hub
-from .errors import (
+from ..auth import authorize
+from ..backends.base import Backend, Position, PublishRequest, StoredEvent
+from ..core import Hub
+from ..errors import (
     BadRequest,
     EventValidationError,
     HubError,
@@ -29,11 +29,11 @@ from .errors import (
     RequestTimeout,
     Unauthorized,
 )
-from .json_rules import JsonRuleError, check_json
-from .limits import check_publish_rate
+from ..limits import check_publish_rate
+from ..wire.json_rules import JsonRuleError, check_json
+from ..wire.subscription import parse_since
+from ..wire.topics import parse_types_param
 from .read_limits import read_limiter_of, read_response
-from .subscription import parse_since
-from .topics import parse_types_param
 
 __all__ = [
     "error_response",

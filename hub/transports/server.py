@@ -1,5 +1,5 @@
 """Run the hub's ASGI app on uvicorn with the fast WebSocket protocol (if it loads, see
-hub.fast_path) and a clean drain.
+hub.transports.fast_path) and a clean drain.
 
 On SIGTERM/SIGINT every subscriber first gets an error frame and close 1001 (reconnect with
 since), then uvicorn stops; the process exits 0.
@@ -22,12 +22,12 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..auth import install_log_redaction
+from ..config import Settings
+from ..core import Hub
+from ..wire.frames import error_body
 from .accept_errors import AcceptErrorLog, BackoffListener
-from .auth import install_log_redaction
-from .config import Settings
-from .core import Hub
 from .fast_path import websocket_protocol
-from .frames import error_body
 from .gc_tuning import tune_gc
 
 __all__ = [

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .backends.base import StoredEvent
+from ..backends.base import StoredEvent
+from ..protocol import WelcomeFrame, encode, encode_batch
 from .outbound import Control, Outbound
-from .protocol import WelcomeFrame, encode, encode_batch
 
 __all__ = [
     "Framer",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
-from .patterns import PatternIndex
-from .topics import TypeFilter
+from ..wire.patterns import PatternIndex
+from ..wire.topics import TypeFilter
 
 __all__ = ["GroupIndex"]
 

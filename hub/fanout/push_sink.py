@@ -12,13 +12,13 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
+from ..protocol import ErrorFrame
+from ..wire.frames import text_frame
 from .framers import WebSocketFramer, frame
-from .frames import text_frame
 from .outbound import Control, Outbound
-from .protocol import ErrorFrame
 
 if TYPE_CHECKING:
-    from .direct import DirectChannel
+    from ..transports.direct import DirectChannel
 
 __all__ = ["PushSink"]
 

@@ -14,9 +14,9 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from ..protocol import ErrorFrame
 from .framers import Framer, frame
 from .outbound import Control, Outbound
-from .protocol import ErrorFrame
 
 if TYPE_CHECKING:
     from .connection import Connection

@@ -16,8 +16,8 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .config import Settings
-from .limits import OverCapacity
+from ..config import Settings
+from ..limits import OverCapacity
 
 __all__ = [
     "CHUNK_BYTES",

@@ -1,8 +1,8 @@
 """Which WebSocket protocol class uvicorn runs: the hub's direct-write adapter if it loads.
 
-hub.uvicorn_ws subclasses an undocumented uvicorn class. It is imported here, lazily, and its
-view of uvicorn's internals checked; if either fails the hub logs one warning and serves with
-uvicorn's stock protocol, where every socket takes the portable ASGI path (slower fan-out,
+hub.transports.uvicorn_ws subclasses an undocumented uvicorn class. It is imported here, lazily,
+and its view of uvicorn's internals checked; if either fails the hub logs one warning and serves
+with uvicorn's stock protocol, where every socket takes the portable ASGI path (slower fan-out,
 same behaviour on the wire).
 """
 
@@ -26,7 +26,7 @@ STOCK_PROTOCOL = "websockets-sansio"  # what the adapter subclasses, minus the f
 def websocket_protocol() -> type[asyncio.Protocol] | str:
     """The class (or uvicorn's name for one) to pass as uvicorn's `ws` option."""
     try:
-        adapter = importlib.import_module("hub.uvicorn_ws")
+        adapter = importlib.import_module("hub.transports.uvicorn_ws")
         adapter.check_internals()
     except Exception as exc:  # an ImportError, an AttributeError or the check itself
         stock = getattr(uvicorn.config, "WS_PROTOCOLS", {})
