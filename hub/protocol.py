@@ -1,7 +1,7 @@
 """Wire protocol v1: frames, close codes, encode/decode and the resume decision.
 
 Pure functions and msgspec types only: no asyncio, no sockets, so every edge case of the
-protocol is a fast unit test. PROTOCOL.md in docs/ is the contract this module implements.
+protocol is a fast unit test. docs/protocol.md is the contract this module implements.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ MAX_CLOSE_REASON_BYTES: Final = 123
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes the hub uses (PROTOCOL.md, 'Close codes')."""
+    """WebSocket close codes the hub uses (docs/protocol.md, "WebSocket subscription")."""
 
     NORMAL = 1000
     GOING_AWAY = 1001  # hub shutting down: reconnect with since, with jitter

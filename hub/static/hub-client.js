@@ -1,4 +1,4 @@
-// hub-client.js: the hub's browser client, a dependency-free ES module (PROTOCOL.md v1).
+// hub-client.js: the hub's browser client, a dependency-free ES module (docs/protocol.md, v1).
 //
 //   import { HubClient } from "/hub-client.js";
 //   const client = new HubClient("demo", { types: ["ingest.job.*", "agent.*"] });

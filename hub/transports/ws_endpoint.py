@@ -1,6 +1,6 @@
 """`GET /v1/projects/{project}/ws`: one subscriber's session.
 
-Order on connect (PROTOCOL.md): register (live events queue up), `welcome`, then replay or
+Order on connect (docs/protocol.md): register (live events queue up), `welcome`, then replay or
 `gap` + `snapshot`, then the queued live events with seq above what was replayed, then live.
 """
 
