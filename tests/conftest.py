@@ -5,11 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from hub.config import Settings
+from hub.transports.gc_tuning import tune_gc
 
 from .support import RunningHub, run_hub
 
@@ -22,6 +23,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     # every test module's objects can stall an in-process hub by 100+ ms.
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture
+def hub_gc() -> Iterator[None]:
+    """The collector as `hub serve` sets it (hub.transports.gc_tuning) for a test that bounds an
+    in-process hub's latency: otherwise a full collection over the objects of the tests that
+    ran before can take 100+ ms inside the measured window, which `hub serve` would not do."""
+    thresholds = gc.get_threshold()
+    tune_gc(Settings().gc_gen0_threshold)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -26,6 +26,8 @@ from hub.transports.read_limits import json_array_chunks
 
 from .support import RunningHub, wait_for
 
+pytestmark = pytest.mark.usefixtures("hub_gc")  # collector as `hub serve` sets it
+
 P = "p1"
 KiB = 1024
 MiB = 1024 * KiB

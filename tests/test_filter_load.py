@@ -24,6 +24,8 @@ from hub.wire.patterns import match_stats
 from .support import FrameRecorder, PingProbe, RunningHub, wait_for
 from .test_limits import limits_of
 
+pytestmark = pytest.mark.usefixtures("hub_gc")  # collector as `hub serve` sets it
+
 FORTY_STARS_Z = "*" * 40 + "z"
 PING_BOUND_S = 0.3
 WALL_SANITY_S = 2.0  # wall time, with the machine's other load in it

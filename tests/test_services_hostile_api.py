@@ -23,6 +23,8 @@ from services.workflow import NodeSpec, WorkflowSpec
 from .support import RunningHub, wait_for
 from .test_services_hostile_support import P, assert_unharmed, bystander, hub_with_services
 
+pytestmark = pytest.mark.usefixtures("hub_gc")  # collector as `hub serve` sets it
+
 FINAL_NODE_STATES = ("succeeded", "failed", "skipped", "cancelled")
 
 

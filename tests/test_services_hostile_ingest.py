@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +33,8 @@ from services.testing import RecordingEmitter
 
 from .support import wait_for
 from .test_services_hostile_support import P, assert_unharmed, bystander, hub_with_services
+
+pytestmark = pytest.mark.usefixtures("hub_gc")  # collector as `hub serve` sets it
 
 MiB = 1024 * 1024
 FINAL = ("completed", "failed", "cancelled")
