@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Self
@@ -238,3 +239,17 @@ def _is_pong(message: str | bytes, ping_id: int) -> bool:
     decoded = msgspec.json.decode(message)
     frames = decoded if isinstance(decoded, list) else [decoded]
     return any(f.get("op") == "pong" and f.get("id") == ping_id for f in frames)
+
+
+async def demo_banner(process: asyncio.subprocess.Process, timeout: float = 20) -> tuple[str, str]:
+    """Read a starting `hub demo`'s banner from its stdout; return (banner, base URL)."""
+    assert process.stdout is not None
+    banner = ""
+    async with asyncio.timeout(timeout):
+        while "dashboard:" not in banner:
+            line = await process.stdout.readline()
+            assert line, f"demo exited early: {banner}"
+            banner += line.decode()
+    found = re.search(r"running on (http://127\.0\.0\.1:\d+)", banner)
+    assert found is not None, banner
+    return banner, found.group(1)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import signal
 import sys
 
 from services.demo import register
 from services.runtime import SAMPLE_DOCS
 
-from .support import FrameRecorder, wait_for
+from .support import FrameRecorder, demo_banner, wait_for
 
 
 def test_demo_command_registers_with_its_options_and_defaults() -> None:
@@ -40,20 +39,12 @@ async def test_demo_prints_where_to_watch_and_publishes_a_workflow_within_second
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert process.stdout is not None
     try:
-        banner = ""
-        async with asyncio.timeout(20):
-            while "dashboard:" not in banner:
-                line = await process.stdout.readline()
-                assert line, f"demo exited early: {banner}"
-                banner += line.decode()
-        base = re.search(r"running on (http://127\.0\.0\.1:\d+)", banner)
-        assert base is not None, banner
-        assert f"hub tail --url {base.group(1)} --project demo" in banner
-        assert f"dashboard: {base.group(1)}/" in banner
+        banner, base = await demo_banner(process)
+        assert f"hub tail --url {base} --project demo" in banner
+        assert f"dashboard: {base}/" in banner
 
-        ws_url = base.group(1).replace("http://", "ws://") + "/v1/projects/demo/ws?since=0"
+        ws_url = base.replace("http://", "ws://") + "/v1/projects/demo/ws?since=0"
         watcher = await FrameRecorder.open(ws_url)
         await wait_for(
             lambda: any(

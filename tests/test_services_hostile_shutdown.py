@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import sqlite3
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .support import wait_for
+from .support import demo_banner, wait_for
 
 DRAIN_TIMEOUT_S = 3.0
 PROJECT = "demo"
@@ -79,17 +78,9 @@ async def start_demo(tmp_path: Path, folder: Path | None, **env_vars: str) -> As
         stderr=asyncio.subprocess.PIPE,
         env=env,
     )
-    assert process.stdout is not None
     try:
-        banner = ""
-        async with asyncio.timeout(20):
-            while "dashboard:" not in banner:
-                line = await process.stdout.readline()
-                assert line, f"demo exited early: {banner}"
-                banner += line.decode()
-        found = re.search(r"running on (http://127\.0\.0\.1:\d+)", banner)
-        assert found is not None, banner
-        yield Demo(process, found.group(1))
+        _, base = await demo_banner(process)
+        yield Demo(process, base)
     finally:
         if process.returncode is None:
             process.kill()

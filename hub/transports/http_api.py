@@ -32,7 +32,7 @@ from ..errors import (
 from ..limits import check_publish_rate
 from ..wire.json_rules import JsonRuleError, check_json
 from ..wire.subscription import parse_since
-from ..wire.topics import parse_types_param
+from ..wire.topics import TypeFilter, parse_types_param
 from .read_limits import read_limiter_of, read_response
 
 __all__ = [
@@ -142,20 +142,26 @@ def _parse_limit(raw: str | None, maximum: int) -> int:
     return min(int(raw), maximum)
 
 
-async def history(request: Request) -> Response:
-    """A page of retained events after `since`; `next` is where the following page starts."""
+def _read_scope(request: Request) -> tuple[Hub, str, TypeFilter]:
+    """What a read route reads: the hub, the project (checked and granted) and the `types`
+    filter narrowed by the token's grant."""
     hub: Hub = request.app.state.hub
     project = request.path_params["project"]
     hub.check_project(project)
     principal = authorize(request, project, "subscribe")
     settings = hub.settings
+    requested = parse_types_param(
+        request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
+    )
+    return hub, project, principal.type_filter(requested)
+
+
+async def history(request: Request) -> Response:
+    """A page of retained events after `since`; `next` is where the following page starts."""
+    hub, project, type_filter = _read_scope(request)
+    settings = hub.settings
     since = parse_since(request.query_params.get("since")) or 0
     limit = _parse_limit(request.query_params.get("limit"), settings.history_max_limit)
-    type_filter = principal.type_filter(
-        parse_types_param(
-            request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
-        )
-    )
     limiter = read_limiter_of(request, settings)
     busy = limiter.busy  # no slot for a heavy answer: find that out after little work
     budget = settings.heavy_read_bytes if busy else settings.history_max_bytes
@@ -176,17 +182,9 @@ async def history(request: Request) -> Response:
 
 async def snapshot(request: Request) -> Response:
     """The latest event per key, in pages of about `snapshot_page_bytes` (`after`=`next`)."""
-    hub: Hub = request.app.state.hub
-    project = request.path_params["project"]
-    hub.check_project(project)
-    principal = authorize(request, project, "subscribe")
+    hub, project, type_filter = _read_scope(request)
     settings = hub.settings
     after = parse_since(request.query_params.get("after"), "after") or 0
-    type_filter = principal.type_filter(
-        parse_types_param(
-            request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
-        )
-    )
     limiter = read_limiter_of(request, settings)
     busy = limiter.busy
     budget = settings.heavy_read_bytes if busy else settings.snapshot_page_bytes
