@@ -68,8 +68,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if not security.enabled:
             logger.warning(
-                "NO SECRET CONFIGURED: the hub is OPEN - anyone who can reach it can read and "
-                "publish every project. Start it with --secret or HUB_SECRET."
+                "no secret: the hub is OPEN to every client that can reach it (browser pages "
+                "of other sites and other Host names are refused). Set HUB_SECRET or --secret."
             )
         await hub.start()
         try:

@@ -277,8 +277,8 @@ def raise_open_files_limit() -> int:
 
 async def serve(app: Starlette, host: str, port: int, settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM; print the address once listening."""
-    if not app.state.security.enabled:
-        # On stderr whatever the log level: `--log-level error` must not hide it.
+    if not app.state.security.enabled and not logger.isEnabledFor(logging.WARNING):
+        # The app logs this warning at startup; `--log-level error` must not hide it.
         print(OPEN_MODE_NOTICE, file=sys.stderr, flush=True)
     limit = raise_open_files_limit()
     if limit < settings.max_connections + 100:
