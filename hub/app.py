@@ -25,6 +25,7 @@ from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
 from .transports import http_api
+from .transports.asyncapi_endpoint import asyncapi
 from .transports.sse_endpoint import sse_endpoint
 from .transports.ws_endpoint import refuse, websocket_endpoint
 from .wire.catalog import EventCatalog
@@ -86,6 +87,7 @@ def create_app(
         Route("/v1/projects/{project}/events", http_api.history, methods=["GET"]),
         Route("/v1/projects/{project}/snapshot", http_api.snapshot, methods=["GET"]),
         Route("/v1/schema", http_api.schema, methods=["GET"]),
+        Route("/v1/asyncapi.json", asyncapi, methods=["GET"]),
         Route("/healthz", http_api.healthz, methods=["GET"]),
         Route("/readyz", http_api.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
