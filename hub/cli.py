@@ -170,7 +170,7 @@ def catalog_from_args(args: argparse.Namespace, settings: Settings) -> EventCata
     specs: list[str] | None = getattr(args, "catalogs", None)
     catalog = load_catalogs(specs, strict=settings.strict_types)
     for name, types in catalog.sources.items():
-        logger.info("event catalog %s: %d types", name, len(types))
+        logger.info("event catalog %s: %d type%s", name, len(types), "" if len(types) == 1 else "s")
     if not catalog.sources:
         how = "--no-catalogs" if specs is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
         logger.info("no event catalog loaded (%s): payloads are not validated", how)

@@ -79,7 +79,7 @@ async def test_catalog_flags_load_exactly_the_named_catalogs() -> None:
         assert response.status_code == 422 and "`$.data.lat`" in response.text, response.text
         log = hub.stderr
     assert "event catalog tests.catalog_fixtures:register_geo: 2 types" in log, log
-    assert "event catalog tests.catalog_fixtures:geo_catalog: 1 types" in log, log
+    assert "event catalog tests.catalog_fixtures:geo_catalog: 1 type" in log, log
 
 
 @pytest.mark.parametrize(
