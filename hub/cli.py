@@ -20,7 +20,7 @@ import msgspec
 
 from .config import Settings
 from .logs import configure_logging
-from .wire.catalog_plugins import ENTRY_POINT_GROUP
+from .wire.catalog_plugins import ENTRY_POINT_GROUP, catalog_specs
 
 if TYPE_CHECKING:
     from .wire.catalog import EventCatalog
@@ -168,11 +168,13 @@ def catalog_from_args(args: argparse.Namespace, settings: Settings) -> EventCata
     from .wire.catalog import load_catalogs
 
     specs: list[str] | None = getattr(args, "catalogs", None)
+    if specs is None:  # no flag: HUB_CATALOGS, else every installed catalog
+        specs = catalog_specs(settings.catalogs)
     catalog = load_catalogs(specs, strict=settings.strict_types)
     for name, types in catalog.sources.items():
         logger.info("event catalog %s: %d type%s", name, len(types), "" if len(types) == 1 else "s")
     if not catalog.sources:
-        how = "--no-catalogs" if specs is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
+        how = "none chosen" if specs is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
         logger.info("no event catalog loaded (%s): payloads are not validated", how)
     return catalog
 

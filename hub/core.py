@@ -15,6 +15,7 @@ from .fanout.manager import ConnectionManager
 from .protocol import CloseCode
 from .stats import HubStats
 from .wire.catalog import EventCatalog, load_catalogs
+from .wire.catalog_plugins import catalog_specs
 from .wire.validation import PublishValidator, check_project
 
 __all__ = ["Hub"]
@@ -26,11 +27,11 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.backend = backend
-        # No catalog given: every installed one (`hub.catalogs` entry points).
-        self.catalog = (
-            catalog if catalog is not None else load_catalogs(None, strict=settings.strict_types)
-        )
-        self.validator = PublishValidator(settings, self.catalog)
+        # No catalog given: those of settings.catalogs (default: every installed one).
+        if catalog is None:
+            catalog = load_catalogs(catalog_specs(settings.catalogs), strict=settings.strict_types)
+        self.catalog = catalog
+        self.validator = PublishValidator(settings, catalog)
         self.manager = ConnectionManager(backend)
         self.manager.slice_s = settings.fanout_slice_ms / 1000
         self.stats = HubStats()

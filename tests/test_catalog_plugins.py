@@ -14,7 +14,7 @@ from hub.core import Hub
 from hub.errors import EventValidationError
 from hub.redis_publisher import RedisPublisher
 from hub.wire.catalog import CatalogLoadError, EventCatalog, load_catalogs
-from hub.wire.catalog_plugins import ENTRY_POINT_GROUP
+from hub.wire.catalog_plugins import ENTRY_POINT_GROUP, catalog_specs
 from services.events import EVENT_TYPES, IngestJob
 
 from .catalog_fixtures import GeoPoint
@@ -136,3 +136,29 @@ async def test_a_redis_publisher_given_no_catalog_validates_before_any_connectio
             await publisher.publish("p1", "ingest.job.updated", MALFORMED_JOB)
         assert "`$.data.progress`" in caught.value.message
         assert publisher.attempts == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "specs"),
+    [
+        (None, None),
+        ("", []),
+        ("none", []),
+        (" None ", []),
+        ("a.b:c", ["a.b:c"]),
+        (" a.b:c , d:e.f ,", ["a.b:c", "d:e.f"]),
+    ],
+)
+def test_the_catalogs_setting_names_the_specs(setting: str | None, specs: list[str] | None) -> None:
+    assert catalog_specs(setting) == specs
+
+
+async def test_hub_and_publisher_given_no_catalog_follow_the_catalogs_setting() -> None:
+    geo = Settings(catalogs=f"{FIXTURES}:register_geo")
+    assert Hub(geo, MemoryBackend(geo)).catalog.types() == ["geo.point.created", "geo.point.moved"]
+    assert Settings.from_env({"HUB_CATALOGS": "none"}).catalogs == "none"
+    none = Settings(catalogs="none")
+    assert Hub(none, MemoryBackend(none)).catalog.types() == []
+    url = "redis://127.0.0.1:1/0"
+    async with RedisPublisher(url, Settings(backend=url, catalogs="")) as publisher:
+        assert publisher.validator.catalog.types() == []

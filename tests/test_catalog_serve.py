@@ -35,9 +35,11 @@ async def schema_types(port: int) -> list[str]:
     return sorted(response.json()["events"])
 
 
-def serve_and_exit(*args: str) -> subprocess.CompletedProcess[str]:
+def serve_and_exit(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a `hub serve` expected to stop at once."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HUB_")} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "hub", "serve", "--port", "0", *args],
         cwd=REPO, env=environ, capture_output=True, text=True, timeout=30, check=False,
@@ -65,7 +67,7 @@ async def test_no_catalogs_accepts_any_payload() -> None:
         assert (await post(hub.port, MALFORMED_JOB)).status_code == 202
         assert await schema_types(hub.port) == []
         log = hub.stderr
-    assert "no event catalog loaded (--no-catalogs)" in log, log
+    assert "no event catalog loaded (none chosen)" in log, log
     assert "event catalog demo" not in log, log
 
 
@@ -104,3 +106,16 @@ def test_catalog_and_no_catalogs_exclude_each_other() -> None:
     assert result.returncode == 2
     assert "not allowed with argument" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_hub_catalogs_chooses_like_the_flags_and_a_flag_wins() -> None:
+    env = {"HUB_CATALOGS": "tests.catalog_fixtures:register_geo"}
+    async with hub_process(env=env) as hub:
+        assert await schema_types(hub.port) == ["geo.point.created", "geo.point.moved"]
+    async with hub_process("--no-catalogs", env=env) as hub:
+        assert await schema_types(hub.port) == []
+    async with hub_process(env={"HUB_CATALOGS": "none"}) as hub:
+        assert await schema_types(hub.port) == []
+    result = serve_and_exit(env={"HUB_CATALOGS": "tests.catalog_fixtures:nope"})
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "has no attribute nope" in result.stderr

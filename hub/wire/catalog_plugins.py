@@ -23,6 +23,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "CatalogLoadError",
     "CatalogPlugin",
+    "catalog_specs",
     "find_catalog_plugins",
     "resolve_spec",
 ]
@@ -69,6 +70,16 @@ def resolve_spec(spec: str) -> Any:
             )
         found = getattr(found, attr)
     return found
+
+
+def catalog_specs(setting: str | None) -> list[str] | None:
+    """The `catalogs` setting (HUB_CATALOGS) as `load_catalogs` takes it: None (unset) for
+    every installed catalog, [] for "" or "none", else the comma-separated specs."""
+    if setting is None:
+        return None
+    if setting.strip().lower() in ("", "none"):
+        return []
+    return [spec.strip() for spec in setting.split(",") if spec.strip()]
 
 
 class CatalogPlugin(NamedTuple):
