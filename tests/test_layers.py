@@ -33,6 +33,7 @@ PURE = (
     "hub.config",
     "hub.wire.catalog",
     "hub.wire.catalog_plugins",
+    "hub.asyncapi",
     "hub.wire.json_rules",
     "hub.wire.validation",
     "hub.stats",
