@@ -60,7 +60,7 @@ def create_app(
 ) -> Starlette:
     settings = settings or Settings()
     backend = backend or create_backend(settings)
-    hub = Hub(settings, backend, catalog)  # no catalog: every installed one (Hub loads them)
+    hub = Hub(settings, backend, catalog)  # no catalog: Hub loads settings.catalogs
     security = Security(settings)  # refuses secrets too short to be safe (ValueError)
     install_log_redaction()
 
