@@ -4,9 +4,13 @@ given no catalog (Hub, create_app, RedisPublisher) validates with what is instal
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from hub.backends.memory import MemoryBackend
 from hub.config import Settings
@@ -14,7 +18,7 @@ from hub.core import Hub
 from hub.errors import EventValidationError
 from hub.redis_publisher import RedisPublisher
 from hub.wire.catalog import CatalogLoadError, EventCatalog, load_catalogs
-from hub.wire.catalog_plugins import ENTRY_POINT_GROUP, catalog_specs
+from hub.wire.catalog_plugins import ENTRY_POINT_GROUP, catalog_specs, resolve_spec
 from services.events import EVENT_TYPES, IngestJob
 
 from .catalog_fixtures import GeoPoint
@@ -162,3 +166,15 @@ async def test_hub_and_publisher_given_no_catalog_follow_the_catalogs_setting() 
     url = "redis://127.0.0.1:1/0"
     async with RedisPublisher(url, Settings(backend=url, catalogs="")) as publisher:
         assert publisher.validator.catalog.types() == []
+
+
+@given(st.text(max_size=400))
+@hyp_settings(max_examples=300, deadline=None)
+def test_any_text_that_is_not_a_spec_is_refused_in_one_line(text: str) -> None:
+    # Text outside MODULE:ATTR (hypothesis rarely builds one; those would be imported).
+    assume(not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", text))
+    with pytest.raises(CatalogLoadError) as caught:
+        resolve_spec(text)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 1200
+    assert message.startswith("bad catalog spec")
