@@ -35,6 +35,7 @@ __all__ = [
     "CLIENT_OPS",
     "CLOSE_CODES",
     "SERVER_FRAMES",
+    "SUMMARIES",
     "CloseCodeDoc",
     "asyncapi_document",
     "asyncapi_servers",
@@ -55,6 +56,21 @@ SERVER_FRAMES: Final = (
 )
 CLIENT_OPS: Final = (SubscribeOp, UnsubscribeOp, PingOp)
 SSE_CONTROL: Final = ("welcome", "replayed", "gap", "snapshot", "error")  # `event:` names
+
+# One line per op (docs/protocol.md, "WebSocket subscription", says the rest).
+SUMMARIES: Final = {
+    "welcome": "First frame of every connection: the project's epoch, head, oldest and heartbeat.",
+    "event": "One event; typed events are listed as messages of their own.",
+    "replayed": "End of the replay after `since`: how many events, up to which seq.",
+    "gap": "`since` cannot be replayed (evicted, epoch, ahead): a snapshot follows.",
+    "snapshot": "Latest event per key; in pages while `more` is true.",
+    "subscribed": "Reply to subscribe / unsubscribe: the patterns now in force.",
+    "pong": "Reply to ping.",
+    "error": "A refused op (the connection stays open), or the reason for the close that follows.",
+    "subscribe": "Add type patterns (the first one replaces the implicit `*`); reply subscribed.",
+    "unsubscribe": "Remove type patterns; reply subscribed.",
+    "ping": "Application-level ping; reply pong.",
+}
 
 
 class CloseCodeDoc(NamedTuple):
@@ -146,7 +162,8 @@ def asyncapi_document(
     `secure`: the hub is behind TLS (wss/https); `auth`: it requires a token (it has a secret).
     """
     schemas, frame_refs, event_refs = _schemas(catalog)
-    frames = {_op(s): _frame_message(s, frame_refs[s]) for s in (*SERVER_FRAMES, *CLIENT_OPS)}
+    frames = {_op(s): _frame_message(_op(s), "frame", frame_refs[s]) for s in SERVER_FRAMES}
+    frames |= {_op(s): _frame_message(_op(s), "op", frame_refs[s]) for s in CLIENT_OPS}
     frames["batch"] = {
         "name": "batch",
         "title": "Coalesced frames",
@@ -258,13 +275,8 @@ def _op(struct: type) -> str:
     return tag
 
 
-def _frame_message(struct: type, ref: dict[str, str]) -> dict[str, Any]:
-    op = _op(struct)
-    doc = (struct.__doc__ or "").strip()
-    message: dict[str, Any] = {"name": op, "title": f"{op} frame", "payload": ref}
-    if doc and not doc.startswith(struct.__name__ + "("):  # not msgspec's generated signature
-        message["summary"] = doc.splitlines()[0]
-    return message
+def _frame_message(op: str, kind: str, ref: dict[str, str]) -> dict[str, Any]:
+    return {"name": op, "title": f"{op} {kind}", "summary": SUMMARIES[op], "payload": ref}
 
 
 def _event_message(event_type: str, catalog: EventCatalog, ref: dict[str, str]) -> dict[str, Any]:

@@ -138,6 +138,9 @@ async def test_every_frame_and_op_is_a_message(demo_hub: RunningHub) -> None:
     assert [s.__struct_config__.tag for s in CLIENT_OPS] == ["subscribe", "unsubscribe", "ping"]
     sse = {"welcome", "replayed", "gap", "snapshot", "error"}
     assert set(operation_messages(document, "sendSseEvents")) == sse | set(EVENT_TYPES)
+    messages = document["components"]["messages"]
+    assert all(m["summary"] for m in messages.values())
+    assert messages["subscribe"]["title"] == "subscribe op"
     schemas = document["components"]["schemas"]
     assert schemas["SubscribeOp"]["additionalProperties"] is False  # unknown fields refused
     assert schemas["ErrorFrame"]["properties"]["op"] == {"enum": ["error"]}
