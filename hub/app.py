@@ -25,6 +25,7 @@ from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
 from .transports import http_api
+from .transports.asyncapi_endpoint import asyncapi
 from .transports.sse_endpoint import sse_endpoint
 from .transports.ws_endpoint import refuse, websocket_endpoint
 from .wire.catalog import EventCatalog
@@ -58,9 +59,8 @@ def create_app(
     lifespan_hooks: Sequence[LifespanHook] = (),
 ) -> Starlette:
     settings = settings or Settings()
-    catalog = catalog or EventCatalog(strict=settings.strict_types)
     backend = backend or create_backend(settings)
-    hub = Hub(settings, backend, catalog)
+    hub = Hub(settings, backend, catalog)  # no catalog: Hub loads settings.catalogs
     security = Security(settings)  # refuses secrets too short to be safe (ValueError)
     install_log_redaction()
 
@@ -87,6 +87,7 @@ def create_app(
         Route("/v1/projects/{project}/events", http_api.history, methods=["GET"]),
         Route("/v1/projects/{project}/snapshot", http_api.snapshot, methods=["GET"]),
         Route("/v1/schema", http_api.schema, methods=["GET"]),
+        Route("/v1/asyncapi.json", asyncapi, methods=["GET"]),
         Route("/healthz", http_api.healthz, methods=["GET"]),
         Route("/readyz", http_api.readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

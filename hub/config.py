@@ -126,6 +126,11 @@ class Settings(msgspec.Struct, kw_only=True):
     # Python's default (700).
     gc_gen0_threshold: int = 50_000
 
+    # Event catalogs (catalog plugins, hub.wire.catalog_plugins): unset = every installed
+    # `hub.catalogs` entry point; "" or "none" = none; "MODULE:ATTR,..." = exactly these.
+    # What `hub serve` (`--catalog`, `--no-catalogs` win), Hub and RedisPublisher load.
+    catalogs: str | None = None
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",

@@ -14,16 +14,22 @@ from .config import Settings
 from .fanout.manager import ConnectionManager
 from .protocol import CloseCode
 from .stats import HubStats
-from .wire.catalog import EventCatalog
+from .wire.catalog import EventCatalog, load_catalogs
+from .wire.catalog_plugins import catalog_specs
 from .wire.validation import PublishValidator, check_project
 
 __all__ = ["Hub"]
 
 
 class Hub:
-    def __init__(self, settings: Settings, backend: Backend, catalog: EventCatalog) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, catalog: EventCatalog | None = None
+    ) -> None:
         self.settings = settings
         self.backend = backend
+        # No catalog given: those of settings.catalogs (default: every installed one).
+        if catalog is None:
+            catalog = load_catalogs(catalog_specs(settings.catalogs), strict=settings.strict_types)
         self.catalog = catalog
         self.validator = PublishValidator(settings, catalog)
         self.manager = ConnectionManager(backend)

@@ -32,6 +32,8 @@ PURE = (
     "hub.errors",
     "hub.config",
     "hub.wire.catalog",
+    "hub.wire.catalog_plugins",
+    "hub.asyncapi",
     "hub.wire.json_rules",
     "hub.wire.validation",
     "hub.stats",
