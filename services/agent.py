@@ -3,6 +3,10 @@
 A run plans, searches the full-text index, reads the best chunks, summarises them, then
 streams its answer as `agent.message.appended` deltas. Each step is an `agent.step.updated`
 entity (running, then succeeded/failed/cancelled); the run is tracked as `agent.run.*`.
+
+The answer's last append (`done`) always goes out, however the answer ends: with the model's
+finish reason (`stop`, `length`), `cancelled` or `error` (the text received so far is kept),
+the usage (the model server's report, else counted) and the sources the text cites.
 """
 
 from __future__ import annotations
@@ -16,10 +20,18 @@ from typing import Any
 
 from services.admission import Slots
 from services.emitters import Emitter
-from services.events import AgentMessageAppended, AgentRun, AgentStep, Usage
+from services.events import (
+    AgentMessageAppended,
+    AgentRun,
+    AgentStep,
+    Citation,
+    FinishReason,
+    Usage,
+)
 from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, track
 from services.limits import ServiceLimits
-from services.model import ExtractiveModel, Model, Passage
+from services.model import ExtractiveModel, Generation, Model, Passage
+from services.openai_stream import citations_in
 from services.store import SearchHit, Store
 from services.tasks import TaskTable
 
@@ -146,7 +158,6 @@ class AgentService:
         async with track(emitter, state, min_interval=self.min_interval) as run:
             steps = _Steps(emitter, run)
             steps.planned = 4 + self.top_k  # plan, search, reads, summarise, answer
-            usage = Usage(prompt_tokens=model.count_tokens(question))
 
             async with steps.step("plan", None, question) as step:
                 queries = model.plan(question)
@@ -165,20 +176,40 @@ class AgentService:
                     chunk = await self.store.read_chunk(project, hit.chunk_id)
                     if chunk is not None:
                         passages.append(Passage(chunk.id, chunk.name, chunk.title, chunk.text))
-                        usage.prompt_tokens += model.count_tokens(chunk.text)
                     step.output_excerpt = excerpt(chunk.text if chunk else "(chunk gone)")
 
             async with steps.step("summarise", "summarise", f"{len(passages)} passages") as step:
-                notes = "".join([d async for d in model.stream("summarise", question, passages)])
-                usage.completion_tokens += model.count_tokens(notes)
+                generation = model.generate("summarise", question, passages)
+                async with contextlib.aclosing(generation.deltas) as deltas:
+                    notes = "".join([d async for d in deltas])
+                self._add_usage(run, self._usage(generation, question, passages, notes))
                 step.output_excerpt = excerpt(notes or "(nothing relevant)")
 
             async with steps.step("answer", None, question) as step:
-                answer = await self._stream_answer(emitter, state, passages)
-                usage.completion_tokens += model.count_tokens(answer)
+                answer = await self._stream_answer(emitter, run, passages)
                 step.output_excerpt = excerpt(answer)
-            run.set(usage=usage, output_summary=excerpt(answer, 500))
+            run.set(output_summary=excerpt(answer, 500))
         return state
+
+    def _usage(
+        self, generation: Generation, question: str, passages: list[Passage], text: str
+    ) -> Usage:
+        """The generation's usage as the model reported it, else counted here."""
+        if generation.usage is not None:
+            return generation.usage
+        count = self.model.count_tokens
+        prompt = count(question) + sum(count(p.text) for p in passages)
+        return Usage(prompt_tokens=prompt, completion_tokens=count(text))
+
+    @staticmethod
+    def _add_usage(run: Tracker[AgentRun], usage: Usage) -> None:
+        total = run.state.usage
+        run.set(
+            usage=Usage(
+                prompt_tokens=total.prompt_tokens + usage.prompt_tokens,
+                completion_tokens=total.completion_tokens + usage.completion_tokens,
+            )
+        )
 
     async def _search(self, project: str, queries: list[str]) -> list[SearchHit]:
         hits: dict[int, SearchHit] = {}
@@ -188,20 +219,55 @@ class AgentService:
         return sorted(hits.values(), key=lambda h: (h.score, h.chunk_id))[: self.top_k]
 
     async def _stream_answer(
-        self, emitter: Emitter, state: AgentRun, passages: list[Passage]
+        self, emitter: Emitter, run: Tracker[AgentRun], passages: list[Passage]
     ) -> str:
+        state = run.state
         parts: list[str] = []
         self.answers[state.run_id] = ""
-        async for delta in self.model.stream("answer", state.input, passages):
-            message = AgentMessageAppended(
-                run_id=state.run_id, message_id=MESSAGE_ID, index=len(parts), delta=delta
+        generation = self.model.generate("answer", state.input, passages)
+        finish: FinishReason = "error"
+        try:
+            # aclosing: however this ends, the model's stream (its HTTP response) is closed
+            # before anything else happens, so a cancelled answer stops the server at once.
+            async with contextlib.aclosing(generation.deltas) as deltas:
+                async for delta in deltas:
+                    message = AgentMessageAppended(
+                        run_id=state.run_id, message_id=MESSAGE_ID, index=len(parts), delta=delta
+                    )
+                    parts.append(delta)
+                    self.answers[state.run_id] += delta
+                    await emitter.emit("agent.message.appended", message, key=message.key)
+            finish = generation.finish_reason
+        except asyncio.CancelledError:
+            finish = "cancelled"
+            raise
+        finally:
+            text = "".join(parts)
+            usage = self._usage(generation, state.input, passages, text)
+            self._add_usage(run, usage)
+            run.set(finish_reason=finish, usage_source=generation.usage_source)
+            done = AgentMessageAppended(
+                run_id=state.run_id,
+                message_id=MESSAGE_ID,
+                index=len(parts),
+                done=True,
+                text=text,
+                finish_reason=finish,
+                usage=usage,
+                usage_source=generation.usage_source,
+                model=self.model.name,
+                citations=[
+                    Citation(n=n, chunk_id=p.chunk_id, name=p.name, title=p.title)
+                    for n in citations_in(text, len(passages))
+                    for p in [passages[n - 1]]
+                ],
             )
-            parts.append(delta)
-            self.answers[state.run_id] += delta
-            await emitter.emit("agent.message.appended", message, key=message.key)
-        text = "".join(parts)
-        done = AgentMessageAppended(
-            run_id=state.run_id, message_id=MESSAGE_ID, index=len(parts), done=True, text=text
-        )
-        await emitter.emit("agent.message.appended", done, key=done.key)
+            publish = emitter.emit("agent.message.appended", done, key=done.key)
+            if finish in ("cancelled", "error"):
+                # Shielded: a cancellation must not swallow the message's end; a failure to
+                # publish it must not hide the answer's own error.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(publish)
+            else:
+                await publish
         return text

@@ -16,12 +16,15 @@ __all__ = [
     "AgentMessageAppended",
     "AgentRun",
     "AgentStep",
+    "Citation",
     "ErrorInfo",
     "FileError",
+    "FinishReason",
     "IngestJob",
     "Lifecycle",
     "Timings",
     "Usage",
+    "UsageSource",
     "WorkflowNodeState",
     "WorkflowRun",
     "register_events",
@@ -37,6 +40,11 @@ JobStatus = Literal["running", "completed", "failed", "cancelled"]
 StepStatus = Literal["running", "succeeded", "failed", "cancelled"]
 NodeState = Literal["pending", "running", "succeeded", "failed", "skipped", "retrying", "cancelled"]
 RunState = Literal["pending", "running", "succeeded", "failed", "cancelled"]
+# How a streamed message ended: the model finished (`stop`), hit its token bound (`length`),
+# the run was cancelled, or the model or its stream failed (`error`; the text so far is kept).
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+# Where token counts come from: the model server's own `usage`, or counted by the service.
+UsageSource = Literal["server", "counted"]
 
 
 class Lifecycle(msgspec.Struct, frozen=True):
@@ -145,9 +153,12 @@ class AgentRun(msgspec.Struct, kw_only=True):
     status: JobStatus = "running"
     progress: Progress = 0.0
     steps: Count = 0
-    model: str = ""
+    model: str = ""  # the model's name (`extractive-v1`, or the served model's)
     output_summary: Excerpt | None = None
-    usage: Usage = msgspec.field(default_factory=Usage)
+    usage: Usage = msgspec.field(default_factory=Usage)  # totals of the run's model calls
+    # The answer's finish reason (set when it ended) and where `usage` came from.
+    finish_reason: FinishReason | None = None
+    usage_source: UsageSource | None = None
     timings: Timings = msgspec.field(default_factory=Timings)
     error: ErrorInfo | None = None
 
@@ -174,12 +185,25 @@ class AgentStep(msgspec.Struct, kw_only=True):
         return f"agent.step/{self.run_id}/{self.index}"
 
 
+class Citation(msgspec.Struct, kw_only=True):
+    """A source an answer cites as `[n]`: the n-th passage given to the model."""
+
+    n: Annotated[int, msgspec.Meta(ge=1)]
+    chunk_id: Count
+    name: str  # source file
+    title: str = ""
+
+
 class AgentMessageAppended(msgspec.Struct, kw_only=True):
-    """`agent.message.appended`: one delta of a streamed message; key
+    """`agent.message.appended`: one delta (token) of a streamed message; key
     `agent.message/<run_id>/<message_id>`.
 
-    Clients concatenate `delta`s in seq order. The last append has `done=True` and carries
-    the whole `text`, so the snapshot (latest per key) alone still shows the full message.
+    Clients concatenate `delta`s in seq order (`index` 0, 1, ...). The last append has
+    `done=True` and carries the whole `text` (so the snapshot, latest per key, alone shows
+    the full message), the `finish_reason` (`stop`, `length`, `cancelled`, `error`: the text
+    received so far is kept), the `usage` (prompt and completion tokens) with its
+    `usage_source` (`server`: the model server's usage report; `counted`: counted by the
+    service), the `model` and the `citations` the text makes (`[n]` -> the n-th source).
     """
 
     run_id: Id
@@ -189,6 +213,11 @@ class AgentMessageAppended(msgspec.Struct, kw_only=True):
     delta: str = ""
     done: bool = False
     text: str | None = None
+    finish_reason: FinishReason | None = None  # set on the last (done) append
+    usage: Usage | None = None  # set on the last (done) append
+    usage_source: UsageSource | None = None  # set on the last (done) append
+    model: str | None = None  # set on the last (done) append
+    citations: list[Citation] = msgspec.field(default_factory=list)
 
     @property
     def key(self) -> str:

@@ -1,6 +1,8 @@
 """The agent's model interface, and its offline default: a deterministic extractive model.
 
-A model plans search queries and writes text as a stream of small deltas. The default
+A model plans search queries and writes text as a stream of small deltas (`generate`
+returns a `Generation`: iterate it for the deltas, then read how it ended and what it cost).
+The default
 `ExtractiveModel` writes only sentences taken from the passages it is given, ranked by how
 many of the question's terms they contain (rarer terms weigh more), so answers are
 reproducible, need no weights and never say anything the corpus does not.
@@ -11,14 +13,23 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Literal, Protocol
 
 import msgspec
 
+from services.events import FinishReason, Usage, UsageSource
 from services.terms import terms, words
 
-__all__ = ["ExtractiveModel", "Model", "Passage", "Task", "split_sentences", "tokens"]
+__all__ = [
+    "ExtractiveModel",
+    "Generation",
+    "Model",
+    "Passage",
+    "Task",
+    "split_sentences",
+    "tokens",
+]
 
 Task = Literal["summarise", "answer"]
 
@@ -30,13 +41,33 @@ class Passage(msgspec.Struct, frozen=True):
     text: str
 
 
+class Generation:
+    """One text being written: `deltas` yields its pieces; once they are exhausted,
+    `finish_reason` says how it ended and `usage` what it cost (`usage_source`: "server" when
+    the model server reported it, "counted" when counted here).
+
+    Close `deltas` (`contextlib.aclosing`) when stopping early: that closes the upstream.
+    """
+
+    def __init__(self, deltas: AsyncGenerator[str, None] | None = None) -> None:
+        self.deltas: AsyncGenerator[str, None] = deltas or _nothing()
+        self.finish_reason: FinishReason = "stop"
+        self.usage: Usage | None = None  # None: the caller counts
+        self.usage_source: UsageSource = "counted"
+
+
+async def _nothing() -> AsyncGenerator[str, None]:
+    return
+    yield  # an async generator that yields nothing
+
+
 class Model(Protocol):
     name: str
 
     def plan(self, question: str) -> list[str]:
         """Full-text search queries worth running for `question`."""
 
-    def stream(self, task: Task, question: str, passages: Sequence[Passage]) -> AsyncIterator[str]:
+    def generate(self, task: Task, question: str, passages: Sequence[Passage]) -> Generation:
         """Write the summary notes or the answer as deltas that concatenate to the text."""
 
     def count_tokens(self, text: str) -> int: ...
@@ -107,9 +138,12 @@ class ExtractiveModel:
     def count_tokens(self, text: str) -> int:
         return len(words(text))
 
+    def generate(self, task: Task, question: str, passages: Sequence[Passage]) -> Generation:
+        return Generation(self.stream(task, question, passages))
+
     async def stream(
         self, task: Task, question: str, passages: Sequence[Passage]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         text = self._write(task, question, passages)
         for piece in tokens(text):
             # Yield to the loop between deltas even without a delay: cancellation lands here.

@@ -336,7 +336,11 @@ async def test_agent_run_fails_when_the_model_fails_mid_answer() -> None:
         steps = [e["data"] for e in subscriber.events if e["type"] == "agent.step.updated"]
         assert (steps[-1]["name"], steps[-1]["status"]) == ("answer", "failed")
         messages = subscriber.of(f"agent.message/{run_id}/answer")
-        assert len(messages) == 3 and not any(e["data"]["done"] for e in messages)
+        # The three deltas, then the end of the message: `error`, keeping the text received.
+        assert len(messages) == 4 and not any(e["data"]["done"] for e in messages[:3])
+        end = messages[-1]["data"]
+        assert (end["done"], end["finish_reason"]) == (True, "error")
+        assert end["text"] == "".join(e["data"]["delta"] for e in messages[:3])
 
 
 async def test_cancelling_an_agent_run_mid_answer_ends_it_cancelled() -> None:
