@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from services.events import register_events
 from services.limits import ServiceLimits
-from services.model import ExtractiveModel
+from services.model_settings import add_model_arguments, model_from_args
 from services.runtime import SAMPLE_DOCS, Services
 from services.store import Store
 from services.workflow import NodeSpec, WorkflowSpec
@@ -73,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.04,
         help="seconds between streamed answer deltas (default 0.04)",
     )
+    add_model_arguments(parser)  # --model, --model-url (services/model_settings.py)
     parser.set_defaults(func=run_demo)
 
 
@@ -121,7 +122,7 @@ async def run_demo(args: argparse.Namespace) -> None:
     register_events(catalog)
     services = Services(
         Store(args.db),
-        model=ExtractiveModel(token_delay=args.token_delay),
+        model=model_from_args(args, token_delay=args.token_delay),
         min_interval=0.2,
         allowed_roots=[folder],
         limits=ServiceLimits.from_env(),  # SERVICES_<FIELD> variables (services/README.md)

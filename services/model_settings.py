@@ -108,7 +108,10 @@ def model_from_args(args: argparse.Namespace, *, token_delay: float = 0.0) -> Mo
     from services.model import ExtractiveModel
     from services.openai_model import OpenAIChatModel
 
-    settings = ModelSettings.from_env(model=args.model, url=args.model_url)
+    try:
+        settings = ModelSettings.from_env(model=args.model, url=args.model_url)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if settings.model in ("", EXTRACTIVE, ExtractiveModel.name):
         return ExtractiveModel(token_delay=token_delay)
     if not settings.url:

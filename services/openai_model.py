@@ -104,16 +104,25 @@ class OpenAIChatModel:
         total_deadline = loop.time() + s.total_timeout_s
         # One client per answer: closing it closes the one connection, nothing pooled lingers.
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
-            response, deadline = await self._open(client, body, headers, total_deadline)
+            streamed = 0
             try:
-                reader = self._read(response, generation, deadline, total_deadline)
-                async with contextlib.aclosing(reader) as deltas:
-                    async for delta in deltas:
-                        yield delta
+                response, deadline = await self._open(client, body, headers, total_deadline)
+                try:
+                    reader = self._read(response, generation, deadline, total_deadline)
+                    async with contextlib.aclosing(reader) as deltas:
+                        async for delta in deltas:
+                            streamed += 1
+                            yield delta
+                finally:
+                    # Cancelled or abandoned: closing the response closes the connection,
+                    # which is how the server learns to stop generating.
+                    await response.aclose()
             finally:
-                # Cancelled or abandoned: closing the response closes the connection, which
-                # is how the server learns to stop generating.
-                await response.aclose()
+                if generation.usage is None:  # no usage chunk: count (a delta ~ a token)
+                    prompt = "\n".join(m["content"] for m in body["messages"])
+                    generation.usage = Usage(
+                        prompt_tokens=self.count_tokens(prompt), completion_tokens=streamed
+                    )
 
     async def _open(
         self,
