@@ -125,8 +125,7 @@ class ChatServer:
             extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
             writer.write(
                 f"HTTP/1.1 {reply.status} Error\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(reply.error_body)}\r\n{extra}Connection: close\r\n\r\n"
-                .encode()
+                f"Content-Length: {len(reply.error_body)}\r\n{extra}Connection: close\r\n\r\n".encode()
                 + reply.error_body
             )
             await writer.drain()
@@ -201,9 +200,9 @@ def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict
     }
 
 
-def by_question(replies: dict[str, Reply], default: Reply | None = None) -> Callable[
-    [dict[str, Any]], Reply
-]:
+def by_question(
+    replies: dict[str, Reply], default: Reply | None = None
+) -> Callable[[dict[str, Any]], Reply]:
     """Choose the reply whose marker appears in the question (the last user message)."""
 
     def choose(body: dict[str, Any]) -> Reply:
