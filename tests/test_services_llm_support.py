@@ -123,11 +123,11 @@ class ChatServer:
             return
         if reply.status != 200:
             extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items())
-            writer.write(
+            head = (
                 f"HTTP/1.1 {reply.status} Error\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(reply.error_body)}\r\n{extra}Connection: close\r\n\r\n".encode()
-                + reply.error_body
+                f"Content-Length: {len(reply.error_body)}\r\n{extra}Connection: close\r\n\r\n"
             )
+            writer.write(head.encode() + reply.error_body)
             await writer.drain()
             return
         writer.write(
