@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,7 @@ class ModelSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             if isinstance(value, str):
                 continue
             if not value > 0 or value == float("inf"):  # NaN fails `> 0`
-                raise ValueError(f"HUB_MODEL_{field.name.upper()} must be a finite number > 0")
+                raise ValueError(f"{_variable(field.name)} must be a finite number > 0")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError("HUB_MODEL_URL must start with http:// or https://")
 
@@ -76,16 +77,20 @@ class ModelSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for field in msgspec.structs.fields(cls):
-            name = "HUB_MODEL" if field.name == "model" else f"HUB_MODEL_{field.name.upper()}"
-            raw = environ.get(name)
+            raw = environ.get(_variable(field.name))
             if raw is not None:
                 values[field.name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return msgspec.convert(values, cls, strict=False)
         except msgspec.ValidationError as exc:
-            # The message names the field and its expected type, never its value.
-            raise ValueError(f"model settings: {exc}") from None
+            # Name the variable and the expected type, never the value (it may be the key).
+            message = re.sub(r"`\$\.(\w+)`", lambda m: _variable(m.group(1)), str(exc))
+            raise ValueError(f"model settings: {message}") from None
+
+
+def _variable(field: str) -> str:
+    return "HUB_MODEL" if field == "model" else f"HUB_MODEL_{field.upper()}"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
