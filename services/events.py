@@ -47,6 +47,21 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 UsageSource = Literal["server", "counted"]
 
 
+def _doc(text: str) -> msgspec.Meta:
+    return msgspec.Meta(description=text)  # shown in /v1/schema
+
+
+_FINISH_DOC = (
+    "How the answer ended: stop (the model finished), length (it hit the token bound), "
+    "cancelled (the run was), error (the model or its stream failed; the text received is "
+    "kept). Set on the last (done) append."
+)
+_USAGE_SOURCE_DOC = (
+    "server: the model server's own usage report; counted: counted by the service "
+    "(a streamed delta counts as a token)."
+)
+
+
 class Lifecycle(msgspec.Struct, frozen=True):
     """Which event type and status value each phase of an entity's life maps to."""
 
@@ -83,6 +98,8 @@ class Timings(msgspec.Struct, kw_only=True):
 
 
 class Usage(msgspec.Struct, kw_only=True):
+    """Tokens a model call (or a run's calls together) spent."""
+
     prompt_tokens: Count = 0
     completion_tokens: Count = 0
 
@@ -137,7 +154,12 @@ class IngestJob(msgspec.Struct, kw_only=True):
 
 
 class AgentRun(msgspec.Struct, kw_only=True):
-    """`agent.run.*` payload; key `agent.run/<run_id>`."""
+    """`agent.run.*` payload; key `agent.run/<run_id>`.
+
+    `model` names the model (`extractive-v1`, or the served model's name); `usage` holds
+    the token totals of the run's model calls; `finish_reason` and `usage_source` are the
+    answer's (see `agent.message.appended`).
+    """
 
     LIFECYCLE: ClassVar[Lifecycle] = Lifecycle(
         "agent.run.created",
@@ -153,12 +175,11 @@ class AgentRun(msgspec.Struct, kw_only=True):
     status: JobStatus = "running"
     progress: Progress = 0.0
     steps: Count = 0
-    model: str = ""  # the model's name (`extractive-v1`, or the served model's)
+    model: str = ""
     output_summary: Excerpt | None = None
-    usage: Usage = msgspec.field(default_factory=Usage)  # totals of the run's model calls
-    # The answer's finish reason (set when it ended) and where `usage` came from.
-    finish_reason: FinishReason | None = None
-    usage_source: UsageSource | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
+    finish_reason: Annotated[FinishReason | None, _doc(_FINISH_DOC)] = None
+    usage_source: Annotated[UsageSource | None, _doc(_USAGE_SOURCE_DOC)] = None
     timings: Timings = msgspec.field(default_factory=Timings)
     error: ErrorInfo | None = None
 
@@ -213,11 +234,15 @@ class AgentMessageAppended(msgspec.Struct, kw_only=True):
     delta: str = ""
     done: bool = False
     text: str | None = None
-    finish_reason: FinishReason | None = None  # set on the last (done) append
-    usage: Usage | None = None  # set on the last (done) append
-    usage_source: UsageSource | None = None  # set on the last (done) append
-    model: str | None = None  # set on the last (done) append
-    citations: list[Citation] = msgspec.field(default_factory=list)
+    finish_reason: Annotated[FinishReason | None, _doc(_FINISH_DOC)] = None
+    usage: Annotated[
+        Usage | None, _doc("Prompt and completion tokens of the answer; on the last append.")
+    ] = None
+    usage_source: Annotated[UsageSource | None, _doc(_USAGE_SOURCE_DOC)] = None
+    model: Annotated[str | None, _doc("The model that wrote it; on the last append.")] = None
+    citations: Annotated[
+        list[Citation], _doc("The sources the text cites as [n]; on the last append.")
+    ] = msgspec.field(default_factory=list)
 
     @property
     def key(self) -> str:
