@@ -11,6 +11,7 @@ log line, event or error message contains it. Every other field is `HUB_MODEL_<F
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ import msgspec
 
 if TYPE_CHECKING:
     from services.model import Model
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EXTRACTIVE", "ModelSettings", "add_model_arguments", "model_from_args"]
 
@@ -69,6 +72,13 @@ class ModelSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     def endpoint(self) -> str:
         base = self.url.rstrip("/")
         return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+
+    @property
+    def shown_endpoint(self) -> str:
+        """The endpoint without any user:password@ part: what logs may show."""
+        scheme, _, rest = self.endpoint.partition("://")
+        host, slash, path = rest.partition("/")
+        return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ModelSettings:
@@ -121,4 +131,5 @@ def model_from_args(args: argparse.Namespace, *, token_delay: float = 0.0) -> Mo
         return ExtractiveModel(token_delay=token_delay)
     if not settings.url:
         raise SystemExit(f"--model {settings.model} needs --model-url (or HUB_MODEL_URL)")
+    log.info("the agent answers with %s at %s", settings.model, settings.shown_endpoint)
     return OpenAIChatModel(settings)

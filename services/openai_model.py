@@ -103,7 +103,8 @@ class OpenAIChatModel:
         loop = asyncio.get_running_loop()
         total_deadline = loop.time() + s.total_timeout_s
         # One client per answer: closing it closes the one connection, nothing pooled lingers.
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+        # (The environment's proxy and CA settings apply, as for any httpx client.)
+        async with httpx.AsyncClient(timeout=timeout) as client:
             streamed = 0
             try:
                 response, deadline = await self._open(client, body, headers, total_deadline)

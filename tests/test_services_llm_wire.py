@@ -139,6 +139,8 @@ def test_settings_come_from_the_environment_and_never_show_the_key() -> None:
     assert ModelSettings(url="http://h:1").endpoint == "http://h:1/v1/chat/completions"
     assert "sk-secret" not in repr(settings) and "api_key=<set>" in repr(settings)
     assert ModelSettings.from_env(environ, model="other").model == "other"
+    shown = ModelSettings(url="https://u:pw@h:1/v1").shown_endpoint
+    assert shown == "https://h:1/v1/chat/completions"
 
 
 @pytest.mark.parametrize(
