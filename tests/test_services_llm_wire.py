@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hub.wire.catalog import EventCatalog
+from services.events import register_events
 from services.model import ExtractiveModel, Passage
 from services.model_settings import ModelSettings, add_model_arguments, model_from_args
 from services.openai_model import OpenAIChatModel, _retry_after
@@ -181,3 +183,16 @@ def test_retry_after_reads_seconds_and_dates_and_ignores_garbage() -> None:
     assert _retry_after(None) is None
     assert _retry_after("soon") is None
     assert _retry_after("9" * 40) is None
+
+
+def test_the_schema_documents_the_token_event_fields() -> None:
+    catalog = EventCatalog()
+    register_events(catalog)
+    defs = catalog.json_schema()["$defs"]
+    message = defs["AgentMessageAppended"]["properties"]
+    for field in ("finish_reason", "usage", "usage_source", "model", "citations"):
+        assert message[field].get("description"), field
+    assert "cancelled" in message["finish_reason"]["description"]
+    run = defs["AgentRun"]["properties"]
+    assert {"model", "usage", "finish_reason", "usage_source"} <= run.keys()
+    assert defs["Citation"]["required"] == ["n", "chunk_id", "name"]
