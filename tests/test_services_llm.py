@@ -346,6 +346,29 @@ async def test_a_hostile_stream_fails_the_run_with_a_clear_error(
     await asyncio.wait_for(rig.server.requests[0].closed.wait(), 5)
 
 
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            Reply(content_type="application/json"),
+            "the model server answered 'application/json', not text/event-stream",
+        ),
+        (
+            Reply(content_encoding="gzip"),
+            "the model server compressed its stream (gzip); it must not",
+        ),
+    ],
+    ids=["not-a-stream", "compressed"],
+)
+async def test_an_answer_that_is_not_a_plain_event_stream_fails_the_run(
+    rig: Rig, reply: Reply, expected: str
+) -> None:
+    rig.server.choose = in_turn(reply)
+    run = await rig.run()
+    assert run.status == "failed" and error_of(run) == (ModelStreamError.__name__, expected)
+    await asyncio.wait_for(rig.server.requests[0].closed.wait(), 5)
+
+
 async def test_a_stream_over_max_response_bytes_fails_the_run(rig: Rig) -> None:
     rig.use(max_response_bytes=64 * 1024)
     # Chunks without content (no token, no progress) forever: only the byte bound ends it.

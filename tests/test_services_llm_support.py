@@ -40,6 +40,8 @@ class Reply:
     endless: bool = False  # tokens without end (cycling through `tokens`)
     token_interval: float = 0.0  # seconds between tokens: a model generating at a pace
     raw_after_tokens: bytes | None = None  # raw SSE bytes sent after `stall_after` tokens
+    content_type: str = "text/event-stream; charset=utf-8"
+    content_encoding: str | None = None  # a header only: the body is never compressed
 
 
 @dataclass
@@ -130,10 +132,14 @@ class ChatServer:
             writer.write(head.encode() + reply.error_body)
             await writer.drain()
             return
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
-            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        encoding = (
+            f"Content-Encoding: {reply.content_encoding}\r\n" if reply.content_encoding else ""
         )
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: {reply.content_type}\r\n{encoding}"
+            "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode())
         model = body.get("model", "")
         await self._event(writer, _chunk(model, {"role": "assistant", "content": ""}, None))
         if reply.stall == "first_token":
