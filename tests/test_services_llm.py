@@ -12,6 +12,7 @@ import asyncio
 import logging
 import socket
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -367,6 +368,27 @@ async def test_an_answer_that_is_not_a_plain_event_stream_fails_the_run(
     run = await rig.run()
     assert run.status == "failed" and error_of(run) == (ModelStreamError.__name__, expected)
     await asyncio.wait_for(rig.server.requests[0].closed.wait(), 5)
+
+
+async def test_a_10mb_chunk_is_refused_holding_at_most_about_one_line_bound(rig: Rig) -> None:
+    def ten_megabytes() -> Iterator[bytes]:
+        yield b"data: "
+        for _ in range(160):
+            yield b"x" * 65_536  # sent piece by piece: the server holds none of it
+
+    rig.server.choose = in_turn(Reply(raw_pieces=ten_megabytes, stall_after=2))
+    tracemalloc.start()
+    try:
+        run = await rig.run()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert error_of(run) == (
+        ModelStreamError.__name__,
+        "the model server sent a line longer than 1048576 bytes",
+    )
+    print(f"peak traced memory while refusing a 10 MB chunk: {peak / 2**20:.2f} MiB")
+    assert peak < 4 * 2**20  # the 1 MiB line bound, not the 10 MB
 
 
 async def test_a_stream_over_max_response_bytes_fails_the_run(rig: Rig) -> None:

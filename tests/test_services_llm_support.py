@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ class Reply:
     endless: bool = False  # tokens without end (cycling through `tokens`)
     token_interval: float = 0.0  # seconds between tokens: a model generating at a pace
     raw_after_tokens: bytes | None = None  # raw SSE bytes sent after `stall_after` tokens
+    raw_pieces: Callable[[], Iterator[bytes]] | None = None  # like raw_after_tokens, lazily
     content_type: str = "text/event-stream; charset=utf-8"
     content_encoding: str | None = None  # a header only: the body is never compressed
 
@@ -156,6 +157,11 @@ class ChatServer:
                     return
                 if reply.raw_after_tokens is not None:
                     await self._send(writer, reply.raw_after_tokens)
+                    await request.closed.wait()
+                    return
+                if reply.raw_pieces is not None:
+                    for piece in reply.raw_pieces():
+                        await self._send(writer, piece)
                     await request.closed.wait()
                     return
             if reply.token_interval:
