@@ -30,8 +30,7 @@ from services.events import (
 )
 from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, track
 from services.limits import ServiceLimits
-from services.model import ExtractiveModel, Generation, Model, Passage
-from services.openai_stream import citations_in
+from services.model import ExtractiveModel, Generation, Model, Passage, citations_in
 from services.store import SearchHit, Store
 from services.tasks import TaskTable
 

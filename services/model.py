@@ -27,6 +27,7 @@ __all__ = [
     "Model",
     "Passage",
     "Task",
+    "citations_in",
     "split_sentences",
     "tokens",
 ]
@@ -71,6 +72,20 @@ class Model(Protocol):
         """Write the summary notes or the answer as deltas that concatenate to the text."""
 
     def count_tokens(self, text: str) -> int: ...
+
+
+_CITATION = re.compile(r"\[(\d{1,4})\]")
+
+
+def citations_in(text: str, sources: int) -> list[int]:
+    """The source numbers (1-based) `text` cites as `[n]`, in order of first use; numbers
+    that name no source are ignored."""
+    cited: list[int] = []
+    for match in _CITATION.finditer(text):
+        n = int(match.group(1))
+        if 1 <= n <= sources and n not in cited:
+            cited.append(n)
+    return cited
 
 
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")

@@ -13,7 +13,6 @@ are `StreamProtocolError`s, so a hostile server cannot make the decoder buffer w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -27,7 +26,6 @@ __all__ = [
     "SseDecoder",
     "StreamProtocolError",
     "chat_request",
-    "citations_in",
     "parse_chunk",
     "prompt_messages",
 ]
@@ -73,20 +71,6 @@ def chat_request(
         "stream_options": {"include_usage": True},
         "max_tokens": max_tokens,
     }
-
-
-_CITATION = re.compile(r"\[(\d{1,4})\]")
-
-
-def citations_in(text: str, sources: int) -> list[int]:
-    """The source numbers (1-based) `text` cites as `[n]`, in order of first use; numbers
-    that name no source are ignored."""
-    cited: list[int] = []
-    for match in _CITATION.finditer(text):
-        n = int(match.group(1))
-        if 1 <= n <= sources and n not in cited:
-            cited.append(n)
-    return cited
 
 
 # --- server-sent events ----------------------------------------------------------------

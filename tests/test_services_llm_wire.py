@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from hub.wire.catalog import EventCatalog
 from services.events import register_events
-from services.model import ExtractiveModel, Passage
+from services.model import ExtractiveModel, Passage, citations_in
 from services.model_settings import ModelSettings, add_model_arguments, model_from_args
 from services.openai_model import OpenAIChatModel, _retry_after
 from services.openai_stream import (
@@ -20,7 +20,6 @@ from services.openai_stream import (
     SseDecoder,
     StreamProtocolError,
     chat_request,
-    citations_in,
     parse_chunk,
 )
 
