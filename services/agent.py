@@ -17,7 +17,7 @@ from typing import Any
 from services.admission import Slots
 from services.emitters import Emitter
 from services.events import AgentMessageAppended, AgentRun, AgentStep, Usage
-from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, track
+from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, now_ms, track
 from services.limits import ServiceLimits
 from services.model import ExtractiveModel, Model, Passage
 from services.store import SearchHit, Store
@@ -114,6 +114,7 @@ class AgentService:
             input=question,
             model=self.model.name,
         )
+        state.timings.created_ms = now_ms()  # the 202 answer shows what `created` will carry
         self.runs.add(state.run_id, project, state)
         self.runs.prune(self.answers)
         return state

@@ -11,7 +11,9 @@ Under `/v1/projects/{project}/`:
     POST workflows/runs               a WorkflowSpec: {"name", "max_concurrency", "nodes": [...]}
     GET  workflows/runs, workflows/runs/{id}; POST workflows/runs/{id}/cancel
 Starting answers 202 with the entity and its event `key`; follow it on the WebSocket.
-Errors use the hub's shape: {"error": {"code", "message", "retryable"}}.
+Errors use the hub's shape: {"error": {"code", "message", "retryable"}}; an empty body is a
+400 that says what the body should hold. No answer, event or error carries an absolute server
+path: folders are named relative to the ingest root.
 
 Every body is read by the hub's own reader, with its deadline (`body_timeout_s`: 408) and a
 size limit (413); a field out of bounds is a 422 naming it (`$.nodes[0].params.seconds`);
@@ -69,6 +71,14 @@ class AgentRequest(msgspec.Struct, forbid_unknown_fields=True):
     agent: str | None = None
 
 
+# What each JSON body holds, for the answer to an empty one.
+_EXPECTED_BODIES: dict[type, str] = {
+    IngestRequest: '{"folder": "."} or {"documents": [{"name": "a.md", "text": "..."}]}',
+    AgentRequest: '{"question": "..."}',
+    WorkflowSpec: '{"name": "...", "nodes": [{"id": "a", "kind": "ingest", "params": {}}]}',
+}
+
+
 def _json(content: Any, status: int = 200) -> Response:
     return Response(_encoder.encode(content), status, media_type="application/json")
 
@@ -115,6 +125,9 @@ def _closing(response: Response) -> Response:
 
 
 def _decode(body: bytes, type_: type[T]) -> T:
+    if not body.strip():
+        expected = _EXPECTED_BODIES.get(type_, type_.__name__)
+        raise BadRequest(f"request body is empty: expected a JSON object, {expected}")
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
@@ -225,6 +238,11 @@ async def upload(services: Services, request: Request) -> Response:
         raise BadRequest("on_error must be 'skip' or 'fail'")
     raw, permits = await _upload_body(services, request, project)
     try:
+        if not raw:
+            raise BadRequest(
+                "request body is empty: expected the file's bytes "
+                "(e.g. curl --data-binary @notes.md '...ingest/uploads?name=notes.md')"
+            )
         job = services.ingest.start_uploads(
             project,
             [Upload(name, raw)],
