@@ -154,7 +154,8 @@ async def test_a_node_failing_for_good_skips_its_dependents_and_fails_the_run() 
         NodeSpec(id="side", kind="echo"),
     )
     run = h.engine.new_run("p", wf)
-    with pytest.raises(WorkflowFailed, match=r"^node\(s\) failed: bad \(ConnectionError: attempt 2 failed\)$"):
+    own_error = r"^node\(s\) failed: bad \(ConnectionError: attempt 2 failed\)$"
+    with pytest.raises(WorkflowFailed, match=own_error):
         await h.engine.run("p", wf, run)
     assert h.states("bad")[-1] == "failed"
     assert h.states("after") == ["pending", "skipped"]
