@@ -194,12 +194,15 @@ class Services:
         return _job_summary(state)
 
     async def _agent_node(self, ctx: NodeContext) -> str:
-        """params: `question`; optional `agent` (a name shown on the run)."""
+        """params: `question`; optional `agent` (a name shown on the run).
+
+        The node's progress mirrors its run's.
+        """
         params = msgspec.convert(ctx.params, AgentParams)
         run_id = f"{ctx.run_id}.{ctx.spec.id}.{ctx.attempt}"
         state = self.agent.new_run(ctx.project, params.question, run_id=run_id, agent=params.agent)
         ctx.set_output_ref(state.key)
-        await self.agent.run(ctx.project, state)
+        await self.agent.run(ctx.project, state, on_progress=ctx.progress)
         return self.agent.answers[state.run_id]
 
 

@@ -194,6 +194,34 @@ async def test_an_ingest_node_mirrors_its_jobs_progress() -> None:
     ]
 
 
+async def test_an_agent_node_mirrors_its_runs_progress() -> None:
+    question = "How do we treat varroa mites?"
+    spec = {
+        "nodes": [
+            {"id": "ingest", "kind": "ingest", "params": {"folder": "."}},
+            {
+                "id": "ask",
+                "kind": "agent",
+                "depends_on": ["ingest"],
+                "params": {"question": question},
+            },
+        ]
+    }
+    async with live() as hub:
+        answer = (await hub.post("/workflows/runs", json=spec)).json()
+        await hub.until_finished(answer["key"])
+        node = hub.of(f"workflow.node/{answer['run']['run_id']}/ask")
+        run = hub.of(node[-1]["output_ref"])
+    steps = [e["progress"] for e in run if e["status"] == "running" and e["steps"] > 0]
+    assert len(steps) >= 5 and steps == sorted(steps), steps  # one per step
+    assert [e["progress"] for e in node if e["state"] == "running"] == [0.0, *steps]
+    assert (node[-1]["state"], node[-1]["progress"], run[-1]["status"]) == (
+        "succeeded",
+        1.0,
+        "completed",
+    )
+
+
 # --- an empty body ------------------------------------------------------------------------
 
 
@@ -221,7 +249,7 @@ async def test_an_empty_body_is_told_what_the_body_should_hold(body: bytes) -> N
 # --- hostile bodies and folders: a JSON error, never a server path --------------------------
 
 PROPERTY = settings(
-    max_examples=120,
+    max_examples=80,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -257,14 +285,19 @@ bodies = (
 
 
 @PROPERTY
-@given(path=st.sampled_from(["/ingest/jobs", "/agent/runs", "/workflows/runs"]), body=bodies)
+@given(
+    path=st.sampled_from(
+        ["/ingest/jobs", "/agent/runs", "/workflows/runs", "/ingest/uploads?name=a.md"]
+    ),
+    body=bodies,
+)
 async def test_any_body_gets_a_json_error_or_starts_work(
     hostile: Live, path: str, body: bytes
 ) -> None:
     response = await hostile.post(path, content=body)
     if response.status_code == 202:
-        return  # e.g. a body that happens to be a valid request
-    assert_json_error(response, {400, 403, 422})
+        return  # e.g. a body that happens to be a valid request, or any upload
+    assert_json_error(response, {400, 403, 422, 429})  # 429: admission (jobs still running)
 
 
 folders = (
