@@ -90,6 +90,10 @@ async def test_start_answers_carry_the_real_created_ms_of_their_event() -> None:
             created_ms = entity["timings"]["created_ms"]
             assert created_ms > 1_600_000_000_000, answer  # a wall-clock time, not 0
             assert {e["timings"]["created_ms"] for e in events} == {created_ms}, answer
+            final = events[-1]["timings"]
+            started_ms = final["started_ms"]  # when the work began: for a job, at `created`
+            assert created_ms <= started_ms <= final["finished_ms"], final
+            assert final["duration_ms"] == final["finished_ms"] - started_ms, final
 
 
 # --- a failed ingest keeps the progress it reached ------------------------------------------
