@@ -24,6 +24,7 @@ work over an admission limit (uploads or bytes in flight, runs, nodes) is a 429 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -32,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hub.errors import BadRequest, Forbidden
+from hub.errors import BadRequest, Forbidden, HubError
 from hub.limits import RequestTimeout
 from hub.protocol import is_valid_project
 from hub.transports.http_api import (
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
     from services.runtime import Services
 
 __all__ = ["service_routes"]
+
+log = logging.getLogger(__name__)
 
 MAX_FILE_NAME = 255
 _encoder = msgspec.json.Encoder()
@@ -366,6 +369,18 @@ def service_routes(services: Services) -> list[BaseRoute]:
                     if not await _discard_body(request, services.limits.max_upload_bytes):
                         _closing(response)
                 return response
+            except HubError:
+                raise  # the hub's handler answers it
+            except Exception:
+                # A fault of ours (the store gone, a bug): logged here; the client gets the
+                # JSON shape too, never a traceback or a server path.
+                log.exception("%s %s failed", request.method, request.url.path)
+                error = {
+                    "code": "internal",
+                    "message": "the services failed to handle this request (logged)",
+                    "retryable": True,
+                }
+                return _closing(_json({"error": error}, 500))  # its body may be unread
 
         return endpoint
 

@@ -335,3 +335,21 @@ async def test_any_folder_starts_a_job_or_gets_a_json_error_without_a_server_pat
         shown = str(event.get("source", "")) + str(event.get("error"))
         assert not any(path in shown for path in ROOT_PATHS), event
         assert not str(event.get("source", "")).startswith("/"), event
+
+
+async def test_a_fault_of_the_services_is_a_json_500_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with live() as hub:
+        hub.services.store.close()  # the corpus is gone under a running hub
+        response = await hub.http.get(f"/v1/projects/{P}/ingest/search?q=bees")
+        assert response.status_code == 500, response.text
+        assert response.json() == {
+            "error": {
+                "code": "internal",
+                "message": "the services failed to handle this request (logged)",
+                "retryable": True,
+            }
+        }
+        assert "Traceback" not in response.text
+    assert "GET /v1/projects/p1/ingest/search failed" in caplog.text  # the operator is told
