@@ -1,6 +1,6 @@
 """Instrumentation for service code: a few lines emit an entity's whole event lifecycle.
 
-    async with track(emitter, IngestJob(job_id=job_id, source=folder)) as job:
+    async with track(emitter, IngestJob(job_id=job_id, source="notes")) as job:
         for batch in batches:
             ...
             await job.update(progress=done / total, documents=n)
