@@ -96,6 +96,7 @@ def demo_workflow(folder: Path, questions: tuple[str, str], run: int) -> Workflo
 
 
 def first_run_delay(interval: float) -> float:
+    """Seconds from the start to the first workflow: soon, so a new user sees one at once."""
     return min(interval, 3.0)
 
 
