@@ -353,3 +353,23 @@ async def test_a_fault_of_the_services_is_a_json_500_without_a_traceback(
         }
         assert "Traceback" not in response.text
     assert "GET /v1/projects/p1/ingest/search failed" in caplog.text  # the operator is told
+
+
+@PROPERTY
+@given(
+    name=st.text(alphabet=st.characters(codec="utf-8"), max_size=300)
+    | st.sampled_from(["/etc/passwd", "../../a.md", "a.md\x00.txt", ".md", "a." * 200]),
+    body=st.binary(max_size=32),
+)
+async def test_any_upload_name_starts_a_job_that_ends_or_gets_a_json_error(
+    hostile: Live, name: str, body: bytes
+) -> None:
+    response = await hostile.http.post(
+        f"/v1/projects/{P}/ingest/uploads", params={"name": name}, content=body
+    )
+    if response.status_code != 202:
+        assert_json_error(response, {400, 422, 429}, echo=name)
+        return
+    events = await hostile.until_finished(response.json()["key"])
+    assert events[-1]["status"] in {"completed", "failed"}, events[-1]
+    assert events[-1]["source"] == "upload"
