@@ -156,7 +156,8 @@ class Services:
         Its errors go to API clients: they echo the folder given, never a root's path.
         """
         if len(folder) > self.limits.max_string_chars or "\x00" in folder:
-            raise FolderNotAllowed(f"folder {folder[:80]!r}... is not a usable path")
+            shown = f"{folder[:80]!r}..." if len(folder) > 80 else repr(folder)
+            raise FolderNotAllowed(f"folder {shown} is not a usable path")
         path = Path(folder)
         if not path.is_absolute() and self.allowed_roots:
             path = self.allowed_roots[0] / path

@@ -226,6 +226,28 @@ async def test_an_agent_node_mirrors_its_runs_progress() -> None:
     )
 
 
+# --- folders refused: the message says why, and echoes only what was given ------------------
+
+
+@pytest.mark.parametrize(
+    ("folder", "message"),
+    [
+        (
+            "../..",
+            "folder '../..' is outside the allowed roots: give a folder relative to the ingest "
+            'root ("." for all of it)',
+        ),
+        ("a\x00b", "folder 'a\\x00b' is not a usable path"),
+        ("x" * 100 + "\x00", "folder '" + "x" * 80 + "'... is not a usable path"),
+    ],
+)
+async def test_a_refused_folder_is_told_why(folder: str, message: str) -> None:
+    async with live() as hub:
+        response = await hub.post("/ingest/jobs", json={"folder": folder})
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == {"code": "forbidden", "message": message, "retryable": False}
+
+
 # --- an empty body ------------------------------------------------------------------------
 
 
