@@ -2,8 +2,9 @@
 
 Starts the hub (memory backend unless --backend says otherwise) with the ingest, agent and
 workflow services mounted, ingests the sample documents shipped in `services/sample_docs`,
-then starts a workflow (ingest -> two agent questions) every `--interval` seconds, and
-prints where to watch. Stop it with Ctrl-C (or SIGTERM: it drains and exits 0).
+then runs a workflow (ingest -> two agent questions) a few seconds later and again
+`--interval` seconds after each one ends (one at a time), and prints where to watch.
+Stop it with Ctrl-C (or SIGTERM: it drains and exits 0).
 The services' limits come from SERVICES_<FIELD> variables (services/README.md, "Limits").
 """
 
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--interval",
         type=float,
         default=10.0,
-        help="seconds between two workflow runs (default 10)",
+        help="seconds from the end of one workflow run to the start of the next (default 10)",
     )
     parser.add_argument(
         "--docs",
@@ -94,12 +95,23 @@ def demo_workflow(folder: Path, questions: tuple[str, str], run: int) -> Workflo
     return WorkflowSpec(name=f"ingest-and-ask-{run}", nodes=[ingest, *asks], max_concurrency=2)
 
 
+def first_run_delay(interval: float) -> float:
+    """Seconds from the start to the first workflow: soon, so a new user sees one at once."""
+    return min(interval, 3.0)
+
+
+def shown_docs(docs: Path) -> str:
+    """The docs folder for the banner: as typed, or the shipped samples by their repo path."""
+    return "services/sample_docs (the shipped samples)" if docs == SAMPLE_DOCS else str(docs)
+
+
 async def _schedule(services: Services, project: str, folder: Path, interval: float) -> None:
-    """Ingest once now, then start a workflow every `interval` (never two at a time)."""
+    """Ingest once now; start a workflow `first_run_delay(interval)` later, then `interval`
+    after each one ends (never two at a time)."""
     job = services.ingest.start_folder(project, folder)
     log.info("ingesting %s as job %s", folder, job.job_id)
     for run, questions in enumerate(itertools.cycle(QUESTIONS), start=1):
-        await asyncio.sleep(interval if run > 1 else min(interval, 3.0))
+        await asyncio.sleep(interval if run > 1 else first_run_delay(interval))
         spec = demo_workflow(folder, questions, run)
         state = services.workflows.start(project, spec)
         log.info("workflow %s started (%s)", state.run_id, spec.name)
@@ -155,7 +167,8 @@ async def run_demo(args: argparse.Namespace) -> None:
     base = f"http://{host}:{server.port}"
     print(
         f"""hub demo running on {base} (project {args.project!r}); Ctrl-C stops it.
-  ingesting {folder}; a workflow (ingest -> 2 agent questions) starts every {args.interval:g}s
+  ingesting {shown_docs(args.docs)}, then a workflow (ingest -> 2 agent questions)
+  {first_run_delay(args.interval):g}s after start and {args.interval:g}s after each one ends
 watch it:
   hub tail --url {base} --project {args.project}
   hub tail --url {base} --project {args.project} --types 'agent.message.*' --since 0
