@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     )
     from .fanout.manager import ConnectionManager
     from .protocol import CloseCode
-    from .wire.catalog import EventCatalog
+    from .wire.catalog import EventCatalog, load_catalogs
 
 __all__ = [
     "Backend",
@@ -48,6 +48,7 @@ __all__ = [
     "Unauthorized",
     "create_app",
     "create_backend",
+    "load_catalogs",
 ]
 
 # Public name -> the module that defines it.
@@ -69,6 +70,7 @@ _MODULE_OF: dict[str, str] = {
     "Unauthorized": ".errors",
     "create_app": ".app",
     "create_backend": ".backends",
+    "load_catalogs": ".wire.catalog",
 }
 
 

@@ -58,9 +58,8 @@ def create_app(
     lifespan_hooks: Sequence[LifespanHook] = (),
 ) -> Starlette:
     settings = settings or Settings()
-    catalog = catalog or EventCatalog(strict=settings.strict_types)
     backend = backend or create_backend(settings)
-    hub = Hub(settings, backend, catalog)
+    hub = Hub(settings, backend, catalog)  # no catalog: every installed one (Hub loads them)
     security = Security(settings)  # refuses secrets too short to be safe (ValueError)
     install_log_redaction()
 

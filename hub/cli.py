@@ -14,14 +14,25 @@ import logging
 import os
 import sys
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .config import Settings
 from .logs import configure_logging
+from .wire.catalog_plugins import ENTRY_POINT_GROUP
 
-__all__ = ["add_settings_arguments", "build_parser", "main", "settings_from_args"]
+if TYPE_CHECKING:
+    from .wire.catalog import EventCatalog
+
+__all__ = [
+    "add_catalog_arguments",
+    "add_settings_arguments",
+    "build_parser",
+    "catalog_from_args",
+    "main",
+    "settings_from_args",
+]
 
 logger = logging.getLogger("hub")
 
@@ -123,11 +134,47 @@ async def _serve(args: argparse.Namespace) -> None:
 
     try:
         settings = settings_from_args(args)
-        app = create_app(settings)
+        app = create_app(settings, catalog=catalog_from_args(args, settings))
     except (ValueError, msgspec.ValidationError) as exc:
-        print(f"hub: {exc}", file=sys.stderr)
+        print(f"hub: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         sys.exit(2)
     await serve(app, args.host, args.port, settings)
+
+
+def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--catalog` / `--no-catalogs`: which event catalogs validate publishes (default: all
+    installed ones, the `hub.catalogs` entry points)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--catalog",
+        action="append",
+        dest="catalogs",
+        metavar="MODULE:ATTR",
+        help="load this event catalog (an EventCatalog or a register(catalog) function) "
+        "instead of the installed ones; repeatable",
+    )
+    choice.add_argument(
+        "--no-catalogs",
+        action="store_const",
+        const=[],
+        dest="catalogs",
+        help="load no event catalog: payloads of every type pass unchecked",
+    )
+
+
+def catalog_from_args(args: argparse.Namespace, settings: Settings) -> EventCatalog:
+    """The catalogs `--catalog`/`--no-catalogs` name (default: every installed one), each
+    listed in the log. A catalog that cannot load raises CatalogLoadError (a ValueError)."""
+    from .wire.catalog import load_catalogs
+
+    specs: list[str] | None = getattr(args, "catalogs", None)
+    catalog = load_catalogs(specs, strict=settings.strict_types)
+    for name, types in catalog.sources.items():
+        logger.info("event catalog %s: %d types", name, len(types))
+    if not catalog.sources:
+        how = "--no-catalogs" if specs is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
+        logger.info("no event catalog loaded (%s): payloads are not validated", how)
+    return catalog
 
 
 def _token(args: argparse.Namespace) -> None:
@@ -204,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the hub")
     add_settings_arguments(serve)
+    add_catalog_arguments(serve)
     serve.set_defaults(func=_serve)
 
     tail = sub.add_parser("tail", help="print a project's events as they arrive")

@@ -14,18 +14,23 @@ from .config import Settings
 from .fanout.manager import ConnectionManager
 from .protocol import CloseCode
 from .stats import HubStats
-from .wire.catalog import EventCatalog
+from .wire.catalog import EventCatalog, load_catalogs
 from .wire.validation import PublishValidator, check_project
 
 __all__ = ["Hub"]
 
 
 class Hub:
-    def __init__(self, settings: Settings, backend: Backend, catalog: EventCatalog) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, catalog: EventCatalog | None = None
+    ) -> None:
         self.settings = settings
         self.backend = backend
-        self.catalog = catalog
-        self.validator = PublishValidator(settings, catalog)
+        # No catalog given: every installed one (`hub.catalogs` entry points).
+        self.catalog = (
+            catalog if catalog is not None else load_catalogs(None, strict=settings.strict_types)
+        )
+        self.validator = PublishValidator(settings, self.catalog)
         self.manager = ConnectionManager(backend)
         self.manager.slice_s = settings.fanout_slice_ms / 1000
         self.stats = HubStats()

@@ -28,7 +28,7 @@ from .backends.base import PublishRequest
 from .backends.redis import RedisBackend
 from .config import Settings
 from .errors import BackendUnavailable
-from .wire.catalog import EventCatalog
+from .wire.catalog import EventCatalog, load_catalogs
 from .wire.validation import PublishValidator, check_project
 
 __all__ = ["RedisEmitter", "RedisPublisher"]
@@ -51,10 +51,11 @@ class RedisPublisher:
     ) -> None:
         settings = settings or Settings(backend=url)
         self.backend = RedisBackend(url, settings)
-        # The checks the HTTP publish path runs (hub.wire.validation), without a hub.
-        self.validator = PublishValidator(
-            settings, catalog or EventCatalog(strict=settings.strict_types)
-        )
+        # The checks the HTTP publish path runs (hub.wire.validation), without a hub; no
+        # catalog given: every installed one, as `hub serve` loads them.
+        if catalog is None:
+            catalog = load_catalogs(None, strict=settings.strict_types)
+        self.validator = PublishValidator(settings, catalog)
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff

@@ -32,6 +32,7 @@ PURE = (
     "hub.errors",
     "hub.config",
     "hub.wire.catalog",
+    "hub.wire.catalog_plugins",
     "hub.wire.json_rules",
     "hub.wire.validation",
     "hub.stats",

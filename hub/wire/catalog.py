@@ -1,20 +1,24 @@
 """Registry of typed events: validation on every publish path and JSON Schema for clients.
 
 The hub core registers no domain types itself; services call `register()` with their
-msgspec Structs. Unknown-but-well-formed types pass through unless `strict` is set.
+msgspec Structs, or declare a catalog plugin (`hub.catalogs` entry points, see
+hub.wire.catalog_plugins) that `load_catalogs` finds. Unknown-but-well-formed types pass
+through unless `strict` is set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from ..errors import EventValidationError
 from ..protocol import is_valid_event_type
+from .catalog_plugins import CatalogLoadError, CatalogPlugin, find_catalog_plugins
 from .json_rules import JsonRuleError, encode_value
 
-__all__ = ["EventCatalog"]
+__all__ = ["CatalogLoadError", "EventCatalog", "load_catalogs"]
 
 
 class EventCatalog:
@@ -22,6 +26,8 @@ class EventCatalog:
         self.strict = strict
         self._payloads: dict[str, type[msgspec.Struct]] = {}
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+        # Catalog name -> the event types it brought, in load order (filled by load_catalogs).
+        self.sources: dict[str, tuple[str, ...]] = {}
 
     def register(self, event_type: str, payload: type[msgspec.Struct]) -> None:
         if not is_valid_event_type(event_type):
@@ -99,6 +105,53 @@ class EventCatalog:
             "events": dict(zip(names, schemas, strict=True)),
             "$defs": components,
         }
+
+
+def load_catalogs(specs: Sequence[str] | None = None, *, strict: bool = False) -> EventCatalog:
+    """One catalog with the types of every installed catalog (`specs` None: the `hub.catalogs`
+    entry points), or of exactly the `MODULE:ATTR` specs given (`[]`: the empty catalog).
+
+    A catalog that cannot be loaded raises CatalogLoadError (one line), never is skipped: a hub
+    that silently dropped one would accept the malformed events it exists to refuse.
+    """
+    catalog = EventCatalog(strict=strict)
+    for plugin in find_catalog_plugins(specs):
+        part = EventCatalog()
+        try:
+            _apply(plugin, part)
+        except CatalogLoadError:
+            raise
+        except Exception as exc:  # importing or running a plugin can raise anything
+            what = f"cannot load event catalog {plugin.describe()}"
+            raise CatalogLoadError.caused_by(what, exc) from None
+        for event_type in part.types():
+            payload = part._payloads[event_type]
+            known = catalog._payloads.get(event_type)
+            if known is not None and known is not payload:
+                owner = next(n for n, types in catalog.sources.items() if event_type in types)
+                raise CatalogLoadError(
+                    f"event catalog {plugin.describe()} registers {event_type} "
+                    f"as {payload.__name__}, but catalog {owner!r} registered it as "
+                    f"{known.__name__}"
+                )
+            catalog.register(event_type, payload)
+        catalog.sources[plugin.name] = tuple(part.types())
+    return catalog
+
+
+def _apply(plugin: CatalogPlugin, catalog: EventCatalog) -> None:
+    """Register what one plugin holds into `catalog`."""
+    found = plugin.load()
+    if isinstance(found, EventCatalog):
+        for event_type, payload in found._payloads.items():
+            catalog.register(event_type, payload)
+    elif callable(found) and not isinstance(found, type):
+        found(catalog)
+    else:
+        raise CatalogLoadError(
+            f"event catalog {plugin.describe()} is a {type(found).__name__}, "
+            "not an EventCatalog or a register(catalog) callable"
+        )
 
 
 def _rebase(message: str, path: str) -> str:
