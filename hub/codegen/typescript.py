@@ -206,7 +206,7 @@ class TypeScriptTranslator:
             members = self._members(schema, depth, where, block=False)
             if not members:
                 return "{}", _PRIMARY
-            return "{ " + " ".join(" ".join(m).strip() for m in members) + " }", _PRIMARY
+            return "{ " + "; ".join(m[-1].removesuffix(";") for m in members) + " }", _PRIMARY
         raise SchemaTranslationError(f"unknown JSON Schema type {kind!r} at {where}")
 
     def _ref(self, ref: Any, where: str) -> str:
