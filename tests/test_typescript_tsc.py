@@ -181,6 +181,28 @@ client.on("test.frame.noted", (event) => {
 """
 
 
+def test_declared_values_are_what_the_module_exports(project: Path) -> None:
+    # hub-client.d.ts is hand-written: each value it declares must exist in hub-client.js, and
+    # each export of the script must be declared. Node resolves the package's `exports`.
+    declared = re.findall(
+        r"^export declare (?:const|function|class) (\w+)",
+        (PACKAGE_DIR / "hub-client.d.ts").read_text(),
+        re.MULTILINE,
+    )
+    name = str(package_json()["name"])
+    script = f"import * as m from {json.dumps(name)}; console.log(JSON.stringify(Object.keys(m)))"
+    done = subprocess.run(
+        ["node", "--input-type=module", "-e", script],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(done.stdout)) == sorted(declared)
+
+
 def test_npm_pack_ships_exactly_the_client_and_its_types() -> None:
     [packed] = npm_pack("--dry-run")
     files = packed["files"]
