@@ -199,6 +199,11 @@ def add_codegen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="FILE",
         help="write to FILE (left untouched when unchanged) instead of printing",
     )
+    ts.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing: exit 1 if FILE (-o) differs from what would be written (for CI)",
+    )
     ts.add_argument("--log-level", default="warning")
     ts.set_defaults(func=_codegen_ts)
 
@@ -206,11 +211,17 @@ def add_codegen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _codegen_ts(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from .codegen.command import typescript_for, write_if_changed
+    from .codegen.command import is_current, typescript_for, write_if_changed
 
     try:
+        if args.check and not args.output:
+            raise ValueError("--check compares with a file: name it with -o FILE")
         text = typescript_for(args.catalogs, protocol_only=args.protocol_only)
-        if args.output:
+        if args.check:
+            if not is_current(Path(args.output), text):
+                print(f"hub codegen ts: {args.output} is out of date", file=sys.stderr)
+                sys.exit(1)
+        elif args.output:
             write_if_changed(Path(args.output), text)
         else:
             sys.stdout.write(text)

@@ -344,6 +344,18 @@ def test_command_writes_the_file_and_leaves_it_alone_when_unchanged(tmp_path: Pa
     assert [p.name for p in output.parent.iterdir()] == ["hub-events.d.ts"]  # no temp left
 
 
+def test_check_mode_says_whether_the_file_is_current(tmp_path: Path) -> None:
+    output = tmp_path / "hub-events.d.ts"
+    args = ["codegen", "ts", "--catalog", SERVICES_CATALOG, "-o", str(output), "--check"]
+    missing = run_hub(*args)
+    assert (missing.returncode, missing.stderr) == (1, f"hub codegen ts: {output} is out of date\n")
+    assert not output.exists()  # --check writes nothing
+    output.write_text(typescript_for([SERVICES_CATALOG]))
+    assert run_hub(*args).returncode == 0
+    output.write_text(typescript_for([]))
+    assert run_hub(*args).returncode == 1
+
+
 def test_command_prints_to_stdout() -> None:
     done = run_hub("codegen", "ts", "--protocol-only")
     assert done.returncode == 0, done.stderr
@@ -357,6 +369,7 @@ def test_command_prints_to_stdout() -> None:
         (["--catalog", "no_such_module:x"], "cannot load event catalog 'no_such_module:x'"),
         (["--protocol-only", "--no-catalogs"], "--protocol-only loads no catalog"),
         (["-o", "/proc/no/such/dir/x.d.ts"], "hub codegen ts: "),
+        (["--check"], "--check compares with a file: name it with -o FILE"),
     ],
 )
 def test_command_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..wire.catalog import load_catalogs
 from .declarations import render_declarations
 
-__all__ = ["typescript_for", "write_if_changed"]
+__all__ = ["is_current", "typescript_for", "write_if_changed"]
 
 
 def typescript_for(catalogs: Sequence[str] | None, *, protocol_only: bool = False) -> str:
@@ -31,14 +31,19 @@ def typescript_for(catalogs: Sequence[str] | None, *, protocol_only: bool = Fals
     return render_declarations(events, command, sources=", ".join(loaded) or "none")
 
 
+def is_current(path: Path, text: str) -> bool:
+    """Whether `path` holds exactly `text` (False when it does not exist)."""
+    try:
+        return path.read_text(encoding="utf-8") == text
+    except FileNotFoundError:
+        return False
+
+
 def write_if_changed(path: Path, text: str) -> bool:
     """Write `text` to `path` unless it already holds it (a build watching the file then does
     not rebuild); atomically, so a reader never sees half a file. True when written."""
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except FileNotFoundError:
-        pass
+    if is_current(path, text):
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     # Not mkstemp: that makes the file private (0600); this one gets the umask's mode.
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
