@@ -24,7 +24,7 @@ from .dashboard import dashboard_routes
 from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
-from .transports import http_api
+from .transports import http_api, long_poll
 from .transports.sse_endpoint import sse_endpoint
 from .transports.ws_endpoint import refuse, websocket_endpoint
 from .wire.catalog import EventCatalog
@@ -84,7 +84,7 @@ def create_app(
         WebSocketRoute("/v1/projects/{project}/ws", websocket_endpoint),
         Route("/v1/projects/{project}/sse", sse_endpoint, methods=["GET"]),
         Route("/v1/projects/{project}/events", http_api.publish, methods=["POST"]),
-        Route("/v1/projects/{project}/events", http_api.history, methods=["GET"]),
+        Route("/v1/projects/{project}/events", long_poll.events_get, methods=["GET"]),
         Route("/v1/projects/{project}/snapshot", http_api.snapshot, methods=["GET"]),
         Route("/v1/schema", http_api.schema, methods=["GET"]),
         Route("/healthz", http_api.healthz, methods=["GET"]),
