@@ -44,7 +44,7 @@ class Hub:
     def drain(self) -> int:
         """Tell every subscriber the hub is going away (1001: reconnect with since); waiting
         long polls answer now."""
-        self.manager.polls.shut_down()
+        self.manager.polls.wake_all()
         return self.manager.close_all(
             CloseCode.GOING_AWAY, "shutting_down", "hub shutting down; reconnect with since"
         )

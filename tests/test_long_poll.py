@@ -247,6 +247,22 @@ async def test_waiting_polls_answer_at_once_when_the_hub_shuts_down() -> None:
     assert elapsed < 10, "answered by the drain, not at the end of the 30 s wait"
 
 
+async def test_a_drain_answers_waiting_polls_and_later_polls_wait_again(
+    running_hub: RunningHub,
+) -> None:
+    async with running_hub.http() as http:
+        task = asyncio.create_task(poll(http, since=0, wait=30))
+        await waiting(running_hub, 1)
+        running_hub.hub.drain()  # subscribers are told to reconnect; polls answer now
+        drained = await asyncio.wait_for(task, 10)
+        assert drained["events"] == [] and drained["next"] == 0
+        task = asyncio.create_task(poll(http, since=0, wait=30))
+        await waiting(running_hub, 1)
+        assert not task.done()
+        await publish(http, "a.one")
+        assert seqs(await asyncio.wait_for(task, 10)) == [1]
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     with running_redis(tmp_path / "redis") as server:

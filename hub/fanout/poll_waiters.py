@@ -5,8 +5,9 @@ with Redis, events published through another hub instance reach this one's liste
 ConnectionManager's dispatch calls `wake()` with every batch the backend delivers: a waiter
 whose filter takes one of the events (or any waiter, on an empty batch, which announces an
 epoch change) is set, and its poll reads the new events through the history path. Nothing
-here polls the backend. The number of waiting polls is bounded per process; `shut_down()`
-sets every waiter so polls answer at once when the hub drains.
+here polls the backend. The number of waiting polls is bounded per process; `wake_all()`
+(the hub drains) answers every waiting poll, and `close()` (the process shuts down) also
+keeps later polls from waiting.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ EventPredicate = Callable[[StoredEvent], bool]
 
 
 class PollWaiter:
-    """One waiting poll: `arm()` before reading, then `wait()` until something may be new."""
+    """One waiting poll: `arm()` before reading, then `wait()` until something may be new;
+    once `released` (drain, shutdown, the client left) it should answer with what it has."""
 
-    __slots__ = ("_event", "matches", "project")
+    __slots__ = ("_event", "matches", "project", "released")
 
     def __init__(self, project: str, matches: EventPredicate) -> None:
         self.project = project
         self.matches = matches
+        self.released = False
         self._event = asyncio.Event()
 
     def arm(self) -> None:
@@ -38,6 +41,10 @@ class PollWaiter:
         self._event.clear()
 
     def wake(self) -> None:
+        self._event.set()
+
+    def release(self) -> None:
+        self.released = True
         self._event.set()
 
     async def wait(self, timeout_s: float) -> bool:
@@ -73,7 +80,7 @@ class PollWaiters:
         self.count += 1
         self._by_project.setdefault(project, {})[waiter] = None
         if self.closing:
-            waiter.wake()
+            waiter.release()
         try:
             await self._backend.watch(project)  # counted per call by both backends
             try:
@@ -96,10 +103,14 @@ class PollWaiters:
             if not events or any(waiter.matches(event) for event in events):
                 waiter.wake()
 
-    def shut_down(self) -> int:
-        """The hub is draining: every poll answers now (and new ones do not wait)."""
-        self.closing = True
+    def wake_all(self) -> int:
+        """Every waiting poll answers now (the hub drains its subscribers); returns how many."""
         for waiters in self._by_project.values():
             for waiter in waiters:
-                waiter.wake()
+                waiter.release()
         return self.count
+
+    def close(self) -> int:
+        """The process is shutting down: waiting polls answer now and new ones do not wait."""
+        self.closing = True
+        return self.wake_all()

@@ -83,7 +83,7 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
     deadline = loop.time() + wait_s
     async with hub.manager.polls.waiting(project, takes) as waiter:
         gone = asyncio.create_task(_client_gone(request.receive))
-        gone.add_done_callback(lambda _: waiter.wake())
+        gone.add_done_callback(lambda _: waiter.release())
         try:
             # After the waiter is registered: with Redis, the first position() after a watch
             # pins where this instance's reader starts, so every later event wakes us.
@@ -112,7 +112,7 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
                 if cursor < position.head:
                     continue  # the scan stopped at `limit` events that did not match
                 remaining = deadline - loop.time()
-                if remaining <= 0 or hub.manager.polls.closing or gone.done():
+                if remaining <= 0 or waiter.released:
                     break
                 if not await waiter.wait(remaining):
                     break
