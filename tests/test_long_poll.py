@@ -173,6 +173,19 @@ async def test_polls_beyond_max_long_polls_get_503_with_retry_after(
     assert [seqs(b) for b in bodies] == [[1], [1]]
 
 
+@pytest.mark.hub_settings(heartbeat_s=5.0, max_long_polls=1)
+async def test_metrics_count_waiting_and_refused_polls(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        task = asyncio.create_task(poll(http, since=0, wait=30))
+        await waiting(running_hub, 1)
+        assert (await http.get(EVENTS, params={"wait": 30})).status_code == 503
+        metrics = (await http.get("/metrics")).text
+        await publish(http, "a.one")
+        await asyncio.wait_for(task, 10)
+    assert "\nhub_long_polls 1.0\n" in metrics
+    assert "\nhub_long_polls_refused_total 1.0\n" in metrics
+
+
 @pytest.mark.parametrize(
     ("wait", "fragment"),
     [
@@ -292,3 +305,21 @@ async def test_a_poll_on_one_instance_wakes_for_a_publish_through_another(
         assert seqs(body) == [3] and body["epoch"] == first["epoch"]
         # Polls do not leave the project watched: the reader drops it with the last waiter.
         await wait_for(lambda: "p1" not in a.hub.backend.reader.cursors)  # type: ignore[attr-defined]
+
+
+async def test_a_waiting_poll_answers_gap_when_redis_loses_the_project(
+    redis_server: RedisServer,
+) -> None:
+    settings = fast_settings(redis_server.url)
+    async with (
+        run_hub(settings, backend=RedisBackend(redis_server.url, settings)) as running,
+        running.http() as http,
+    ):
+        await publish(http, "a.one", "a.two")
+        first = await poll(http, since=0, wait=30)
+        task = asyncio.create_task(poll(http, since=2, epoch=first["epoch"], wait=30))
+        await waiting(running, 1)
+        redis_server.cli("FLUSHALL")  # the counter is gone: the reader starts a new epoch
+        body = await asyncio.wait_for(task, 10)
+    assert body["gap"] is True and body["events"] == []
+    assert body["epoch"] != first["epoch"] and body["head"] == 0

@@ -73,6 +73,8 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
     since = parse_since(query.get("since")) or 0
     epoch = parse_epoch(query.get("epoch"))
     limit = http_api._parse_limit(query.get("limit"), settings.history_max_limit)
+    # What the history page keeps, and what wakes the waiter: the same filter (contract A's
+    # `keys` joins it here once _read_scope returns it).
     matches = type_filter.matches
 
     def takes(event: StoredEvent) -> bool:
@@ -110,7 +112,8 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
                     return read_response(request, settings, head, page.frames, b"]}")
                 cursor = page.next
                 if cursor < position.head:
-                    continue  # the scan stopped at `limit` events that did not match
+                    await asyncio.sleep(0)  # `limit` events did not match: scan on, fairly
+                    continue
                 remaining = deadline - loop.time()
                 if remaining <= 0 or waiter.released:
                     break
