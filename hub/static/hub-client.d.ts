@@ -24,19 +24,26 @@ export type State = (typeof State)[keyof typeof State];
 /** A way to reach the hub: WebSocket, Server-Sent Events or HTTP long-poll. */
 export type Transport = "ws" | "sse" | "poll";
 
+/** Transport names, in the default order of preference. */
+export declare const TRANSPORTS: readonly ["ws", "sse", "poll"];
+
 /** An access token, or a function that returns a fresh one (called on every connect). */
 export type TokenSource = string | (() => string | Promise<string>);
 
+/** Options of `new HubClient(project, options)`; the constructor throws a TypeError on bad ones. */
 export interface HubClientOptions {
-  /** Hub base URL (default: the page's origin). */
+  /** Hub base URL (default: the page's origin; required outside a web page). */
   url?: string;
   /** Type patterns to subscribe to, `*` matching any run of characters (default: all). */
-  types?: string[] | null;
+  types?: readonly string[] | null;
   /** Key patterns (per-entity subscription, e.g. `ingest.job/j17`); default: every key. */
-  keys?: string[] | null;
+  keys?: readonly string[] | null;
   token?: TokenSource | null;
-  /** Transports to try, in order of preference (default `["ws", "sse", "poll"]`). */
-  transports?: Transport[];
+  /**
+   * Transports to try, in this order (default `TRANSPORTS`): when one cannot reach the hub,
+   * the next is tried at once.
+   */
+  transports?: readonly Transport[];
   /** Last seq already seen, in `epoch`: the stream resumes after it. */
   since?: number | null;
   epoch?: string | null;
@@ -44,11 +51,11 @@ export interface HubClientOptions {
   backoffInitial?: number;
   /** Largest reconnect delay bound in ms (default 15000). */
   backoffMax?: number;
-  /** How long one connect attempt may take, on every transport, in ms (default 5000). */
+  /** How long one connect attempt may take, on every transport (ms, default 5000). */
   connectTimeoutMs?: number;
   /** How long one long-poll request waits for events, in seconds (default 25). */
   pollWaitS?: number;
-  /** A connection counts as healthy (backoff resets) after this many ms (default 5000). */
+  /** The backoff starts over once a connection stayed open this long (ms, default 5000). */
   healthyAfterMs?: number;
 }
 
@@ -116,6 +123,10 @@ export declare class HubClient<M extends object = Record<never, never>> {
   readonly url: string;
   readonly types: string[] | null;
   readonly keys: string[] | null;
+  readonly transports: Transport[];
+  readonly connectTimeoutMs: number;
+  readonly pollWaitS: number;
+  readonly healthyAfterMs: number;
   readonly state: State;
   /** The transport in use or being tried, null when idle or closed. */
   readonly transport: Transport | null;

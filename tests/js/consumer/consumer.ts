@@ -6,6 +6,7 @@ import {
   HubClient,
   SseParser,
   State,
+  TRANSPORTS,
   backoffDelay,
   compilePattern,
   typeMatcher,
@@ -142,6 +143,7 @@ export function frames(message: ServerMessage): string[] {
 export const subscribe: ClientFrame = { op: "subscribe", types: ["ingest.*"], id: 1 };
 export const unauthorized: CloseCode = 4001;
 export const current: Transport | null = client.transport;
+export const fallbacks: readonly Transport[] = TRANSPORTS.slice(1);
 export const matches: boolean = typeMatcher(["agent.*"])("agent.run.created");
 export const pattern: RegExp = compilePattern("ingest.*");
 export const delay: number = backoffDelay(3, 250, 15000, Math.random);
