@@ -202,6 +202,16 @@ def test_type_names_are_identifiers_that_clash_with_nothing(tricky: str) -> None
     assert 'op: "event";' in members(tricky, "EventFrame")
 
 
+def test_sanitised_names_never_take_an_existing_one() -> None:
+    objects = {"type": "object", "properties": {}}
+    names = TypeScriptTranslator(
+        {"A.B": objects, "A_B": objects, "A[B]": objects, "2x": objects, "never": objects},
+        taken=["Fixed"],
+    ).names
+    assert names == {"A_B": "A_B", "A.B": "A_B_2", "A[B]": "A_B_", "2x": "_2x", "never": "_never"}
+    assert TypeScriptTranslator({"Fixed": objects}, taken=["Fixed"]).names == {"Fixed": "Fixed_2"}
+
+
 def test_comment_terminators_in_docs_are_defused(tricky: str) -> None:
     assert "A *\\/ in a docstring must not end the comment. */" in tricky
     for block in re.findall(r"/\*\*.*?\*/", tricky, re.DOTALL):

@@ -123,8 +123,10 @@ class TypeScriptTranslator:
         self.components = components
         self.ref_prefix = ref_prefix
         self.taken = set(taken)
-        # Sorted, so that the suffix a clash gets does not depend on dict order.
-        self.names = {c: _type_name(c, self.taken) for c in sorted(components)}
+        # Names that are identifiers already keep them; the rest are sanitised after them, in
+        # sorted order, so the suffix a clash gets does not depend on dict order.
+        order = sorted(components, key=lambda c: (_IDENTIFIER.fullmatch(c) is None, c))
+        self.names = {c: _type_name(c, self.taken) for c in order}
 
     def type_of(self, schema: Any) -> str:
         """The TypeScript type of `schema`, inline."""
