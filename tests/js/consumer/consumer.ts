@@ -41,6 +41,8 @@ export const progress: number[] = [];
 
 client.on("ingest.job.updated", (event) => {
   const job: IngestJob = event.data;
+  const same: HubEventMap["ingest.job.updated"] = job;
+  const files: number | undefined = same.files_done;
   const type: "ingest.job.updated" = event.type;
   const jobId: string = event.data.job_id; // required
   const fraction: number = event.data.progress ?? 0; // optional: it has a default
@@ -49,7 +51,7 @@ client.on("ingest.job.updated", (event) => {
   const seq: number = event.seq;
   const key: string | null | undefined = event.key;
   progress.push(fraction);
-  show(type, jobId, status, error?.kind, seq, key, job.timings?.started_ms);
+  show(type, jobId, status, error?.kind, seq, key, job.timings?.started_ms, files);
   // @ts-expect-error: progress is a number
   const asText: string = event.data.progress;
   // @ts-expect-error: no such field
