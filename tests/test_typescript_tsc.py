@@ -9,6 +9,7 @@ types are not `any`.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import re
@@ -18,13 +19,18 @@ import sys
 import tarfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+from websockets.asyncio.client import connect
 
 from hub.codegen.declarations import render_declarations
+from hub.wire.catalog import load_catalogs
+from services.events import ErrorInfo, IngestJob
 
 from .js_tools import bin_path, missing
-from .support import require
+from .support import require, run_hub
 from .typescript_fixtures import TRICKY_EVENTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,6 +185,64 @@ client.on("test.frame.noted", (event) => {
   payload.note.length;
 });
 """
+
+
+async def test_what_a_real_hub_sends_fits_the_declared_types(project: Path) -> None:
+    # Every frame a hub sends (welcome, events, replayed, subscribed, pong, error, gap,
+    # snapshot) and a snapshot page, recorded from a real hub with the services' catalog, as
+    # object literals typed ServerMessage / SnapshotPage / HubEvent: tsc checks each field
+    # and refuses any field the declarations lack (excess property checks).
+    messages: list[str] = []
+    async with run_hub(catalog=load_catalogs([SERVICES])) as hub, hub.http() as http:
+        job = IngestJob(job_id="j1", source="upload", progress=0.5, error=ErrorInfo("E", "m"))
+        published = await http.post(
+            "/v1/projects/ts/events",
+            json=[
+                {"type": "ingest.job.updated", "key": job.key, "data": msgspec.to_builtins(job)},
+                # A publisher may omit the fields that have defaults: they are optional.
+                {"type": "ingest.job.created", "data": {"job_id": "j2", "source": "upload"}},
+                {"type": "test.note.added", "data": {"text": "a type outside the catalog"}},
+            ],
+        )
+        assert published.status_code == 202, published.text
+        async with connect(hub.ws_url("ts", since=0)) as ws:
+            for op in ('{"op":"subscribe","types":["ingest.*"],"id":1}', '{"op":"ping","id":"p"}'):
+                await ws.send(op)
+            await ws.send('{"op":"no-such-op"}')
+            while not any('"op":"error"' in m for m in messages):
+                messages.append(str(await asyncio.wait_for(ws.recv(), 10)))
+        async with connect(hub.ws_url("ts", since=99)) as ws:  # ahead: gap + snapshot
+            while not any('"op":"snapshot"' in m for m in messages):
+                messages.append(str(await asyncio.wait_for(ws.recv(), 10)))
+        snapshot = (await http.get("/v1/projects/ts/snapshot")).text
+    frames = [f for m in messages for f in _as_list(json.loads(m))]
+    ops = {f["op"] for f in frames}
+    assert ops >= {"welcome", "event", "replayed", "subscribed", "pong", "error", "gap"}
+    typed = [f for f in frames if f["op"] == "event" and f["type"].startswith("ingest.")]
+    assert len(typed) == 2
+    welcome = next(f for f in frames if f["op"] == "welcome")
+    (project / "frames.ts").write_text(
+        'import type { ServerMessage, SnapshotPage } from "@hub/client";\n'
+        'import type { HubEvent } from "./hub-events.js";\n'
+        f"export const messages: ServerMessage[] = [\n{_lines(messages)}\n];\n"
+        f"export const snapshot: SnapshotPage<HubEvent> = {snapshot};\n"
+        f"export const typed: HubEvent[] = {json.dumps(typed)};\n"
+        "// @ts-expect-error: a field the declarations lack is refused\n"
+        f"export const extra: ServerMessage = {json.dumps({**welcome, 'extra': 1})};\n"
+    )
+    (project / "tsconfig.frames.json").write_text(
+        json.dumps({"extends": "./tsconfig.json", "files": ["frames.ts"]})
+    )
+    code, errors, output = tsc(project, "tsconfig.frames.json")
+    assert (code, errors) == (0, []), output
+
+
+def _lines(items: list[str]) -> str:
+    return ",\n".join(items)
+
+
+def _as_list(decoded: Any) -> list[dict[str, Any]]:
+    return decoded if isinstance(decoded, list) else [decoded]
 
 
 def test_declared_values_are_what_the_module_exports(project: Path) -> None:
