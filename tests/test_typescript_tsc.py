@@ -74,7 +74,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert tsc.exists()
     root = tmp_path_factory.mktemp("frontend")
     for source in CONSUMER_DIR.iterdir():
-        shutil.copy(source, root / source.name)
+        if source.is_file():
+            shutil.copy(source, root / source.name)
     [packed] = npm_pack("--pack-destination", str(root))
     install = root / "node_modules" / str(package_json()["name"])
     install.parent.mkdir(parents=True)
