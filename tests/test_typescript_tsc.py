@@ -190,9 +190,9 @@ client.on("test.frame.noted", (event) => {
 
 async def test_what_a_real_hub_sends_fits_the_declared_types(project: Path) -> None:
     # Every frame a hub sends (welcome, events, replayed, subscribed, pong, error, gap,
-    # snapshot) and a snapshot page, recorded from a real hub with the services' catalog, as
-    # object literals typed ServerMessage / SnapshotPage / HubEvent: tsc checks each field
-    # and refuses any field the declarations lack (excess property checks).
+    # snapshot), a snapshot page and a history page, recorded from a real hub with the
+    # services' catalog, as object literals typed ServerMessage / SnapshotPage / HistoryPage /
+    # HubEvent: tsc checks each field and refuses any field the declarations lack.
     messages: list[str] = []
     async with run_hub(catalog=load_catalogs([SERVICES])) as hub, hub.http() as http:
         job = IngestJob(job_id="j1", source="upload", progress=0.5, error=ErrorInfo("E", "m"))
@@ -216,6 +216,7 @@ async def test_what_a_real_hub_sends_fits_the_declared_types(project: Path) -> N
             while not any('"op":"snapshot"' in m for m in messages):
                 messages.append(str(await asyncio.wait_for(ws.recv(), 10)))
         snapshot = (await http.get("/v1/projects/ts/snapshot")).text
+        history = (await http.get("/v1/projects/ts/events", params={"since": 0})).text
     frames = [f for m in messages for f in _as_list(json.loads(m))]
     ops = {f["op"] for f in frames}
     assert ops >= {"welcome", "event", "replayed", "subscribed", "pong", "error", "gap"}
@@ -223,10 +224,11 @@ async def test_what_a_real_hub_sends_fits_the_declared_types(project: Path) -> N
     assert len(typed) == 2
     welcome = next(f for f in frames if f["op"] == "welcome")
     (project / "frames.ts").write_text(
-        'import type { ServerMessage, SnapshotPage } from "@hub/client";\n'
+        'import type { HistoryPage, ServerMessage, SnapshotPage } from "@hub/client";\n'
         'import type { HubEvent } from "./hub-events.js";\n'
         f"export const messages: ServerMessage[] = [\n{_lines(messages)}\n];\n"
         f"export const snapshot: SnapshotPage<HubEvent> = {snapshot};\n"
+        f"export const history: HistoryPage = {history};\n"
         f"export const typed: HubEvent[] = {json.dumps(typed)};\n"
         "// @ts-expect-error: a field the declarations lack is refused\n"
         f"export const extra: ServerMessage = {json.dumps({**welcome, 'extra': 1})};\n"

@@ -90,6 +90,19 @@ export interface SnapshotPage<E = EventFrame> {
   events: E[];
 }
 
+/** The body of `GET /v1/projects/{project}/events` (a history page, or a long poll's answer). */
+export interface HistoryPage<E = EventFrame> {
+  epoch: string;
+  head: number;
+  oldest: number;
+  /** The `since` of the next page (or poll). */
+  next: number;
+  more: boolean;
+  /** `since` no longer holds (other epoch, older than retention, ahead): load the snapshot. */
+  gap: boolean;
+  events: E[];
+}
+
 /** Every server frame but `event`: what onControl callbacks get. */
 export type ControlFrame = Exclude<ServerFrame, EventFrame>;
 
