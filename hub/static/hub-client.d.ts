@@ -5,7 +5,7 @@
 //   import { HubClient } from "@hub/client";
 //   import type { HubEventMap } from "./hub-events.js";
 //   const client = new HubClient<HubEventMap>("demo", { types: ["ingest.job.*"] });
-//   client.on("ingest.job.updated", (event) => event.data.progress); // number
+//   client.on("ingest.job.updated", (event) => event.data.progress); // number | undefined
 
 import type { EventFrame, GapFrame, ServerFrame, TypedEventFrame } from "./hub-protocol.js";
 
