@@ -186,6 +186,9 @@ def add_codegen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "ts",
         help="TypeScript declarations (.d.ts): the frames, and every event type's payload "
         "with HubEventMap",
+        description="TypeScript declarations of the protocol's frames and close codes and, for "
+        "every event type of the catalogs chosen as for `hub serve` (default: every installed "
+        "one; --no-catalogs: none, an empty HubEventMap), its payload interface and HubEventMap.",
     )
     add_catalog_arguments(ts)
     ts.add_argument(
