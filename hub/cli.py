@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_catalog_arguments",
+    "add_codegen_parser",
     "add_settings_arguments",
     "build_parser",
     "catalog_from_args",
@@ -179,6 +180,61 @@ def catalog_from_args(args: argparse.Namespace, settings: Settings) -> EventCata
     return catalog
 
 
+def add_codegen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`hub codegen ts`: TypeScript declarations of the frames and of every catalog event."""
+    codegen = sub.add_parser("codegen", help="generate client code from the hub's types")
+    languages = codegen.add_subparsers(dest="language", required=True)
+    ts = languages.add_parser(
+        "ts",
+        help="TypeScript declarations (.d.ts): the frames, and every event type's payload "
+        "with HubEventMap",
+        description="TypeScript declarations of the protocol's frames and close codes and, for "
+        "every event type of the catalogs chosen as for `hub serve` (default: every installed "
+        "one; --no-catalogs: none, an empty HubEventMap), its payload interface and HubEventMap.",
+    )
+    add_catalog_arguments(ts)
+    ts.add_argument(
+        "--protocol-only",
+        action="store_true",
+        help="only the frames and close codes (what hub/static/hub-protocol.d.ts holds)",
+    )
+    ts.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write to FILE (left untouched when unchanged) instead of printing",
+    )
+    ts.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing: exit 1 if FILE (-o) differs from what would be written (for CI)",
+    )
+    ts.add_argument("--log-level", default="warning")
+    ts.set_defaults(func=_codegen_ts)
+
+
+def _codegen_ts(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .codegen.command import is_current, typescript_for, write_if_changed
+
+    try:
+        if args.check and not args.output:
+            raise ValueError("--check compares with a file: name it with -o FILE")
+        text = typescript_for(args.catalogs, protocol_only=args.protocol_only)
+        if args.check:
+            if not is_current(Path(args.output), text):
+                print(f"hub codegen ts: {args.output} is out of date", file=sys.stderr)
+                sys.exit(1)
+        elif args.output:
+            write_if_changed(Path(args.output), text)
+        else:
+            sys.stdout.write(text)
+    except (ValueError, OSError) as exc:
+        print(f"hub codegen ts: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _token(args: argparse.Namespace) -> None:
     import secrets as random_secrets
 
@@ -285,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--log-level", default="warning")
     token.set_defaults(func=_token)
+
+    add_codegen_parser(sub)
 
     for entry in entry_points(group="hub.commands"):
         try:

@@ -130,6 +130,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # `hub.catalogs` entry point; "" or "none" = none; "MODULE:ATTR,..." = exactly these.
     # What `hub serve` (`--catalog`, `--no-catalogs` win), Hub and RedisPublisher load.
     catalogs: str | None = None
+    # Long-poll transport and CORS (docs/protocol.md "Long polling", "CORS"; issue 14).
+    long_poll_max_wait_s: float = 30.0  # the largest `wait` a GET .../events may ask for
+    max_long_polls: int = 1_000  # long polls waiting at once per process; beyond: 503
+    cors_max_age_s: int = 600  # how long a browser may cache a preflight answer
 
     def __post_init__(self) -> None:
         positive = (
@@ -194,6 +198,7 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be >= 1")
         self._check_input_rules()
         self._check_heavy_reads()
+        self._check_long_poll_and_cors()
 
     def _check_input_rules(self) -> None:
         # msgspec decodes recursively: the depth stays far below Python's recursion limit.
@@ -232,6 +237,14 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("stall_timeout_s", "heavy_read_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+
+    def _check_long_poll_and_cors(self) -> None:
+        if not 0 < self.long_poll_max_wait_s <= 3600:
+            raise ValueError("long_poll_max_wait_s must be > 0 and <= 3600")
+        if self.max_long_polls < 1:
+            raise ValueError("max_long_polls must be >= 1")
+        if not 0 <= self.cors_max_age_s <= 86_400:
+            raise ValueError("cors_max_age_s must be 0-86400")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

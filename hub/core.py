@@ -34,6 +34,7 @@ class Hub:
         self.validator = PublishValidator(settings, catalog)
         self.manager = ConnectionManager(backend)
         self.manager.slice_s = settings.fanout_slice_ms / 1000
+        self.manager.polls.limit = settings.max_long_polls
         self.stats = HubStats()
         self.started = False
 
@@ -47,7 +48,9 @@ class Hub:
         self.started = False
 
     def drain(self) -> int:
-        """Tell every subscriber the hub is going away (1001: reconnect with since)."""
+        """Tell every subscriber the hub is going away (1001: reconnect with since); waiting
+        long polls answer now."""
+        self.manager.polls.wake_all()
         return self.manager.close_all(
             CloseCode.GOING_AWAY, "shutting_down", "hub shutting down; reconnect with since"
         )

@@ -70,6 +70,14 @@ class HubCollector(Collector):
             " (hub.direct_send; see hub.transports.fast_path).",
             value=sum(1 for c in connections if c.sink.direct),
         )
+        yield GaugeMetricFamily(
+            "hub_long_polls", "Long polls waiting for events.", value=manager.polls.count
+        )
+        yield CounterMetricFamily(
+            "hub_long_polls_refused",
+            "Long polls refused with 503: max_long_polls were waiting.",
+            value=manager.polls.refused,
+        )
 
         yield CounterMetricFamily(
             "hub_events_published",

@@ -22,6 +22,7 @@ from ..wire.frames import encode_batch, text_frame
 from ..wire.topics import TypeFilter
 from .connection import Connection
 from .fanout_index import GroupIndex
+from .poll_waiters import PollWaiters
 
 __all__ = ["ConnectionManager"]
 
@@ -60,6 +61,7 @@ class ConnectionManager:
         self.slice_s = 0.02  # matching time per loop tick before the flush yields (Hub sets it)
         self.stats = ManagerStats()
         self.on_epoch_change: Callable[[str, str], None] | None = None
+        self.polls = PollWaiters(backend, limit=1_000)  # long polls (Hub sets the limit)
 
     # --- membership ----------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class ConnectionManager:
 
     def dispatch(self, project: str, epoch: str, events: Sequence[StoredEvent]) -> None:
         """Backend listener: queue `events` for this tick's flush (never awaits)."""
+        self.polls.wake(project, events)
         entry = self._projects.get(project)
         if entry is None:
             return

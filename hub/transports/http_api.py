@@ -39,6 +39,7 @@ __all__ = [
     "error_response",
     "healthz",
     "history",
+    "history_head",
     "json_response",
     "publish",
     "readyz",
@@ -168,16 +169,20 @@ async def history(request: Request) -> Response:
     page = await _history_page(hub.backend, project, since, limit, type_filter.matches, budget)
     if busy and page.cut:
         raise limiter.refusal()
-    position = page.position
-    head = b'{"epoch":%s,"head":%d,"oldest":%d,"next":%d,"more":%s,"gap":%s,"events":[' % (
+    head = history_head(page.position, page.next, page.gap)
+    return read_response(request, settings, head, page.frames, b"]}")
+
+
+def history_head(position: Position, next: int, gap: bool) -> bytes:
+    """A history page's JSON up to its events array (history and long polls share it)."""
+    return b'{"epoch":%s,"head":%d,"oldest":%d,"next":%d,"more":%s,"gap":%s,"events":[' % (
         _encoder.encode(position.epoch),
         position.head,
         position.oldest,
-        page.next,
-        b"true" if page.next < position.head else b"false",
-        b"true" if page.gap else b"false",
+        next,
+        b"true" if next < position.head else b"false",
+        b"true" if gap else b"false",
     )
-    return read_response(request, settings, head, page.frames, b"]}")
 
 
 async def snapshot(request: Request) -> Response:

@@ -251,6 +251,7 @@ class HubServer(uvicorn.Server):
         await super().startup(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.hub.manager.polls.close()  # a long poll arriving from now on does not wait
         drained = self.hub.drain()
         if drained:
             logger.info("closed %d subscriber(s) with 1001", drained)

@@ -1,0 +1,138 @@
+"""`GET /v1/projects/{project}/events?wait=S`: a history page that waits for its first event.
+
+Without `wait` the route answers today's history page (http_api.history). With it, the poll
+registers a waiter (hub.fanout.poll_waiters) before reading, then reads the history page
+after `since`: matching events are answered at once; otherwise it waits until the fan-out
+says the project has a new matching event, and reads again, from where the last read ended.
+After `wait` seconds it answers `events: []` with `next` at the head. A `since` the project
+no longer holds (another epoch, older than retention, ahead of the head) is answered at once
+with `gap: true`: the client takes a snapshot and polls on from the snapshot's head.
+
+Bounded: `wait` <= `long_poll_max_wait_s`, `max_long_polls` waiting per process (beyond:
+503), an early answer when the hub drains, and a client that goes away frees its place at
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Final
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive
+
+from ..backends.base import Position, StoredEvent
+from ..errors import BadRequest
+from ..protocol import resume_plan
+from ..wire.subscription import parse_since
+from . import http_api
+from .read_limits import read_limiter_of, read_response
+
+__all__ = ["events_get", "long_poll", "parse_epoch", "parse_wait"]
+
+_WAIT_RE: Final = re.compile(r"[0-9]{1,7}(\.[0-9]{1,6})?")
+
+
+def parse_wait(raw: str, maximum: float) -> float:
+    """`wait` in seconds: a plain decimal number, 0 < wait <= `maximum`."""
+    if not raw.isascii() or _WAIT_RE.fullmatch(raw) is None:
+        raise BadRequest(
+            f"invalid wait {raw[:40]!r}: expected seconds as a decimal number, e.g. wait=25"
+        )
+    wait = float(raw)
+    if wait <= 0:
+        raise BadRequest("invalid wait: must be > 0 (leave it out for a page without waiting)")
+    if wait > maximum:
+        raise BadRequest(f"invalid wait {raw[:40]!r}: at most {maximum:g} seconds on this hub")
+    return wait
+
+
+def parse_epoch(raw: str | None) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if len(raw) > 64 or not raw.isprintable():
+        raise BadRequest("invalid epoch: at most 64 printable characters")
+    return raw
+
+
+async def events_get(request: Request) -> Response:
+    """`GET .../events`: a long poll with `wait`, else a plain history page."""
+    raw_wait = request.query_params.get("wait")
+    if raw_wait is None:
+        return await http_api.history(request)
+    return await long_poll(request, raw_wait)
+
+
+async def long_poll(request: Request, raw_wait: str) -> Response:
+    hub, project, type_filter = http_api._read_scope(request)
+    settings = hub.settings
+    query = request.query_params
+    wait_s = parse_wait(raw_wait, settings.long_poll_max_wait_s)
+    since = parse_since(query.get("since")) or 0
+    epoch = parse_epoch(query.get("epoch"))
+    limit = http_api._parse_limit(query.get("limit"), settings.history_max_limit)
+    # What the history page keeps, and what wakes the waiter: the same filter (contract A's
+    # `keys` joins it here once _read_scope returns it).
+    matches = type_filter.matches
+
+    def takes(event: StoredEvent) -> bool:
+        return matches(event.type)
+
+    backend = hub.backend
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    async with hub.manager.polls.waiting(project, takes) as waiter:
+        gone = asyncio.create_task(_client_gone(request.receive))
+        gone.add_done_callback(lambda _: waiter.release())
+        try:
+            # After the waiter is registered: with Redis, the first position() after a watch
+            # pins where this instance's reader starts, so every later event wakes us.
+            first = await backend.position(project)
+            plan = resume_plan(since, epoch, first.epoch, first.oldest, first.head)
+            if plan.action == "gap":
+                return _gap(request, first)
+            cursor, position = since, first
+            while True:
+                waiter.arm()
+                limiter = read_limiter_of(request, settings)
+                busy = limiter.busy
+                budget = settings.heavy_read_bytes if busy else settings.history_max_bytes
+                page = await http_api._history_page(
+                    backend, project, cursor, limit, matches, budget
+                )
+                position = page.position
+                if page.gap or position.epoch != first.epoch:
+                    return _gap(request, position)
+                if page.frames:
+                    if busy and page.cut:
+                        raise limiter.refusal()
+                    head = http_api.history_head(position, page.next, False)
+                    return read_response(request, settings, head, page.frames, b"]}")
+                cursor = page.next
+                if cursor < position.head:
+                    await asyncio.sleep(0)  # `limit` events did not match: scan on, fairly
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0 or waiter.released:
+                    break
+                if not await waiter.wait(remaining):
+                    break
+        finally:
+            gone.cancel()
+    # The wait is over with nothing new: the client polls again from here.
+    head = http_api.history_head(position, cursor, False)
+    return read_response(request, settings, head, (), b"]}")
+
+
+def _gap(request: Request, position: Position) -> Response:
+    """`since` no longer holds here: the client takes a snapshot and polls on from its head."""
+    head = http_api.history_head(position, position.head, True)
+    return read_response(request, request.app.state.hub.settings, head, (), b"]}")
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (a GET's empty body is read first)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,181 @@
+"""hub-client.js in Node 20 (its global WebSocket, fetch) against `hub serve` subprocesses that
+are killed (-9) and restarted on the same port: resume with no duplicated or missing event on
+every transport, the epoch gap after a memory hub lost its state, connect timeouts and the
+WS -> SSE -> long-poll fallback against a server that accepts and never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hub.redis_publisher import RedisPublisher
+
+from .hub_process import HubProcess
+from .node_client import NodeClient, require_node
+from .redis_support import running_redis
+from .support import wait_for
+
+require_node()  # skip without node; fail under CI
+
+P = "jsnode"
+TRANSPORTS = ["ws", "sse", "poll"]
+DOWNTIME_S = 5.0  # how long the hub stays dead (issue 15's scenario)
+# Fast reconnects so the test runs quickly; the timeout well above a loaded machine's latency.
+FAST = {"connectTimeoutMs": 2000, "backoffInitial": 100, "backoffMax": 1000, "pollWaitS": 2}
+
+
+@contextlib.asynccontextmanager
+async def node_client(url: str, **options: object) -> AsyncIterator[NodeClient]:
+    client = await NodeClient.start(url, P, **options)
+    try:
+        yield client
+    finally:
+        client.kill()
+
+
+class Ticker:
+    """Publishes one event every `interval` s straight into Redis (the hub may be dead)."""
+
+    def __init__(self, publisher: RedisPublisher, interval: float = 0.02) -> None:
+        self.publisher = publisher
+        self.interval = interval
+        self.seqs: list[int] = []
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            self.seqs.append(await self.publisher.publish(P, "test.clock.tick", {"i": i}))
+            i += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    async def stop(self) -> list[int]:
+        self._stop.set()
+        await asyncio.wait_for(self._task, 10)
+        return self.seqs
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_resumes_with_no_duplicated_or_missing_event_across_a_hub_dead_for_5s(
+    transport: str, tmp_path: Path
+) -> None:
+    with running_redis(tmp_path / "redis") as redis:
+        hub = HubProcess(tmp_path, "--backend", redis.url, "--heartbeat", "5")
+        await hub.start()
+        try:
+            async with RedisPublisher(redis.url) as publisher:
+                ticker = Ticker(publisher)
+                await wait_for(lambda: len(ticker.seqs) >= 10, what="history before the client")
+                async with node_client(hub.url, transports=[transport], since=0, **FAST) as client:
+                    await client.wait(lambda: len(client.seqs) >= 30, "events before the kill")
+                    assert client.states[0]["state"] == "connecting"
+                    opened = await client.wait_state("open")
+
+                    hub.kill()
+                    loop = asyncio.get_running_loop()
+                    died = loop.time()
+                    dropped = await client.wait_state("reconnecting", after=opened)
+
+                    def retries() -> int:
+                        return client.count(lambda r: r.get("delay") is not None)
+
+                    # Dead for 5 s while events keep coming (into Redis); meanwhile the client
+                    # keeps retrying (refused connections in Node fire `error` and no `close`).
+                    await client.wait(
+                        lambda: loop.time() - died >= DOWNTIME_S and retries() >= 3,
+                        "5 s of downtime with retries",
+                        timeout=30,
+                    )
+                    await hub.start()  # same port, same Redis: the seqs and the epoch survive
+                    await client.wait_state("open", after=dropped, timeout=15)
+                    published = await ticker.stop()
+                    last = published[-1]
+                    await client.wait(lambda: client.seqs[-1:] == [last], f"seq {last}")
+                    done = await client.close()
+        finally:
+            hub.kill()
+    assert published == list(range(1, last + 1))
+    assert client.seqs == published, "events duplicated, missing or out of order"
+    assert done["duplicates"] == 0 and done["received"] == last
+    assert client.snapshots == [], "the epoch survived in Redis: no gap"
+    assert {s["transport"] for s in client.states if s["state"] != "closed"} == {transport}
+    delays = [s["delay"] for s in client.states if s["delay"] is not None]
+    assert all(0 <= d <= FAST["backoffMax"] for d in delays), delays
+    states = [s["state"] for s in client.states]
+    assert states[-2:] == ["open", "closed"], states
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_memory_hub_restarted_means_an_epoch_gap_then_the_new_sequence(
+    transport: str, tmp_path: Path
+) -> None:
+    hub = HubProcess(tmp_path)
+    await hub.start()
+    events = f"{hub.url}/v1/projects/{P}/events"
+    ticks = [{"type": "test.clock.tick", "data": {"i": i}} for i in range(5)]
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.post(events, json=ticks)).json() == {"seqs": [1, 2, 3, 4, 5]}
+            async with node_client(hub.url, transports=[transport], since=0, **FAST) as client:
+                await client.wait(lambda: client.seqs == [1, 2, 3, 4, 5], "the first life")
+                opened = await client.wait_state("open")
+                first_epoch = {r["epoch"] for r in client.records if "event" in r}
+
+                hub.kill()
+                dropped = await client.wait_state("reconnecting", after=opened)
+                await hub.start()  # memory backend: a new, empty sequence with a new epoch
+                await client.wait(lambda: len(client.snapshots) == 1, "the gap's snapshot")
+                assert (await http.post(events, json=ticks)).json() == {"seqs": [1, 2, 3, 4, 5]}
+                await client.wait(lambda: len(client.seqs) == 10, "the second life")
+                done = await client.close()
+    finally:
+        hub.kill()
+    assert len(first_epoch) == 1
+    (snapshot,) = client.snapshots
+    assert snapshot["snapshot"] == "epoch" and snapshot["head"] == 0 and snapshot["seqs"] == []
+    assert snapshot["epoch"] not in first_epoch
+    assert client.seqs == [1, 2, 3, 4, 5] * 2
+    second_life = [r for r in client.records[dropped:] if "event" in r]
+    assert {r["epoch"] for r in second_life} == {snapshot["epoch"]}
+    assert done["duplicates"] == 0
+
+
+async def test_a_hub_that_never_answers_times_out_on_each_transport_then_backs_off() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)  # accept, read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        options = {"connectTimeoutMs": 300, "backoffInitial": 50, "backoffMax": 100}
+        async with node_client(f"http://127.0.0.1:{port}", **options) as client:
+            # Two whole cycles: ws, sse, poll each time out, then a backoff, then ws again.
+            await client.wait(
+                lambda: client.count(lambda r: r.get("delay") is not None) >= 2, "two backoffs"
+            )
+            await client.close()
+    finally:
+        server.close()
+        for writer in connections:
+            writer.close()
+    attempts = [s for s in client.states if s["state"] in ("connecting", "reconnecting")]
+    tried = [s["transport"] for s in attempts if s["delay"] is None]
+    assert tried[:6] == ["ws", "sse", "poll", "ws", "sse", "poll"], tried
+    assert [s["state"] for s in attempts[:3]] == ["connecting"] * 3
+    backoff = next(s for s in attempts if s["delay"] is not None)
+    assert "no answer from the hub within 300 ms" in backoff["reason"]
+    # each transport had its connection and waited out its timeout before the next
+    starts = [s["at"] for s in attempts if s["delay"] is None][:3]
+    assert all(b - a >= 300 for a, b in itertools.pairwise(starts)), starts
+    assert len(connections) >= 6
+    assert not any(s["state"] == "open" for s in client.states)
