@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(ExitStatus.USAGE)
     prog = f"hub {args.command}"
     status = run_command(args.func, args, prog=prog, debug=debug or getattr(args, "debug", False))
-    sys.exit(status)
+    if status != ExitStatus.OK:
+        sys.exit(status)
 
 
 if __name__ == "__main__":
