@@ -247,6 +247,8 @@ class HubClient:
     def _set_state(
         self, state: ClientState, delay: float | None = None, reason: str | None = None
     ) -> None:
+        if state == "closed" and self.state == "closed":
+            return  # close() and the end of iteration both report it: once is enough
         self.state = state
         if self.on_state is not None:
             self.on_state(StateChange(state, self.attempt, delay, reason))

@@ -181,8 +181,15 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    from hub.transports.server import CannotBind
+
+    try:
         asyncio.run(run_demo(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except CannotBind as exc:  # one line, the status `hub demo` exits with (3)
+        print(f"python -m services.demo: {exc.strerror}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":
