@@ -16,14 +16,16 @@ import asyncio
 import collections
 import os
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
 from .cli_exit import CliError, ExitStatus
 from .errors import EventValidationError
 from .protocol import is_valid_project
-from .publisher import HubPublisher, PublishFailed, PublishRejected
+
+if TYPE_CHECKING:  # httpx loads only when `hub publish` runs
+    from .publisher import HubPublisher, PublishRejected
 
 __all__ = ["add_publish_parser", "publish"]
 
@@ -71,6 +73,8 @@ def add_publish_parser(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 async def publish(args: argparse.Namespace) -> None:
+    from .publisher import HubPublisher, PublishFailed, PublishRejected
+
     _check_arguments(args)
     token = args.token or os.environ.get("HUB_TOKEN") or None
     publisher = HubPublisher(

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .cli_exit import CliError, ExitStatus
-from .client import HubClient, HubClientError, HubUnreachable, StateChange
 from .protocol import CloseCode, EventFrame, GapFrame, SnapshotFrame, is_valid_project
+
+if TYPE_CHECKING:  # websockets loads only when `hub tail` runs
+    from .client import HubClientError, StateChange
 
 __all__ = ["add_tail_parser", "tail"]
 
@@ -88,6 +90,8 @@ def _print_state(change: StateChange) -> None:
 
 
 async def tail(args: argparse.Namespace) -> None:
+    from .client import HubClient, HubClientError, HubUnreachable
+
     types = _check_arguments(args)
     token = args.token or os.environ.get("HUB_TOKEN") or None
     client = HubClient(

@@ -242,3 +242,41 @@ async def test_429_waits_for_retry_after_within_the_time_bound(running_hub: Runn
         with pytest.raises(PublishFailed, match=r"429.*retries stop after 0\.5s"):
             await impatient.publish("note.added", {"n": 3})
         assert impatient.attempts == 1
+
+
+async def test_hub_publish_command_publishes_json_lines_and_one_event(
+    running_hub: RunningHub,
+) -> None:
+    import sys
+
+    lines = b"".join(
+        msgspec.json.encode({"type": "note.added", "data": {"n": i}, "id": f"line-{i}"}) + b"\n"
+        for i in range(3)
+    )
+
+    async def hub_publish(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hub",
+            "publish",
+            "--url",
+            running_hub.url,
+            "--project",
+            P,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            out, err = await process.communicate(stdin)
+        return process.returncode or 0, out.decode(), err.decode()
+
+    assert await hub_publish("--file", "-", stdin=lines) == (0, "1\n2\n3\n", "")
+    # The same lines again: their ids were published already, so nothing new.
+    assert await hub_publish("--file", "-", stdin=lines) == (0, "1\n2\n3\n", "")
+    assert await hub_publish("note.added", '{"text": "hi"}', "--key", "note/1") == (0, "4\n", "")
+    events = await history(running_hub)
+    assert [e["seq"] for e in events] == [1, 2, 3, 4]
+    assert events[3]["key"] == "note/1" and events[3]["data"] == {"text": "hi"}
