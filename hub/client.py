@@ -393,7 +393,11 @@ class HubClient:
             return frame
         if isinstance(frame, ErrorFrame):
             self.last_error = frame
-            logger.warning("hub error %s: %s", frame.code, frame.message)
+            # One that closes for good is raised as HubClientError with this message: the
+            # caller reports it, a warning would say it twice.
+            fatal = frame.close is not None and frame.close in FATAL_CLOSE_CODES
+            level = logging.DEBUG if fatal else logging.WARNING
+            logger.log(level, "hub error %s: %s", frame.code, frame.message)
         elif isinstance(frame, ReplayedFrame):
             logger.debug("replayed %d events up to %d", frame.count, frame.head)
         return None

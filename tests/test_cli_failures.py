@@ -47,6 +47,11 @@ class Result:
         for word in words:
             assert word in self.last_line, detail
 
+    def assert_one_line(self) -> None:
+        """Nothing but the connection state before the one line that says what to do."""
+        lines = self.stderr.strip().splitlines()
+        assert all(line.startswith("hub tail: connecting") for line in lines[:-1]), self.stderr
+
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HUB_SECRET", "HUB_TOKEN")}
@@ -126,6 +131,7 @@ async def test_demo_on_a_port_in_use_starts_no_work(held_port: int) -> None:
 async def test_tail_without_a_token(secured_hub: RunningHub) -> None:
     result = await hub_command("tail", "--url", secured_hub.url, "--project", "p1")
     result.assert_failure(ExitStatus.UNAUTHORIZED, "--token", "HUB_TOKEN")
+    result.assert_one_line()
 
 
 async def test_tail_with_an_expired_token(secured_hub: RunningHub) -> None:
@@ -134,12 +140,14 @@ async def test_tail_with_an_expired_token(secured_hub: RunningHub) -> None:
         "tail", "--url", secured_hub.url, "--project", "p1", "--token", expired
     )
     result.assert_failure(ExitStatus.UNAUTHORIZED, "expired", "--token")
+    result.assert_one_line()
 
 
 async def test_tail_of_a_project_the_token_does_not_allow(secured_hub: RunningHub) -> None:
     env = _env(HUB_TOKEN=token(["p1"]))  # the token from the environment is used too
     result = await hub_command("tail", "--url", secured_hub.url, "--project", "other", env=env)
     result.assert_failure(ExitStatus.FORBIDDEN, "'other'")
+    result.assert_one_line()
 
 
 async def test_tail_of_an_invalid_project() -> None:
@@ -152,6 +160,7 @@ async def test_tail_with_bad_types(running_hub: RunningHub) -> None:
         "tail", "--url", running_hub.url, "--project", "p1", "--types", "Agent Runs!"
     )
     result.assert_failure(ExitStatus.REFUSED, "--types")
+    result.assert_one_line()
 
 
 async def test_tail_where_nothing_listens_shows_its_state_and_gives_up() -> None:
