@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import random
@@ -127,7 +128,7 @@ class HubPublisher:
         self._rng = rng or random.Random()
         self.attempts = 0  # HTTP requests made, retries included
         self.batches = 0  # batches sent (one or more requests each)
-        self._queue: list[_Queued] = []
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._queued_bytes = 0
         self._full = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
@@ -198,27 +199,33 @@ class HubPublisher:
                     await asyncio.wait_for(self._full.wait(), self.linger)
                 except TimeoutError:
                     pass
-            batch = self._take_batch()
-            # One event goes as an object, several as an array: the hub takes both.
-            payload = (
-                batch[0].body if len(batch) == 1 else b"[" + b",".join(q.body for q in batch) + b"]"
-            )
-            try:
-                seqs = await self._post(payload)
-            except Exception as exc:  # every caller of the batch gets the error
+            await self._send_batch(self._take_batch())
+
+    async def _send_batch(self, batch: list[_Queued]) -> None:
+        # One event goes as an object, several as an array: the hub takes both.
+        payload = (
+            batch[0].body if len(batch) == 1 else b"[" + b",".join(q.body for q in batch) + b"]"
+        )
+        try:
+            seqs = await self._post(payload)
+        except (EventValidationError, PublishRejected) as exc:
+            if len(batch) > 1 and _one_event_may_be_at_fault(exc):
+                # The hub refuses a whole batch for one bad event (and publishes none of it):
+                # send each alone, so only the bad one fails.
                 for queued in batch:
-                    if not queued.future.done():
-                        queued.future.set_exception(exc)
-                continue
-            if len(seqs) != len(batch):
-                error = PublishFailed(f"hub answered {len(seqs)} seqs for {len(batch)} events")
-                for queued in batch:
-                    if not queued.future.done():
-                        queued.future.set_exception(error)
-                continue
-            for queued, seq in zip(batch, seqs, strict=True):
-                if not queued.future.done():
-                    queued.future.set_result(seq)
+                    await self._send_batch([queued])
+                return
+            _fail(batch, exc)
+            return
+        except Exception as exc:  # every caller of the batch gets the error
+            _fail(batch, exc)
+            return
+        if len(seqs) != len(batch):
+            _fail(batch, PublishFailed(f"hub answered {len(seqs)} seqs for {len(batch)} events"))
+            return
+        for queued, seq in zip(batch, seqs, strict=True):
+            if not queued.future.done():
+                queued.future.set_result(seq)
 
     def _take_batch(self) -> list[_Queued]:
         batch: list[_Queued] = []
@@ -227,7 +234,7 @@ class HubPublisher:
             nxt = len(self._queue[0].body) + 1
             if batch and size + nxt > self.max_batch_bytes:
                 break
-            queued = self._queue.pop(0)
+            queued = self._queue.popleft()
             batch.append(queued)
             size += nxt
             self._queued_bytes -= nxt
@@ -281,9 +288,22 @@ class HubPublisher:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, self.max_backoff)
+            return retry_after  # what the hub asked for (max_retry_time still bounds it)
         # Full jitter: spreads many publishers retrying after the same outage.
         return self._rng.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+
+
+def _fail(batch: list[_Queued], error: BaseException) -> None:
+    for queued in batch:
+        if not queued.future.done():
+            queued.future.set_exception(error)
+
+
+def _one_event_may_be_at_fault(exc: Exception) -> bool:
+    """422 (an invalid event) or 413 (too large, perhaps for its batch only)."""
+    return isinstance(exc, EventValidationError) or (
+        isinstance(exc, PublishRejected) and exc.status == 413
+    )
 
 
 class _Seqs(msgspec.Struct):

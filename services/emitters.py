@@ -71,7 +71,8 @@ class InProcessEmitter:
 
 class HttpEmitter:
     """Publishes to a remote hub over `POST /v1/projects/{project}/events`, through
-    `hub.publisher.HubPublisher` (one event per request, as soon as it is emitted)."""
+    `hub.publisher.HubPublisher`: an event goes out as soon as it is emitted, together with
+    those emitted while the previous request was in flight."""
 
     def __init__(
         self,
@@ -98,8 +99,7 @@ class HttpEmitter:
             max_backoff=max_backoff,
             timeout=timeout,
             sleep=sleep,
-            rng=rng,
-            max_batch_events=1,  # the services await each event: nothing to batch
+            rng=rng,  # events emitted concurrently share a request (batching)
         )
         self.url = self.publisher.url
 

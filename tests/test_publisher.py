@@ -208,6 +208,25 @@ async def test_typed_payloads_are_checked_before_sending(running_hub: RunningHub
     assert [e["data"] for e in events] == [{"text": "hello", "votes": 2}]
 
 
+@pytest.mark.hub_options(catalog=note_catalog())
+async def test_one_invalid_event_fails_alone_in_its_batch(running_hub: RunningHub) -> None:
+    transport = Recording()
+    async with httpx.AsyncClient(transport=transport) as client:
+        async with HubPublisher(running_hub.url, P, client=client) as publisher:  # no catalog
+            results = await asyncio.gather(
+                publisher.publish("note.added", {"text": "a", "votes": 1}),
+                publisher.publish("note.added", {"text": "b", "votes": "many"}),
+                publisher.publish("note.added", {"text": "c", "votes": 3}),
+                return_exceptions=True,
+            )
+    assert results[0] == 1 and results[2] == 2
+    assert isinstance(results[1], EventValidationError)
+    assert "$.data.votes" in str(results[1])
+    assert [len(r) for r in transport.requests] == [3, 1, 1, 1]  # refused whole, then one by one
+    events = await history(running_hub)
+    assert [e["data"]["text"] for e in events] == ["a", "c"]  # type: ignore[index]
+
+
 @pytest.mark.hub_settings(heartbeat_s=5.0, secret="publisher-test-secret-of-32-bytes-or-more")
 async def test_client_errors_are_not_retried(running_hub: RunningHub) -> None:
     from hub.auth import mint_token
