@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
 
-    add_tail_parser(sub)
-    add_publish_parser(sub)
+    add_log_level_argument(add_tail_parser(sub), "warning")
+    add_log_level_argument(add_publish_parser(sub), "warning")
 
     token = sub.add_parser("token", help="mint an access token (HS256 JWT)")
     token.add_argument("--secret", help="signing secret (default: the first of HUB_SECRET)")

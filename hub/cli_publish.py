@@ -42,8 +42,8 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True):
 _line_decoder = msgspec.json.Decoder(_Line)
 
 
-def add_publish_parser(sub: argparse._SubParsersAction[Any]) -> None:
-    parser = sub.add_parser(
+def add_publish_parser(sub: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
         "publish",
         help="publish an event (or a JSON-lines file) over HTTP",
         description=__doc__,
@@ -68,8 +68,8 @@ def add_publish_parser(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="SECONDS",
         help="keep retrying an unreachable or unavailable hub this long (default 30)",
     )
-    parser.add_argument("--log-level", default="warning")
     parser.set_defaults(func=publish)
+    return parser
 
 
 async def publish(args: argparse.Namespace) -> None:

@@ -23,8 +23,10 @@ if TYPE_CHECKING:  # websockets loads only when `hub tail` runs
 __all__ = ["add_tail_parser", "tail"]
 
 
-def add_tail_parser(sub: argparse._SubParsersAction[Any]) -> None:
-    tail_parser = sub.add_parser("tail", help="print a project's events as they arrive")
+def add_tail_parser(sub: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+    tail_parser: argparse.ArgumentParser = sub.add_parser(
+        "tail", help="print a project's events as they arrive"
+    )
     tail_parser.add_argument("--url", default="http://127.0.0.1:8080", help="hub base URL")
     tail_parser.add_argument("--project", default="demo")
     tail_parser.add_argument(
@@ -42,8 +44,8 @@ def add_tail_parser(sub: argparse._SubParsersAction[Any]) -> None:
     tail_parser.add_argument(
         "--quiet", "-q", action="store_true", help="do not print the connection state on stderr"
     )
-    tail_parser.add_argument("--log-level", default="warning")
     tail_parser.set_defaults(func=tail)
+    return tail_parser
 
 
 def _seconds(raw: str) -> float:
