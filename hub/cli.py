@@ -35,7 +35,7 @@ logger = logging.getLogger("hub")
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs a hub (serve, demo)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    parser.add_argument("--port", type=port_number, default=8080, help="port (0 picks a free one)")
     parser.add_argument("--backend", help="memory:// (default) or redis://HOST:PORT/DB")
     parser.add_argument(
         "--redis-cluster",
@@ -102,6 +102,17 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         dest="log_format",
         help="text (default) or json: one object per line (or HUB_LOG_FORMAT)",
     )
+
+
+def port_number(raw: str) -> int:
+    """argparse type of --port: 0..65535."""
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 0..65535 (0 picks a free one)")
+    return port
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

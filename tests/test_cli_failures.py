@@ -339,6 +339,17 @@ async def test_log_level_warning_silences_uvicorn_per_connection_lines() -> None
     assert "[accepted]" in chatty and "connection open" in chatty, chatty
 
 
-async def test_bad_log_level_is_a_usage_error() -> None:
-    result = await hub_command("serve", "--log-level", "loud")
-    result.assert_failure(ExitStatus.USAGE, "--log-level", "hub serve --help")
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--log-level", "loud"], ["--log-level", "hub serve --help"]),
+        (["--port", "99999"], ["--port", "0..65535"]),
+        (["--backend", "foo://x"], ["memory://", "redis://"]),
+        (["--retention", "-5"], ["retention_events"]),
+    ],
+    ids=["log-level", "port", "backend", "retention"],
+)
+async def test_serve_with_bad_arguments(args: list[str], words: list[str]) -> None:
+    result = await hub_command("serve", "--port", "0", *args)
+    result.assert_failure(ExitStatus.USAGE, *words)
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
