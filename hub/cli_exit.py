@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EXIT_STATUS_EPILOG", "CliError", "ExitStatus", "run_command"]
+__all__ = ["EXIT_STATUS_EPILOG", "CliError", "ExitStatus", "debug_requested", "run_command"]
 
 
 class ExitStatus(enum.IntEnum):
@@ -65,9 +65,9 @@ def run_command(func: Callable[[Any], Any], args: Any, *, prog: str, debug: bool
         else:
             func(args)
     except CliError as exc:
-        return _fail(prog, exc.message, exc.status, debug)
+        return _fail(prog, exc.message, exc.status)
     except CannotBind as exc:
-        return _fail(prog, exc.strerror or str(exc), ExitStatus.CANNOT_BIND, debug)
+        return _fail(prog, exc.strerror or str(exc), ExitStatus.CANNOT_BIND)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -85,11 +85,11 @@ def run_command(func: Callable[[Any], Any], args: Any, *, prog: str, debug: bool
             raise
         detail = str(exc).splitlines()[0] if str(exc) else ""
         message = f"unexpected {type(exc).__name__}{': ' + detail if detail else ''}"
-        return _fail(prog, f"{message} (rerun with --debug for the traceback)", 1, debug)
+        return _fail(prog, f"{message} (rerun with --debug for the traceback)", 1)
     return ExitStatus.OK
 
 
-def _fail(prog: str, message: str, status: int, debug: bool) -> int:
+def _fail(prog: str, message: str, status: int) -> int:
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):
@@ -109,4 +109,5 @@ def _silence_stdout() -> None:
 
 
 def debug_requested(argv: list[str]) -> bool:
+    """`--debug` anywhere on the command line (before or after the command), or HUB_DEBUG."""
     return "--debug" in argv or os.environ.get("HUB_DEBUG", "") not in ("", "0")
