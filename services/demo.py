@@ -124,10 +124,12 @@ async def run_demo(args: argparse.Namespace) -> None:
     from hub.app import create_app
     from hub.cli import settings_from_args
     from hub.transports.gc_tuning import tune_gc
-    from hub.transports.server import HubServer, uvicorn_config
+    from hub.transports.server import HubServer, listen_socket, uvicorn_config
     from hub.wire.catalog import EventCatalog
 
     settings = settings_from_args(args)
+    # Bind first: a taken port must fail (CannotBind) before any service or ingest starts.
+    sock = listen_socket(args.host, args.port)
     folder = args.docs.resolve()
     catalog = EventCatalog(strict=settings.strict_types)
     register_events(catalog)
@@ -155,8 +157,8 @@ async def run_demo(args: argparse.Namespace) -> None:
         routes=services.routes(),
         lifespan_hooks=[services.lifespan, scheduler],
     )
-    server = HubServer(uvicorn_config(app, args.host, args.port, settings, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
+    server = HubServer(uvicorn_config(app, args.host, args.port, settings))
+    serving = asyncio.create_task(server.serve([sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if not server.started:
@@ -192,8 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
+    from hub.transports.server import CannotBind
+
+    try:
         asyncio.run(run_demo(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except CannotBind as exc:  # one line, the status `hub demo` exits with (3)
+        print(f"python -m services.demo: {exc.strerror}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import socket
@@ -31,14 +32,17 @@ from .fast_path import websocket_protocol
 from .gc_tuning import tune_gc
 
 __all__ = [
+    "CannotBind",
     "HeadLimitedConnection",
     "HeadTimeoutH11Protocol",
     "HubServer",
     "head_timeout_protocol",
+    "listen_socket",
     "raise_open_files_limit",
     "request_head_size",
     "serve",
     "uvicorn_config",
+    "uvicorn_log_level",
 ]
 
 logger = logging.getLogger("hub")
@@ -62,7 +66,7 @@ def uvicorn_config(
         "ws_ping_timeout": settings.heartbeat_s,
         "lifespan": "on",
         "access_log": False,  # the access log prints query strings, which may hold tokens
-        "log_level": "info",
+        "log_level": uvicorn_log_level(),  # `--log-level` governs uvicorn's loggers too
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "backlog": 4096,
         # Slowloris: each request head (a WebSocket upgrade too) must arrive in time, idle
@@ -77,6 +81,47 @@ def uvicorn_config(
     config = uvicorn.Config(app, **options)
     install_log_redaction()  # after Config: it (re)configures uvicorn's loggers
     return config
+
+
+def uvicorn_log_level() -> str:
+    """The root logger's level (set from `--log-level`), as uvicorn spells it."""
+    level = logging.getLogger().getEffectiveLevel()
+    if level <= logging.DEBUG:
+        return "debug"
+    return {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}.get(
+        level, "critical" if level > logging.ERROR else "warning"
+    )
+
+
+class CannotBind(OSError):
+    """The address to listen on is taken (or not ours to take): the message says what to do."""
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a taken port fails before any work starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        display = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotBind(
+                exc.errno,
+                f"port {port} on {host} is already in use: stop what listens on {display} "
+                "or pick another port with --port (0 picks a free one)",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise CannotBind(
+                exc.errno, f"no permission to listen on {display}: use a port above 1023"
+            ) from None
+        raise CannotBind(
+            exc.errno or 0, f"cannot listen on {display} ({exc.strerror or exc}): check --host"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class HeadTimeoutH11Protocol(H11Protocol):
@@ -277,7 +322,11 @@ def raise_open_files_limit() -> int:
 
 
 async def serve(app: Starlette, host: str, port: int, settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; print the address once listening."""
+    """Serve until SIGINT/SIGTERM; print the address once listening.
+
+    Raises `CannotBind` (before anything starts) when the address is taken.
+    """
+    sock = listen_socket(host, port)
     if not app.state.security.enabled and not logger.isEnabledFor(logging.WARNING):
         # The app logs this warning at startup; `--log-level error` must not hide it.
         print(OPEN_MODE_NOTICE, file=sys.stderr, flush=True)
@@ -289,7 +338,7 @@ async def serve(app: Starlette, host: str, port: int, settings: Settings) -> Non
             settings.max_connections,
         )
     server = HubServer(uvicorn_config(app, host, port, settings))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve([sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if server.started:
