@@ -37,6 +37,7 @@ __all__ = [
     "add_settings_arguments",
     "build_parser",
     "catalog_from_args",
+    "log_catalogs",
     "main",
     "settings_from_args",
 ]
@@ -173,9 +174,11 @@ async def _serve(args: argparse.Namespace) -> None:
 
     try:
         settings = settings_from_args(args)
-        app = create_app(settings, catalog=catalog_from_args(args, settings))
+        catalog = catalog_from_args(args, settings)
+        app = create_app(settings, catalog=catalog)
     except (ValueError, msgspec.ValidationError) as exc:
         raise CliError(ExitStatus.USAGE, str(exc)) from None
+    log_catalogs(catalog, getattr(args, "catalogs", None))  # only once the settings hold
     await serve(app, args.host, args.port, settings)  # a taken port: CannotBind, status 3
 
 
@@ -201,20 +204,23 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def catalog_from_args(args: argparse.Namespace, settings: Settings) -> EventCatalog:
-    """The catalogs `--catalog`/`--no-catalogs` name (default: every installed one), each
-    listed in the log. A catalog that cannot load raises CatalogLoadError (a ValueError)."""
+    """The catalogs `--catalog`/`--no-catalogs` name (default: every installed one). A
+    catalog that cannot load raises CatalogLoadError (a ValueError)."""
     from .wire.catalog import load_catalogs
 
     specs: list[str] | None = getattr(args, "catalogs", None)
     if specs is None:  # no flag: HUB_CATALOGS, else every installed catalog
         specs = catalog_specs(settings.catalogs)
-    catalog = load_catalogs(specs, strict=settings.strict_types)
+    return load_catalogs(specs, strict=settings.strict_types)
+
+
+def log_catalogs(catalog: EventCatalog, chosen: list[str] | None) -> None:
+    """One log line per loaded catalog (or one saying none is)."""
     for name, types in catalog.sources.items():
         logger.info("event catalog %s: %d type%s", name, len(types), "" if len(types) == 1 else "s")
     if not catalog.sources:
-        how = "none chosen" if specs is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
+        how = "none chosen" if chosen is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
         logger.info("no event catalog loaded (%s): payloads are not validated", how)
-    return catalog
 
 
 def add_codegen_parser(sub: argparse._SubParsersAction[Any]) -> None:
