@@ -134,5 +134,8 @@ def _gap(request: Request, position: Position) -> Response:
 
 async def _client_gone(receive: Receive) -> None:
     """Returns when the client disconnects (a GET's empty body is read first)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except OSError:  # the server lost the connection: as good as a disconnect
+        return
