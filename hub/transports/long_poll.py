@@ -9,8 +9,9 @@ no longer holds (another epoch, older than retention, ahead of the head) is answ
 with `gap: true`: the client takes a snapshot and polls on from the snapshot's head.
 
 Bounded: `wait` <= `long_poll_max_wait_s`, `max_long_polls` waiting per process (beyond:
-503), an early answer when the hub drains, and a client that goes away frees its place at
-once.
+503), a connection place while waiting (`max_connections` and its per-token and per-address
+limits, as WebSocket and SSE), an early answer when the hub drains, and a client that goes
+away frees its places at once.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from ..auth import authenticate
 from ..backends.base import Position, StoredEvent
 from ..core import Hub
 from ..errors import BadRequest
 from ..fanout.poll_waiters import PollWaiter
+from ..limits import admit_connection
 from ..protocol import resume_plan
 from ..wire.subscription import parse_since
 from . import http_api
@@ -84,14 +87,20 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
         return matches(event.type)
 
     deadline = asyncio.get_running_loop().time() + wait_s
-    async with hub.manager.polls.waiting(project, takes) as waiter:
-        gone = asyncio.create_task(_client_gone(request.receive))
-        gone.add_done_callback(lambda _: waiter.release())
-        try:
-            poll = _Poll(request, hub, project, matches, limit, waiter)
-            return await poll.answer(since, epoch, deadline)
-        finally:
-            gone.cancel()
+    # A waiting poll is a subscriber: it takes a connection place (total, per token, per
+    # address) as well as one of the long-poll places.
+    slot = admit_connection(request, authenticate(request))
+    try:
+        async with hub.manager.polls.waiting(project, takes) as waiter:
+            gone = asyncio.create_task(_client_gone(request.receive))
+            gone.add_done_callback(lambda _: waiter.release())
+            try:
+                poll = _Poll(request, hub, project, matches, limit, waiter)
+                return await poll.answer(since, epoch, deadline)
+            finally:
+                gone.cancel()
+    finally:
+        slot.release()
 
 
 class _Poll:
