@@ -18,7 +18,7 @@ from services.runtime import SAMPLE_DOCS
 from .browser_support import PROJECT, chromium, demo_hub, missing, open_page
 from .filtering_proxy import FilteringProxy, is_upgrade, path_contains
 from .hub_process import HubProcess
-from .support import require, run_hub
+from .support import require, run_hub, wait_for
 
 require(missing())  # skip without Chromium/Playwright; fail under CI
 
@@ -121,6 +121,8 @@ async def test_dashboard_live_over_long_poll_when_websocket_and_sse_are_blocked(
             await page.wait_for_selector(
                 '#conn[data-state="open"][data-transport="poll"]', timeout=30_000
             )
+            polls = demo.running.hub.manager.polls
+            await wait_for(lambda: polls.count == 1, what="the page's poll waiting at the hub")
             job = demo.services.ingest.start_folder(PROJECT, SAMPLE_DOCS)
             await page.wait_for_selector(
                 f'#jobs tr[data-job="{job.job_id}"][data-status="completed"][data-progress="100"]',

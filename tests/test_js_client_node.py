@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -113,6 +114,11 @@ async def test_resumes_with_no_duplicated_or_missing_event_across_a_hub_dead_for
     assert states[-2:] == ["open", "closed"], states
 
 
+async def waiting_polls(http: httpx.AsyncClient, url: str) -> bool:
+    metrics = (await http.get(f"{url}/metrics")).text
+    return re.search(r"^hub_long_polls 1(\.0)?$", metrics, re.MULTILINE) is not None
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_memory_hub_restarted_means_an_epoch_gap_then_the_new_sequence(
     transport: str, tmp_path: Path
@@ -133,6 +139,8 @@ async def test_a_memory_hub_restarted_means_an_epoch_gap_then_the_new_sequence(
                 dropped = await client.wait_state("reconnecting", after=opened)
                 await hub.start()  # memory backend: a new, empty sequence with a new epoch
                 await client.wait(lambda: len(client.snapshots) == 1, "the gap's snapshot")
+                if transport == "poll":  # a long poll, not a loop of history reads
+                    await wait_for(lambda: waiting_polls(http, hub.url), what="a waiting poll")
                 assert (await http.post(events, json=ticks)).json() == {"seqs": [1, 2, 3, 4, 5]}
                 await client.wait(lambda: len(client.seqs) == 10, "the second life")
                 done = await client.close()
