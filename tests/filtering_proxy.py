@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
-__all__ = ["FilteringProxy", "is_upgrade", "path_contains"]
+__all__ = ["FilteringProxy", "filtering_proxy", "is_upgrade", "path_contains"]
 
 Rule = Callable[[bytes], bool]
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
@@ -40,6 +40,7 @@ class FilteringProxy:
         self.target_port = target_port
         self.hold = hold
         self.refuse = refuse
+        self.requests: list[str] = []  # every request line seen, e.g. "GET /v1/... HTTP/1.1"
         self.held = 0  # requests held so far
         self.refused = 0
         self._server: asyncio.Server | None = None
@@ -85,6 +86,7 @@ class FilteringProxy:
         try:
             while True:  # one request head at a time (browsers do not pipeline)
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
                 if self.refuse(head):
                     self.refused += 1
                     writer.write(REFUSAL)
@@ -116,3 +118,15 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     finally:
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def filtering_proxy(
+    target_port: int, *, hold: Rule = _never, refuse: Rule = _never
+) -> AsyncIterator[FilteringProxy]:
+    proxy = FilteringProxy(target_port, hold=hold, refuse=refuse)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

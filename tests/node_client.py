@@ -36,13 +36,15 @@ class NodeClient:
         self._errors = asyncio.create_task(self._read_stderr())
 
     @classmethod
-    async def start(cls, url: str, project: str, **options: Any) -> Self:
-        config = json.dumps({"url": url, "project": project, "options": options})
+    async def start(
+        cls, url: str, project: str, *, bootstrap: bool = False, **options: Any
+    ) -> Self:
+        config = {"url": url, "project": project, "options": options, "bootstrap": bootstrap}
         process = await asyncio.create_subprocess_exec(
             "node",
             *NODE_FLAGS,
             str(DRIVER),
-            config,
+            json.dumps(config),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

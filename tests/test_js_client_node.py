@@ -11,16 +11,19 @@ import itertools
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
+from hub.config import Settings
 from hub.redis_publisher import RedisPublisher
 
+from .filtering_proxy import filtering_proxy
 from .hub_process import HubProcess
 from .node_client import NodeClient, require_node
 from .redis_support import running_redis
-from .support import wait_for
+from .support import run_hub, wait_for
 
 require_node()  # skip without node; fail under CI
 
@@ -32,8 +35,10 @@ FAST = {"connectTimeoutMs": 2000, "backoffInitial": 100, "backoffMax": 1000, "po
 
 
 @contextlib.asynccontextmanager
-async def node_client(url: str, **options: object) -> AsyncIterator[NodeClient]:
-    client = await NodeClient.start(url, P, **options)
+async def node_client(
+    url: str, *, bootstrap: bool = False, **options: object
+) -> AsyncIterator[NodeClient]:
+    client = await NodeClient.start(url, P, bootstrap=bootstrap, **options)
     try:
         yield client
     finally:
@@ -187,3 +192,45 @@ async def test_a_hub_that_never_answers_times_out_on_each_transport_then_backs_o
     assert all(b - a >= 300 for a, b in itertools.pairwise(starts)), starts
     assert len(connections) >= 6
     assert not any(s["state"] == "open" for s in client.states)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_live_only_starts_at_head_even_after_retention_moved_on(transport: str) -> None:
+    ticks = [{"type": "test.clock.tick", "data": {"i": i}} for i in range(12)]
+    # retention 5: oldest is 8, so a read from seq 0 would be a gap; live only must not be
+    async with run_hub(Settings(retention_events=5, heartbeat_s=5.0)) as running:
+        async with running.http() as http:
+            events = f"/v1/projects/{P}/events"
+            assert (await http.post(events, json=ticks)).status_code == 202
+            async with node_client(running.url, transports=[transport], **FAST) as client:
+                await client.wait_state("open")
+                if transport == "poll":  # the poll after the handshake waits from seq 12
+                    await wait_for(lambda: running.hub.manager.polls.count == 1, what="a poll")
+                assert (await http.post(events, json=ticks[:3])).json() == {"seqs": [13, 14, 15]}
+                await client.wait(lambda: len(client.seqs) == 3, "the three new events")
+                done = await client.close()
+    assert client.seqs == [13, 14, 15]
+    assert client.snapshots == [] and done["duplicates"] == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_types_and_keys_go_on_every_request(transport: str) -> None:
+    filters = {"types": ["ingest.*", "agent.*"], "keys": ["ingest.job/j17", "agent.run/*"]}
+    async with run_hub() as running, filtering_proxy(running.port) as proxy:
+        async with node_client(
+            proxy.url, bootstrap=True, transports=[transport], **filters, **FAST
+        ) as client:
+            await client.wait_state("open")
+            await client.close()
+    path = {"ws": "/ws", "sse": "/sse", "poll": "/events"}[transport]
+    targets = [line.split(" ")[1] for line in proxy.requests]
+    sent = [
+        t
+        for t in targets
+        if t.startswith((f"/v1/projects/{P}/snapshot", f"/v1/projects/{P}{path}"))
+    ]
+    assert len(sent) >= 2, targets  # the bootstrap's snapshot and the stream (or first poll)
+    for target in sent:
+        query = parse_qs(urlsplit(target).query)
+        assert query["types"] == ["ingest.*,agent.*"], target
+        assert query["keys"] == ["ingest.job/j17,agent.run/*"], target
