@@ -19,7 +19,7 @@ import pytest
 from hub.config import Settings
 from hub.redis_publisher import RedisPublisher
 
-from .filtering_proxy import filtering_proxy
+from .filtering_proxy import filtering_proxy, path_contains
 from .hub_process import HubProcess
 from .node_client import NodeClient, require_node
 from .redis_support import running_redis
@@ -234,3 +234,22 @@ async def test_types_and_keys_go_on_every_request(transport: str) -> None:
         query = parse_qs(urlsplit(target).query)
         assert query["types"] == ["ingest.*,agent.*"], target
         assert query["keys"] == ["ingest.job/j17,agent.run/*"], target
+
+
+async def test_a_long_poll_that_never_returns_is_dropped_after_wait_plus_margin() -> None:
+    # The handshake (no `wait`) gets through; every waiting poll is held by the network.
+    async with (
+        run_hub() as running,
+        filtering_proxy(running.port, hold=path_contains("wait=")) as proxy,
+    ):
+        options = {"pollWaitS": 1, "connectTimeoutMs": 500, "backoffMax": 100}
+        async with node_client(proxy.url, transports=["poll"], **options) as client:
+            first = await client.wait_state("open")
+            dropped = await client.wait_state("reconnecting", after=first)
+            await client.wait_state("open", after=dropped)
+            await client.close()
+    opened, lost = client.records[first], client.records[dropped]
+    assert lost["reason"].startswith("poll:"), lost
+    # held for the whole wait plus the margin, not cut at the connect timeout
+    assert lost["at"] - opened["at"] >= 1000 + 500, (opened, lost)
+    assert proxy.held >= 1
