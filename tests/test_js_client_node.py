@@ -89,6 +89,8 @@ async def test_resumes_with_no_duplicated_or_missing_event_across_a_hub_dead_for
                     loop = asyncio.get_running_loop()
                     died = loop.time()
                     dropped = await client.wait_state("reconnecting", after=opened)
+                    # it had delivered events: healthy, so the backoff starts from the bottom
+                    assert client.records[dropped]["attempt"] == 1
 
                     def retries() -> int:
                         return client.count(lambda r: r.get("delay") is not None)
@@ -253,3 +255,25 @@ async def test_a_long_poll_that_never_returns_is_dropped_after_wait_plus_margin(
     # held for the whole wait plus the margin, not cut at the connect timeout
     assert lost["at"] - opened["at"] >= 1000 + 500, (opened, lost)
     assert proxy.held >= 1
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+async def test_connections_dropped_right_after_welcome_back_off_instead_of_looping(
+    transport: str,
+) -> None:
+    # Each connection opens (welcome) and is cut at once, never healthy: the backoff must keep
+    # growing (issue 15 saw 65 reconnects in 4 s when every welcome reset it).
+    async with (
+        run_hub() as running,
+        filtering_proxy(running.port, cut_after=b'"op":"welcome"') as proxy,
+    ):
+        options = {"transports": [transport], "backoffInitial": 10, "backoffMax": 40}
+        async with node_client(proxy.url, **options) as client:
+            await client.wait(
+                lambda: client.count(lambda r: r.get("delay") is not None) >= 6, "six backoffs"
+            )
+            await client.close()
+    backoffs = [s for s in client.states if s["delay"] is not None]
+    assert [s["attempt"] for s in backoffs[:6]] == [1, 2, 3, 4, 5, 6], backoffs
+    assert client.count(lambda r: r.get("state") == "open") >= 6  # each one did open
+    assert proxy.cut >= 6
