@@ -16,9 +16,10 @@ from typing import Any, Self
 
 from .support import require, wait_for
 
-__all__ = ["NodeClient", "require_node"]
+__all__ = ["CLIENT_JS", "NODE_FLAGS", "NodeClient", "require_node"]
 
 DRIVER = Path(__file__).parent / "node" / "client_driver.mjs"
+CLIENT_JS = Path(__file__).resolve().parent.parent / "hub" / "static" / "hub-client.js"
 # detect-module: hub-client.js is ESM in a directory that may have no package.json yet.
 NODE_FLAGS = ["--experimental-websocket", "--experimental-detect-module", "--no-warnings"]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from hub.redis_publisher import RedisPublisher
 
 from .filtering_proxy import filtering_proxy, path_contains
 from .hub_process import HubProcess
-from .node_client import NodeClient, require_node
+from .node_client import CLIENT_JS, NODE_FLAGS, NodeClient, require_node
 from .redis_support import running_redis
 from .support import run_hub, wait_for
 
@@ -277,3 +278,81 @@ async def test_connections_dropped_right_after_welcome_back_off_instead_of_loopi
     assert [s["attempt"] for s in backoffs[:6]] == [1, 2, 3, 4, 5, 6], backoffs
     assert client.count(lambda r: r.get("state") == "open") >= 6  # each one did open
     assert proxy.cut >= 6
+
+
+@pytest.mark.parametrize(("healthy_after_ms", "next_attempt"), [(300, 1), (60_000, 4)])
+async def test_backoff_starts_over_only_after_a_connection_stayed_healthy(
+    healthy_after_ms: int, next_attempt: int
+) -> None:
+    refusals = 3
+
+    def refuse_first(head: bytes) -> bool:
+        nonlocal refusals
+        refusals -= 1
+        return refusals >= 0
+
+    # Three refused handshakes (attempt 3), then a connection that delivers nothing and is
+    # closed by the hub (1001): after 2x healthyAfterMs open it counts as healthy (the next
+    # backoff starts at attempt 1); closed sooner, it does not (attempt 4).
+    async with (
+        run_hub() as running,
+        filtering_proxy(running.port, refuse=refuse_first) as proxy,
+    ):
+        options = {"transports": ["ws"], "backoffInitial": 10, "backoffMax": 40}
+        async with node_client(proxy.url, healthyAfterMs=healthy_after_ms, **options) as client:
+            opened = await client.wait_state("open")
+            loop = asyncio.get_running_loop()
+            since_open = loop.time()
+            if healthy_after_ms < 1000:
+                await client.wait(
+                    lambda: loop.time() - since_open >= 2 * healthy_after_ms / 1000,
+                    "the connection staying open",
+                )
+            assert running.hub.drain() == 1
+            dropped = await client.wait_state("reconnecting", after=opened)
+            await client.close()
+    attempts = [s["attempt"] for s in client.states if s["delay"] is not None]
+    assert attempts[:3] == [1, 2, 3] and proxy.refused == 3
+    assert client.records[dropped]["attempt"] == next_attempt
+
+
+async def test_bad_options_are_a_type_error_naming_the_option() -> None:
+    script = """
+      const { HubClient } = await import(process.argv[1]);
+      const tries = [
+        [{}],
+        [{ url: "http://h", transports: ["ws", "carrier-pigeon"] }],
+        [{ url: "http://h", transports: [] }],
+        [{ url: "http://h", connectTimeoutMs: 0 }],
+        [{ url: "http://h", pollWaitS: -1 }],
+        [{ url: "http://h", healthyAfterMs: Number.NaN }],
+        [{ url: "http://h", keys: ["ingest.job/a,ingest.job/b"] }],
+        [{ url: "http://h", types: [""] }],
+      ];
+      const out = tries.map(([options]) => {
+        try { new HubClient("p", options); return "accepted"; }
+        catch (error) { return `${error.name}: ${error.message}`; }
+      });
+      const ok = new HubClient("p", { url: "http://h/", keys: [] });
+      out.push([ok.url, ok.keys, ok.transports.join(","), ok.transport, ok.state].join(" "));
+      console.log(JSON.stringify(out));
+    """
+    process = await asyncio.create_subprocess_exec(
+        "node",
+        *NODE_FLAGS,
+        "--input-type=module",
+        "-e",
+        script,
+        CLIENT_JS.as_uri(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, stderr.decode()
+    out = json.loads(stdout)
+    assert all(line.startswith("TypeError: HubClient: ") for line in out[:-1]), out
+    named = ["url", "transports", "transports", "connectTimeoutMs", "pollWaitS"]
+    named += ["healthyAfterMs", "keys", "types"]
+    for line, name in zip(out, named, strict=False):
+        assert name in line, (name, line)
+    assert out[-1] == "http://h  ws,sse,poll  idle"
