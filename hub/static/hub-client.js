@@ -8,9 +8,12 @@
 //   await client.bootstrap();                       // GET .../snapshot; resume from its head
 //   client.start();
 //
-// WebSocket first; when it cannot connect, Server-Sent Events over fetch (which, unlike
-// EventSource, sees every event name and can send an Authorization header). Reconnects with
-// jittered exponential backoff and resumes with since+epoch; events are deduplicated by seq.
+// Transports, tried in order (option `transports`): WebSocket; Server-Sent Events over fetch
+// (which, unlike EventSource, sees every event name and can send an Authorization header);
+// long-poll over GET .../events?wait=. Every attempt must hear from the hub within
+// connectTimeoutMs, or the next transport is tried. Reconnects with full-jitter backoff (reset
+// once a connection proved healthy) and resumes with since+epoch; events are deduplicated by
+// seq. Runs in browsers and in Node 20+ (give `url`). docs/protocol.md, "The browser client".
 
 /** Connection states reported to onState callbacks. */
 export const State = Object.freeze({
