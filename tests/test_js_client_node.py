@@ -190,9 +190,10 @@ async def test_a_hub_that_never_answers_times_out_on_each_transport_then_backs_o
     assert [s["state"] for s in attempts[:3]] == ["connecting"] * 3
     backoff = next(s for s in attempts if s["delay"] is not None)
     assert "no answer from the hub within 300 ms" in backoff["reason"]
-    # each transport had its connection and waited out its timeout before the next
+    # each transport had its connection and waited out its timeout before the next (Node's
+    # timers may fire a millisecond early on the wall clock: the margin is for that only)
     starts = [s["at"] for s in attempts if s["delay"] is None][:3]
-    assert all(b - a >= 300 for a, b in itertools.pairwise(starts)), starts
+    assert all(b - a >= 295 for a, b in itertools.pairwise(starts)), starts
     assert len(connections) >= 6
     assert not any(s["state"] == "open" for s in client.states)
 
@@ -254,7 +255,7 @@ async def test_a_long_poll_that_never_returns_is_dropped_after_wait_plus_margin(
     opened, lost = client.records[first], client.records[dropped]
     assert lost["reason"].startswith("poll:"), lost
     # held for the whole wait plus the margin, not cut at the connect timeout
-    assert lost["at"] - opened["at"] >= 1000 + 500, (opened, lost)
+    assert lost["at"] - opened["at"] >= 1000 + 500 - 5, (opened, lost)
     assert proxy.held >= 1
 
 
