@@ -6,12 +6,13 @@ running because the model streams one delta a minute."""
 
 from __future__ import annotations
 
+from hub.config import Settings
 from services.limits import ServiceLimits
 from services.runtime import SAMPLE_DOCS
 
 from .browser_support import PROJECT, chromium, missing, open_page
 from .dashboard_support import GatedStore, dashboard_hub, visible_ids
-from .support import require, wait_for
+from .support import require, run_hub, wait_for
 
 require(missing())  # skip without Chromium/Playwright; fail under CI
 
@@ -82,7 +83,9 @@ async def test_an_asked_question_streams_its_answer_into_a_new_card() -> None:
         async with open_page(browser, demo.dashboard()) as page:
             await page.wait_for_selector('#conn[data-state="open"]')
             job = demo.services.ingest.start_folder(PROJECT, SAMPLE_DOCS)
-            await page.wait_for_selector(f'#jobs tr[data-job="{job.job_id}"][data-status=completed]')
+            await page.wait_for_selector(
+                f'#jobs tr[data-job="{job.job_id}"][data-status="completed"]'
+            )
 
             await page.fill("#ask-question", "What should a hive inspection check?")
             await page.press("#ask-question", "Enter")
@@ -135,3 +138,13 @@ async def test_what_the_api_refuses_is_shown_on_the_page() -> None:
 
             await page.click("#notices .notice .dismiss")
             await page.wait_for_selector("#notices .notice", state="detached")
+
+
+async def test_on_a_hub_without_the_services_the_page_says_so() -> None:
+    async with run_hub(Settings(heartbeat_s=5.0)) as running, chromium() as browser:
+        async with open_page(browser, f"{running.url}/?project={PROJECT}") as page:
+            await page.wait_for_selector('#conn[data-state="open"]')
+            await page.click("#start-workflow")
+            notice = await page.wait_for_selector('#notices .notice[data-code="no_services"]')
+            text = await notice.inner_text()
+            assert "Start the demo workflow" in text and "hub demo" in text, text

@@ -18,6 +18,7 @@ require(missing())  # skip without Chromium/Playwright; fail under CI
 KEEP = 200  # hub/static/dashboard-model.js
 MAX_LOG_ROWS = 2000  # hub/static/dashboard-log.js
 SHOWN = {"ingest": 10, "agent": 5, "workflow": 4}  # hub/static/dashboard.js
+CARDS = "document.querySelectorAll('#agent-runs .agent').length"
 T0 = 1_780_000_000_000  # ms: entity i was created at T0 + i s
 
 
@@ -28,13 +29,13 @@ def timings(i: int) -> dict[str, int]:
 def job(i: int, status: str = "completed") -> list[dict[str, Any]]:
     job_id = f"job-{i:04d}"
     data = {"job_id": job_id, "source": "upload", "status": status, "total_files": 2}
-    done = {"progress": 1.0, "files_done": 2, "documents": 2, "chunks": 5} if status != "running" else {}
+    done = {"progress": 1.0, "files_done": 2, "documents": 2, "chunks": 5}
     kind = "completed" if status == "completed" else "updated"
     return [
         {
             "type": f"ingest.job.{kind}",
             "key": f"ingest.job/{job_id}",
-            "data": {**data, **done, "timings": timings(i)},
+            "data": {**data, **(done if status != "running" else {}), "timings": timings(i)},
         }
     ]
 
@@ -62,19 +63,34 @@ def workflow_run(i: int) -> list[dict[str, Any]]:
         {
             "type": "workflow.node_state.updated",
             "key": f"workflow.node/{run_id}/{node}",
-            "data": {"run_id": run_id, "node_id": node, "kind": "delay", "state": "succeeded",
-                     "attempt": 1, "progress": 1.0, "depends_on": deps},
-        }  # fmt: skip
+            "data": {
+                "run_id": run_id,
+                "node_id": node,
+                "kind": "delay",
+                "state": "succeeded",
+                "attempt": 1,
+                "progress": 1.0,
+                "depends_on": deps,
+            },
+        }
         for node, deps in (("a", []), ("b", ["a"]))
     ]
-    run = {"run_id": run_id, "workflow": "synthetic", "state": "succeeded", "progress": 1.0,
-           "nodes_total": 2, "nodes_succeeded": 2, "timings": timings(i)}  # fmt: skip
+    run = {
+        "run_id": run_id,
+        "workflow": "synthetic",
+        "state": "succeeded",
+        "progress": 1.0,
+        "nodes_total": 2,
+        "nodes_succeeded": 2,
+        "timings": timings(i),
+    }
     return [*nodes, {"type": "workflow.run.updated", "key": f"workflow.run/{run_id}", "data": run}]
 
 
 async def publish(http: Any, events: list[dict[str, Any]]) -> None:
     for start in range(0, len(events), 500):
-        response = await http.post(f"/v1/projects/{PROJECT}/events", json=events[start : start + 500])
+        batch = events[start : start + 500]
+        response = await http.post(f"/v1/projects/{PROJECT}/events", json=batch)
         assert response.status_code == 202, response.text
 
 
@@ -125,10 +141,10 @@ async def test_after_hours_of_demo_the_lists_stay_short_and_the_page_bounded() -
 
             # More on demand, then back to the newest few.
             await page.click("#agent-more")
-            await page.wait_for_function("document.querySelectorAll('#agent-runs .agent').length === 10")
+            await page.wait_for_function(f"{CARDS} === 10")
             assert await page.text_content("#agent-more") == f"Show 5 more ({KEEP - 10} older)"
             await page.click("#agent-fewer")
-            await page.wait_for_function("document.querySelectorAll('#agent-runs .agent').length === 5")
+            await page.wait_for_function(f"{CARDS} === 5")
             assert await page.is_hidden("#agent-fewer")
 
             # An hour more, live: the newest show, the page keeps no more than before.

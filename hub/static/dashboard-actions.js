@@ -93,9 +93,12 @@ export class Actions {
       // not JSON: a proxy's page, or an empty body
     }
     if (!response.ok) {
-      const error = body && typeof body.error === "object" && body.error ? body.error : {};
-      const message = typeof error.message === "string" ? error.message : response.statusText;
-      throw new ApiError(response.status, String(error.code || "http_error"), message || `HTTP ${response.status}`);
+      const error = body && typeof body.error === "object" && body.error ? body.error : null;
+      if (!error && response.status === 404) {
+        throw new ApiError(404, "no_services", "this hub serves no jobs or runs API (`hub demo` mounts the demo's)");
+      }
+      const message = typeof error?.message === "string" ? error.message : response.statusText;
+      throw new ApiError(response.status, String(error?.code || "http_error"), message || `HTTP ${response.status}`);
     }
     return body || {};
   }

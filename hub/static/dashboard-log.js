@@ -35,9 +35,10 @@ function logFilter(text) {
 }
 
 export class EventLog {
-  constructor(tbody, countEl, maxRows = MAX_LOG_ROWS) {
+  constructor(tbody, countEl, emptyEl, maxRows = MAX_LOG_ROWS) {
     this.tbody = tbody;
     this.countEl = countEl;
+    this.emptyEl = emptyEl;
     this.maxRows = maxRows;
     this.seen = new Set(); // seqs of the rows shown: never a duplicated row
     this.filter = () => true;
@@ -73,6 +74,7 @@ export class EventLog {
 
   marker(text) {
     this.tbody.prepend(el("tr", { class: "marker" }, el("td", { colspan: 5 }, text)));
+    this.count();
   }
 
   setFilter(text) {
@@ -82,5 +84,6 @@ export class EventLog {
 
   count() {
     this.countEl.textContent = this.seen.size ? `(${this.seen.size})` : "";
+    this.emptyEl.hidden = this.tbody.childElementCount > 0;
   }
 }

@@ -178,7 +178,7 @@ function scheduleRender() {
 
 // --- wiring ------------------------------------------------------------------------------
 
-const log = new EventLog($("log-rows"), $("log-count"));
+const log = new EventLog($("log-rows"), $("log-count"), $("log-empty"));
 const arrivals = [];
 let view = { project: null, route: null, model: new Model(), client: null, actions: null, loaded: false };
 let generation = 0;
@@ -239,6 +239,7 @@ function rememberProject(project) {
 
 function showPage(route) {
   $("detail").hidden = !route;
+  document.querySelector("main").dataset.page = route ? "detail" : "overview";
   for (const id of ["ingest", "workflows", "agents"]) $(id).hidden = Boolean(route);
   if (route) {
     $("detail-title").textContent = `${LABEL[route.kind]} ${route.id.slice(0, 128)}`;
