@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hub.auth import mint_token
+from hub.config import Settings
 from services.runtime import SAMPLE_DOCS
 
 from .browser_support import PROJECT, DemoHub, chromium, missing, open_page
@@ -118,3 +120,32 @@ async def test_a_job_page_waits_for_a_job_not_there_yet_and_refuses_a_bad_id() -
             await page.wait_for_selector('#detail-missing:has-text("is not an id")')
             assert await page.evaluate("window.hubDashboard.client") is None
             assert await visible_ids(page, "#detail .card", "data-job") == []
+
+
+async def test_with_a_secret_the_token_in_the_fragment_opens_pages_and_rights_show() -> None:
+    secret = "s" * 40
+    settings = Settings(heartbeat_s=5.0, secret=secret, dashboard_public=True)
+    reader = mint_token(secret, subject="reader", projects=[PROJECT])
+    writer = mint_token(
+        secret, subject="writer", projects=[PROJECT], scopes=["subscribe", "publish"]
+    )
+    async with dashboard_hub(settings, token_delay=60.0) as demo, chromium() as browser:
+        run = demo.services.agent.start(PROJECT, "How do we treat varroa mites?")
+        url = f"{demo.dashboard()}#/agent/{run.run_id}?token={reader}"
+        async with open_page(browser, url) as page:
+            card = f'#detail .agent[data-run="{run.run_id}"][data-status="running"]'
+            await page.wait_for_selector(card)
+            await page.wait_for_selector('#conn[data-state="open"]')
+            await page.click(f"{card} button.cancel")  # a token that may only read
+            notice = await page.wait_for_selector("#notices .notice")
+            assert "HTTP 403" in await notice.inner_text()
+            assert await page.is_enabled(f"{card} button.cancel")  # free to try again
+
+            # The tab kept the token: the overview needs it no more in its address.
+            await page.click("#back")
+            await page.wait_for_selector(f'#agents .agent[data-run="{run.run_id}"]')
+            await page.evaluate(f"sessionStorage.setItem('hub.token', {writer!r})")
+            await page.click(f'#agents .agent[data-run="{run.run_id}"] button.cancel')
+            await page.wait_for_selector(
+                f'.agent[data-run="{run.run_id}"][data-status="cancelled"]'
+            )
