@@ -74,7 +74,7 @@ async def test_an_agent_run_page_shows_that_run_only_from_the_snapshot_on() -> N
 
 
 async def test_a_workflow_page_shows_its_nodes_jobs_and_runs_and_links_to_them() -> None:
-    async with dashboard_hub(token_delay=0.03) as demo, chromium() as browser:
+    async with dashboard_hub(token_delay=0.01) as demo, chromium() as browser:
         earlier = demo.start_workflow(1)
         await workflow_done(demo, earlier)
         async with open_page(browser, demo.dashboard()) as page:
