@@ -122,7 +122,10 @@ const DETAIL = {
 
 function renderSection(kind) {
   const { list, count, empty } = SECTIONS[kind];
-  const all = [...view.model.entities(kind).values()].sort(newestFirst);
+  // Running ones first (what can still be cancelled never hides behind "show more"), then newest.
+  const all = [...view.model.entities(kind).values()].sort(
+    (a, b) => isFinished(kind, a) - isFinished(kind, b) || newestFirst(a, b),
+  );
   const limit = ui.shown[kind];
   list.render(all.slice(0, limit), (entity) => entity[KINDS[kind].id], { model: view.model, ui, detail: false });
   $(empty).hidden = all.length > 0;
