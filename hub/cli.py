@@ -165,6 +165,7 @@ def _token(args: argparse.Namespace) -> None:
             scopes=scopes,
             ttl_s=args.ttl,
             types=types,
+            keys=args.keys.split(",") if args.keys else None,
         )
     )
 
@@ -182,8 +183,9 @@ async def _tail(args: argparse.Namespace) -> None:
     from .protocol import EventFrame, GapFrame, SnapshotFrame
 
     types = args.types.split(",") if args.types else None
+    keys = args.keys.split(",") if args.keys else None
     async with HubClient(
-        args.url, args.project, types=types, since=args.since, token=args.token
+        args.url, args.project, types=types, since=args.since, token=args.token, keys=keys
     ) as client:
         async for frame in client:
             if isinstance(frame, EventFrame):
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", default="http://127.0.0.1:8080", help="hub base URL")
     tail.add_argument("--project", default="demo")
     tail.add_argument("--types", help="comma-separated type patterns, e.g. 'agent.*,*.failed'")
+    tail.add_argument("--keys", help="comma-separated key patterns, e.g. 'ingest.job/j17'")
     tail.add_argument("--since", type=int, help="replay everything after this seq first")
     tail.add_argument("--token", help="access token (or HUB_TOKEN)")
     tail.add_argument("--log-level", default="warning")
@@ -228,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     token.add_argument("--sub", default="cli", help="subject: who the token is for")
     token.add_argument("--types", help="event types it may read, e.g. 'agent.*' (default all)")
+    token.add_argument("--keys", help="key patterns it may read, e.g. 'ingest.job/*' (default all)")
     token.add_argument(
         "--generate-secret",
         action="store_true",

@@ -128,6 +128,15 @@ class HubClientError(Exception):
         self.code = code
 
 
+def _checked_keys(keys: Sequence[str] | None) -> list[str] | None:
+    """`keys` as sent in the query string, where `,` separates patterns (docs/protocol.md)."""
+    if keys is None:
+        return None
+    if isinstance(keys, str) or not keys or any(not k or "," in k for k in keys):
+        raise ValueError("keys: a non-empty list of patterns without ',' (None: every key)")
+    return list(keys)
+
+
 class HubClient:
     def __init__(
         self,
@@ -143,10 +152,12 @@ class HubClient:
         max_attempts: int | None = None,
         open_timeout: float = 10.0,
         healthy_after: float = 5.0,
+        keys: Sequence[str] | None = None,
     ) -> None:
         self.url = url
         self.project = project
         self.types = list(types) if types else None
+        self.keys = _checked_keys(keys)
         self.last_seq = since
         self.epoch = epoch
         self.token = token
@@ -175,6 +186,8 @@ class HubClient:
                 query["epoch"] = self.epoch
         if self.types:
             query["types"] = ",".join(self.types)
+        if self.keys is not None:
+            query["keys"] = ",".join(self.keys)
         path = f"{parts.path.rstrip('/')}/v1/projects/{self.project}/ws"
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
