@@ -255,7 +255,8 @@ def _main_keys(args: argparse.Namespace, console: Console) -> int:
         console.print(
             f"[bold]{run['variant']}[/]: {run['deliveries']} deliveries, latency p50 "
             f"{latency['p50']} / p99 {latency['p99']} / max {latency['max']} ms, hub CPU "
-            f"{run['hub_cpu_seconds']} s, exact={run['exact']}"
+            f"{run['hub_cpu_seconds']} s (generator {run['generator_cpu_seconds']} s, others "
+            f"{run['others_cpu_seconds']} s, in {run['seconds']} s), exact={run['exact']}"
         )
     console.print(f"ratios keyed / unfiltered: {result['ratios']} -> {path}")
     return 0 if result["ok"] else 1

@@ -9,6 +9,9 @@ E events at `rate` events/s (in requests of `batch`), event i keyed `bench.key/k
 Latency is receive wall clock minus the event's `ts` (publish time at the hub, ms), binned at
 0.1 ms; reported per variant: p50/p99/max, deliveries, hub CPU seconds, and whether every
 subscriber got exactly its events (the seqs the hub answered for its key, in order, once).
+CPU seconds of the generator (its worker processes and the publisher) and of everything else
+on the machine over the same window say whether a latency is the hub's or a saturated
+machine's: the generator decodes N times more frames in the unfiltered variant.
 The ratio `keyed p99 / unfiltered p99` is the figure of issue 14 (acceptance: within 2x).
 Subscribers run in `workers` processes reading raw sockets (loadtest/subscriber.py); loopback
 only; every phase is bounded by `timeout`.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -32,13 +36,14 @@ from .mux import ReadMux
 from .publisher import EVENT_TYPE, HttpConnection
 from .servers import start_server
 from .subscriber import Stats, Subscriber
-from .system import ProcSampler, find_listening_pid, loopback_address
+from .system import ProcSampler, cpu_times, find_listening_pid, loopback_address
 
 __all__ = ["VARIANTS", "KeyParams", "run_keys"]
 
 VARIANTS: Final = ("unfiltered", "keyed")
 KEY_PREFIX: Final = "bench.key/k"
 BIN_PER_MS: Final = 10  # latency bins of 0.1 ms
+CLK_TCK: Final = os.sysconf("SC_CLK_TCK")  # /proc/stat jiffies per second
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,10 @@ class _Worker:
         self.proc.start()
         child.close()
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid or 0
+
     async def receive(self, kind: str, timeout: float) -> Any:
         if not await asyncio.to_thread(self.conn.poll, timeout):
             raise RuntimeError(f"a subscriber worker sent no {kind!r} in time")
@@ -237,6 +246,9 @@ async def _variant(
         if connected != p.connections:
             raise RuntimeError(f"{variant}: only {connected} of {p.connections} connected")
         http = HttpConnection(host, port)
+        generator = [ProcSampler(os.getpid())] + [ProcSampler(w.pid) for w in workers]
+        gen_before = [g.sample() for g in generator]
+        machine_before = cpu_times()
         before = sampler.sample() if sampler else None
         try:
             by_key = await asyncio.wait_for(_publish(http, project, p, "x" * p.pad), p.timeout)
@@ -246,6 +258,12 @@ async def _variant(
             w.conn.send(by_key)
         summaries = [await w.receive("summary", p.timeout * 2) for w in workers]
         after = sampler.sample() if sampler else None
+        machine_after = cpu_times()
+        gen_cpu = sum(
+            a.cpu - b.cpu
+            for a, b in zip([g.sample() for g in generator], gen_before, strict=True)
+            if a is not None and b is not None
+        )
     finally:
         for w in workers:
             await w.close()
@@ -254,12 +272,17 @@ async def _variant(
         for b, n in summary.pop("lat").items():
             lat[b] = lat.get(b, 0) + n
     total = {k: sum(s[k] for s in summaries) for k in summaries[0]}
+    hub_cpu = round(after.cpu - before.cpu, 2) if before and after else None
+    machine_cpu = (machine_after[0] - machine_before[0]) / CLK_TCK
     return {
         "variant": variant,
         "connect_seconds": round(connect_s, 2),
         **total,
         "exact": total["inexact"] == 0 and total["deliveries"] == total["expected"],
-        "hub_cpu_seconds": round(after.cpu - before.cpu, 2) if before and after else None,
+        "hub_cpu_seconds": hub_cpu,
+        "generator_cpu_seconds": round(gen_cpu, 2),
+        "others_cpu_seconds": round(machine_cpu - gen_cpu - (hub_cpu or 0.0), 2),
+        "seconds": round(time.perf_counter() - started - connect_s, 2),
         "latency_ms": {
             "p50": _percentile(lat, 0.5),
             "p99": _percentile(lat, 0.99),
