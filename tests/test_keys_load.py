@@ -29,3 +29,10 @@ def test_keys_scenario_runs_both_variants_exactly_and_reports_the_ratio(tmp_path
 def test_keys_scenario_refuses_parameters_out_of_bounds(tmp_path: Path) -> None:
     assert main(["keys", "-n", "0", "--out", str(tmp_path), "--no-live"]) == 2
     assert main(["keys", "--rate", "0", "--out", str(tmp_path), "--no-live"]) == 2
+
+
+def test_keys_with_no_event_expect_none(tmp_path: Path) -> None:
+    argv = "keys -n 6 --events 4 --rate 500 --workers 1 --name few --no-live"
+    assert main([*argv.split(), "--out", str(tmp_path)]) == 0
+    keyed = json.loads((tmp_path / "few-keys.json").read_text())["runs"][1]
+    assert keyed["deliveries"] == keyed["expected"] == 4 and keyed["exact"] is True

@@ -46,8 +46,12 @@ def validate_key_pattern(pattern: str, max_length: int = 256) -> str:
 
 
 def validate_key_patterns(patterns: Iterable[str], max_patterns: int, max_length: int) -> list[str]:
-    """Check a list of key patterns (a `subscribe` op, a token claim); canonical spellings,
-    first occurrences only, in the order given."""
+    """Check a list of key patterns (a `subscribe` op); canonical spellings, first
+    occurrences only, in the order given. Counted before any is checked: bounded work."""
+    if not isinstance(patterns, list):
+        patterns = list(patterns)
+    if len(patterns) > max_patterns:
+        raise BadRequest(f"too many key patterns: {len(patterns)} > {max_patterns}")
     checked: list[str] = []
     for pattern in patterns:
         canonical = validate_key_pattern(pattern, max_length)
@@ -68,10 +72,7 @@ def parse_keys_param(raw: str | None, max_patterns: int, max_length: int = 256) 
         return None
     if raw == "":
         raise BadRequest("empty keys parameter: omit it to receive events of every key")
-    patterns = raw.split(",")
-    if len(patterns) > max_patterns:  # before checking each: bounded work on a flood
-        raise BadRequest(f"too many key patterns: {len(patterns)} > {max_patterns}")
-    return validate_key_patterns(patterns, max_patterns, max_length)
+    return validate_key_patterns(raw.split(","), max_patterns, max_length)
 
 
 def strict_query_param(query_string: bytes, name: str, max_bytes: int) -> str | None:
