@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
@@ -17,10 +18,12 @@ import pytest
 from websockets.asyncio.client import connect
 
 from hub.auth import mint_token
+from hub.backends.redis import RedisBackend
 from hub.client import HubClient
 from hub.config import Settings
 from hub.protocol import EventFrame
 
+from .redis_support import fast_settings, redis_server_binary, running_redis
 from .support import FrameRecorder, RunningHub, run_hub, wait_for
 from .test_sse import sse
 
@@ -367,3 +370,42 @@ def test_hub_client_refuses_keys_the_query_cannot_carry() -> None:
         "keys=ingest.job%2Fj1%2Cagent.run%2F%2A"
         in HubClient("http://127.0.0.1:1", P, keys=["ingest.job/j1", "agent.run/*"]).ws_url()
     )
+
+
+# --- Redis: two instances, keys of any Unicode ---------------------------------------------
+
+
+async def test_keys_over_redis_across_instances_live_and_resumed(
+    tmp_path: Path, rng: random.Random
+) -> None:
+    """Published on one instance, read on the other: the key survives Redis byte for byte
+    (multi-byte characters included), and the replay from Redis filters by it too."""
+    redis_server_binary()
+    job = "ingest.job/été-✓-" + str(rng.randrange(1000))
+    other = "ingest.job/ete"
+    events = [{"type": "a.b", "key": job if i % 3 == 0 else other, "data": i} for i in range(30)]
+    with running_redis(tmp_path / "redis") as server:
+        settings = fast_settings(server.url)
+        async with (
+            run_hub(settings, backend=RedisBackend(server.url, settings)) as a,
+            run_hub(settings, backend=RedisBackend(server.url, settings)) as b,
+        ):
+            on_b = await FrameRecorder.open(b.ws_url(P, keys="ingest.job/été-*"))
+            await on_b.wait_frames(1)
+            assert on_b.welcome is not None
+            async with a.http() as http:
+                first = await publish(http, events)
+                expected = seqs_of(first, job)
+                await wait_for(lambda: len(on_b.seqs) >= len(expected), what="J over Redis")
+                await on_b.close()
+                assert on_b.seqs == expected and {e["key"] for e in on_b.events} == {job}
+                second = await publish(http, events)
+            resumed = await FrameRecorder.open(
+                b.ws_url(P, keys=job, since=expected[-1], epoch=on_b.welcome["epoch"])
+            )
+            await wait_for(lambda: bool(resumed.ops("replayed")), what="replayed")
+            await resumed.close()
+            assert resumed.seqs == seqs_of(second, job)
+            async with b.http() as http:
+                page = (await http.get(f"/v1/projects/{P}/events", params={"keys": job})).json()
+            assert [e["seq"] for e in page["events"]] == expected + seqs_of(second, job)
