@@ -109,7 +109,8 @@ async def _schedule(services: Services, project: str, folder: Path, interval: fl
     """Ingest once now; start a workflow `first_run_delay(interval)` later, then `interval`
     after each one ends (never two at a time)."""
     job = services.ingest.start_folder(project, folder)
-    log.info("ingesting %s as job %s", folder, job.job_id)
+    shown = "services/sample_docs" if folder == SAMPLE_DOCS else folder
+    log.info("ingesting %s as job %s", shown, job.job_id)
     for run, questions in enumerate(itertools.cycle(QUESTIONS), start=1):
         await asyncio.sleep(interval if run > 1 else first_run_delay(interval))
         spec = demo_workflow(folder, questions, run)
