@@ -131,6 +131,15 @@ class Settings(msgspec.Struct, kw_only=True):
     # What `hub serve` (`--catalog`, `--no-catalogs` win), Hub and RedisPublisher load.
     catalogs: str | None = None
 
+    # Redis Sentinel, failover and reader health (docs/operations.md, "Redis Sentinel and
+    # failover"): publishes wait for this many replicas (WAIT, up to redis_wait_timeout_ms)
+    # before they are acknowledged, so a promoted replica holds them (0: no WAIT); /readyz
+    # answers 503 when the stream reader has made no progress for redis_reader_stall_s while
+    # Redis is reachable and has events past what it delivered.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1_000
+    redis_reader_stall_s: float = 10.0
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -217,6 +226,12 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("redis_block_ms", "redis_max_connections", "redis_cluster_poll_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.redis_wait_replicas <= 100:
+            raise ValueError("redis_wait_replicas must be 0-100 (0: no WAIT)")
+        if not 1 <= self.redis_wait_timeout_ms <= 60_000:
+            raise ValueError("redis_wait_timeout_ms must be 1-60000")
+        if not 0 < self.redis_reader_stall_s <= 86_400:
+            raise ValueError("redis_reader_stall_s must be > 0 and <= 86400")
         if self.redis_key_ttl_s < 0:
             raise ValueError("redis_key_ttl_s must be >= 0 (0: keys never expire)")
 
