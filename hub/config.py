@@ -228,8 +228,12 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be >= 1")
         if not 0 <= self.redis_wait_replicas <= 100:
             raise ValueError("redis_wait_replicas must be 0-100 (0: no WAIT)")
-        if not 1 <= self.redis_wait_timeout_ms <= 60_000:
-            raise ValueError("redis_wait_timeout_ms must be 1-60000")
+        wait_bound = self.redis_socket_timeout_s * 1000 if self.redis_wait_replicas else 60_001
+        if not 1 <= self.redis_wait_timeout_ms < wait_bound:
+            raise ValueError(
+                "redis_wait_timeout_ms must be >= 1 and below redis_socket_timeout_s (a WAIT"
+                " that outlasts the socket timeout would look like a dead link)"
+            )
         if not 0 < self.redis_reader_stall_s <= 86_400:
             raise ValueError("redis_reader_stall_s must be > 0 and <= 86400")
         if self.redis_key_ttl_s < 0:

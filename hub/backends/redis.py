@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..config import Settings
+from ..errors import BackendUnavailable
 from .base import EventListener, Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
 from .redis_reader import StreamReader
 from .redis_store import RedisStore
@@ -42,7 +43,17 @@ class RedisBackend:
         await self.store.close()
 
     async def ready(self) -> bool:
-        return await self.store.ping(min(1.0, self.settings.redis_socket_timeout_s))
+        """Redis answers, and the reader is not stalled: a reader with no read round trip for
+        redis_reader_stall_s while a watched stream holds events it has not delivered (a
+        detached replica, a paused or wedged connection) makes the hub not ready."""
+        if not await self.store.ping(min(1.0, self.settings.redis_socket_timeout_s)):
+            return False
+        if not self.reader.stalled():
+            return True
+        try:
+            return not await self.reader.behind()
+        except BackendUnavailable:
+            return False
 
     async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
         return await self.store.publish(project, requests)

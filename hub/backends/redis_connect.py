@@ -33,8 +33,15 @@ _GRAMMAR = "redis+sentinel://[user:password@]host:port[,host:port...]/service[?d
 class SentinelURL:
     """A parsed Sentinel URL (the password never shows in repr)."""
 
-    __slots__ = ("db", "password", "sentinel_password", "sentinel_username", "sentinels")
-    __slots__ += ("service", "username")
+    __slots__ = (
+        "db",
+        "password",
+        "sentinel_password",
+        "sentinel_username",
+        "sentinels",
+        "service",
+        "username",
+    )
 
     def __init__(
         self,
@@ -110,7 +117,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     parsed = SentinelURL([_host_port(url, i) for i in items], service, 0, username, password)
     for key, value in parse_qsl(query, keep_blank_values=True, max_num_fields=10):
         if key not in _QUERY_KEYS:
-            raise _bad(url, f"unknown parameter {key[:40]!r}: only {', '.join(sorted(_QUERY_KEYS))}")
+            known = ", ".join(sorted(_QUERY_KEYS))
+            raise _bad(url, f"unknown parameter {key[:40]!r}: only {known}")
         if key == "db":
             if not value.isdigit() or len(value) > 5:
                 raise _bad(url, f"db must be a number 0-99999, not {value[:20]!r}")
@@ -122,7 +130,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     return parsed
 
 
-class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):  # type: ignore[misc]
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel-managed connections in a pool that waits for a free connection (up to its
     timeout) rather than failing at once, as the hub's pool does without Sentinel."""
 
@@ -147,7 +155,7 @@ def sentinel_client(url: str, max_connections: int, options: dict[str, Any]) -> 
         sentinel_options["username"] = parsed.sentinel_username
     if parsed.sentinel_password:
         sentinel_options["password"] = parsed.sentinel_password
-    sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=sentinel_options)
+    sentinel = Sentinel(parsed.sentinels, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
     client: Redis = sentinel.master_for(
         parsed.service,
         redis_class=_SentinelRedis,

@@ -199,10 +199,11 @@ class RedisStore:
         """The script, then `WAIT` on the same connection: acknowledged only once
         `redis_wait_replicas` replicas hold the write, so a promoted one has it."""
         s = self.settings
-        pipe = self.client.pipeline(transaction=False)
-        await self._script(keys=keys, args=[*args, self._replication], client=pipe)
-        pipe.wait(s.redis_wait_replicas, s.redis_wait_timeout_ms)
-        reply, replicas = await pipe.execute()
+        async with self.client.pipeline(transaction=False) as pipe:  # reset even on failure
+            script_args = [*args, self._replication]
+            await self._script(keys=keys, args=script_args, client=pipe)  # type: ignore[arg-type]
+            pipe.wait(s.redis_wait_replicas, s.redis_wait_timeout_ms)
+            reply, replicas = await pipe.execute()
         if int(replicas) < s.redis_wait_replicas:
             raise BackendUnavailable(
                 f"redis: the publish reached {int(replicas)} of {s.redis_wait_replicas} "
@@ -289,3 +290,25 @@ class RedisStore:
         reply = await self.call(lambda: run(keys, args), retry_safe=safe)
         self._position(project, reply)
         return [int(seq) for seq in reply[3:]]
+
+    async def fence(self, project: str, epoch: str) -> Position:
+        """End `epoch` if it is still the current one: a publish of no events with evidence
+        of a seq no counter reaches, so the script starts a new epoch (redis_scripts.py)."""
+        keys = self.keys(project).script_keys()
+        s = self.settings
+        args: list[Any] = ["publish", new_epoch(), self._key_ttl_ms, epoch, 2**52]
+        args += [s.retention_events, s.snapshot_keys, self._id_ttl_ms, 0, s.snapshot_bytes]
+        reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
+        return self._position(project, reply)
+
+    async def heads(self, projects: Sequence[str]) -> list[int | None]:
+        """The counter of each project (None: no live sequence), in one round trip."""
+
+        async def run() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for project in projects:
+                    pipe.get(self.keys(project).seq)
+                return list(await pipe.execute())
+
+        replies = await self.call(run, retry_safe=True)
+        return [int(r) if r is not None else None for r in replies]
