@@ -50,6 +50,8 @@ class RedisBackend:
             return False
         if not self.reader.stalled():
             return True
+        if self.reader.detached:
+            return False
         try:
             return not await self.reader.behind()
         except BackendUnavailable:

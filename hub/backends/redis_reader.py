@@ -97,6 +97,9 @@ class StreamReader:
         self.epoch_changes = 0  # watched projects whose sequence restarted
         self.last_read = time.monotonic()  # when a read round trip last completed
         self.lag = 0  # at the last epoch check: most events a watched stream was ahead
+        # at the last epoch check: reading a replica cut off from its primary, which serves
+        # stale data without an error, so its reads are no progress
+        self.detached = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._wake_key = store.wake_key()
@@ -258,7 +261,7 @@ class StreamReader:
             reply: Any = await client.xread(streams, count=READ_COUNT, block=self._block_ms)
         finally:
             self._blocked = False
-        self.last_read = time.monotonic()
+        self._read_done()
         for stream, entries in reply or ():
             if stream == self._wake_key.encode():
                 self._wake_id = entries[-1][0]
@@ -274,13 +277,13 @@ class StreamReader:
             for stream, (_, _, seq) in issued.items():
                 pipe.xrange(stream, b"%d-0" % (seq + 1), b"+", count=READ_COUNT)
             replies = await pipe.execute()
-            self.last_read = time.monotonic()
+            self._read_done()
             for (_, read), entries in zip(issued.items(), replies, strict=True):
                 if entries:
                     got_any = True
                     self._deliver(read, entries)
         else:
-            self.last_read = time.monotonic()
+            self._read_done()
         if not got_any:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(
@@ -350,7 +353,13 @@ class StreamReader:
             keys = self._store.keys(project)
             pipe.get(keys.epoch)
             pipe.get(keys.seq)
+        if not self._store.cluster:
+            pipe.execute_command("ROLE")
         replies = await pipe.execute()
+        if not self._store.cluster:
+            role = replies.pop()
+            # ROLE of a replica: [b"slave", host, port, link state, offset]
+            self.detached = role[0] == b"slave" and role[3] != b"connected"
         stored, heads = replies[0::2], replies[1::2]
         lag = 0
         for (project, cursor), value, head in zip(pinned, stored, heads, strict=True):
@@ -405,9 +414,13 @@ class StreamReader:
             )
             await self._store.fence(project, cursor.epoch)
 
+    def _read_done(self) -> None:
+        if not self.detached:
+            self.last_read = time.monotonic()
+
     def stalled(self, now: float | None = None) -> bool:
-        """No read round trip completed for redis_reader_stall_s (XREAD returns at least
-        every BLOCK ms when all is well)."""
+        """No read round trip that could make progress (not from a detached replica)
+        completed for redis_reader_stall_s; XREAD returns every BLOCK ms when all is well."""
         now = time.monotonic() if now is None else now
         return now - self.last_read > self._settings.redis_reader_stall_s
 
