@@ -61,7 +61,8 @@ async def test_a_promoted_replica_that_is_behind_starts_a_new_epoch(tmp_path: Pa
             try:
                 read = await backend.position("p1")
                 assert read.epoch != epoch and read.head == 0
-                assert await backend.publish("p1", [PublishRequest("test.tick", msgspec.Raw(b'{"i":5}'))]) == [1]
+                request = PublishRequest("test.tick", msgspec.Raw(b'{"i":5}'))
+                assert await backend.publish("p1", [request]) == [1]
                 after = await backend.position("p1")
                 assert after.epoch not in (epoch, "") and after.head == 1
             finally:

@@ -65,7 +65,8 @@ class ProjectKeys:
 # The last ARGV of every op: 'wait' if writers WAIT for a replica before acknowledging
 # (then a promoted replica holds every acknowledged write and keeps the epoch), else 'async'.
 # Every op returns {epoch, head, oldest, ...}: read adds the XRANGE entries, snapshot the
-# snap hash (flat) and 1 if keys were dropped from it, publish one seq per event.
+# snap hash (flat) and 1 if keys were dropped from it, publish one seq per event (negated
+# for an event whose id was seen before: its earlier seq, nothing added).
 HUB_SCRIPT = r"""
 local seq_key, epoch_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local snap_key, index_key, meta_key = KEYS[4], KEYS[5], KEYS[6]
@@ -175,7 +176,7 @@ for i = 0, n - 1 do
       known_seq = tonumber(known_seq)
       -- an id is honoured only while its event is retained, and only in its own epoch
       if known_epoch == epoch and known_seq and known_seq >= oldest(head) then
-        seq = known_seq
+        seq = -known_seq  -- negative: an earlier event's seq again (the caller counts new ones)
       end
     end
   end

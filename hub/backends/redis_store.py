@@ -27,7 +27,15 @@ from redis.exceptions import RedisClusterException, RedisError
 from ..config import Settings
 from ..errors import BackendUnavailable
 from ..protocol import EventFrame
-from .base import Position, PublishRequest, ReadResult, SnapshotView, StoredEvent, new_epoch
+from .base import (
+    Position,
+    PublishedSeqs,
+    PublishRequest,
+    ReadResult,
+    SnapshotView,
+    StoredEvent,
+    new_epoch,
+)
 from .redis_connect import is_sentinel_url, parse_sentinel_url, sentinel_client
 from .redis_scripts import HUB_SCRIPT, ProjectKeys
 
@@ -289,7 +297,8 @@ class RedisStore:
         run = self._run_script_and_wait if s.redis_wait_replicas > 0 else self._run_script
         reply = await self.call(lambda: run(keys, args), retry_safe=safe)
         self._position(project, reply)
-        return [int(seq) for seq in reply[3:]]
+        seqs = [int(seq) for seq in reply[3:]]
+        return PublishedSeqs([abs(seq) for seq in seqs], sum(1 for seq in seqs if seq > 0))
 
     async def fence(self, project: str, epoch: str) -> Position:
         """End `epoch` if it is still the current one: a publish of no events with evidence
