@@ -9,7 +9,11 @@ fans out locally through its ConnectionManager.
 
 Redis unreachable: the hub still starts; `ready()` is False, every operation raises
 BackendUnavailable (HTTP 503, WebSocket 1013) within the socket timeout, and the reader
-reconnects with backoff and resumes where it stopped.
+reconnects with backoff and resumes where it stopped. `ready()` is False too while the reader
+is stalled (hub/backends/redis_reader.py). Behind Sentinel (`redis+sentinel://`,
+hub/backends/redis_connect.py) the clients follow a failover; a promoted replica that may lack
+acknowledged writes starts a new epoch (hub/backends/redis_scripts.py) unless publishes WAIT
+for replicas (`redis_wait_replicas`).
 """
 
 from __future__ import annotations

@@ -115,7 +115,11 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     if len(items) > MAX_SENTINELS:
         raise _bad(url, f"at most {MAX_SENTINELS} Sentinels")
     parsed = SentinelURL([_host_port(url, i) for i in items], service, 0, username, password)
-    for key, value in parse_qsl(query, keep_blank_values=True, max_num_fields=10):
+    try:
+        fields = parse_qsl(query, keep_blank_values=True, max_num_fields=10)
+    except ValueError:
+        raise _bad(url, "at most 10 query parameters") from None
+    for key, value in fields:
         if key not in _QUERY_KEYS:
             known = ", ".join(sorted(_QUERY_KEYS))
             raise _bad(url, f"unknown parameter {key[:40]!r}: only {known}")

@@ -381,7 +381,7 @@ class StreamReader:
         replaced (another event took its seq) was lost with the old primary; clients hold
         it, so its epoch is ended in Redis (the next publish starts a new one) rather than
         continued with reused seqs."""
-        held = [(p, c, c.seq) for p, c in self.cursors.items() if c.seq and c.last is not None]
+        held = [(p, c, c.seq) for p, c in self.cursors.items() if c.seq]
         if not held:
             return
         pipe = client.pipeline(transaction=False)
@@ -400,8 +400,8 @@ class StreamReader:
             if entries:
                 fields = entries[0][1]
                 value = fields[b"v"] if isinstance(fields, dict) else fields[1]
-                if value == cursor.last:
-                    continue
+                if cursor.last is None or value == cursor.last:
+                    continue  # unchanged, or pinned from a position: only its counter to check
             elif head is not None and int(head) >= seq:
                 continue  # trimmed by retention: nothing to compare, the counter is ahead
             assert cursor.epoch is not None
