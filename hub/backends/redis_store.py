@@ -269,14 +269,7 @@ class RedisStore:
         keys = project_keys.script_keys()
         id_index: dict[str, int] = {}
         s = self.settings
-        args: list[Any] = [
-            *self._common_args("publish", project),
-            s.retention_events,
-            s.snapshot_keys,
-            self._id_ttl_ms,
-            len(requests),
-            s.snapshot_bytes,
-        ]
+        args: list[Any] = self._publish_args(self._common_args("publish", project), len(requests))
         for request in requests:
             index = 0
             if request.id is not None:
@@ -300,13 +293,24 @@ class RedisStore:
         seqs = [int(seq) for seq in reply[3:]]
         return PublishedSeqs([abs(seq) for seq in seqs], sum(1 for seq in seqs if seq > 0))
 
+    def _publish_args(self, common: list[Any], count: int) -> list[Any]:
+        """The publish op's arguments before its events (redis_scripts.py, ARGV[6..10])."""
+        s = self.settings
+        return [
+            *common,
+            s.retention_events,
+            s.snapshot_keys,
+            self._id_ttl_ms,
+            count,
+            s.snapshot_bytes,
+        ]
+
     async def fence(self, project: str, epoch: str) -> Position:
         """End `epoch` if it is still the current one: a publish of no events with evidence
         of a seq no counter reaches, so the script starts a new epoch (redis_scripts.py)."""
         keys = self.keys(project).script_keys()
-        s = self.settings
-        args: list[Any] = ["publish", new_epoch(), self._key_ttl_ms, epoch, 2**52]
-        args += [s.retention_events, s.snapshot_keys, self._id_ttl_ms, 0, s.snapshot_bytes]
+        common: list[Any] = ["publish", new_epoch(), self._key_ttl_ms, epoch, 2**52]
+        args = self._publish_args(common, 0)
         reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
         return self._position(project, reply)
 
