@@ -49,7 +49,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs a hub (serve, demo)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8080, help="port (0 picks a free one)")
-    parser.add_argument("--backend", help="memory:// (default) or redis://HOST:PORT/DB")
+    parser.add_argument(
+        "--backend",
+        help="memory:// (default), redis://HOST:PORT/DB or"
+        " redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE",
+    )
     parser.add_argument(
         "--redis-cluster",
         action="store_true",
