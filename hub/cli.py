@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"hub: {exc}", file=sys.stderr)
         sys.exit(ExitStatus.USAGE)
-    prog = f"hub {args.command}"
+    prog = " ".join(["hub", args.command, *([args.language] if args.command == "codegen" else [])])
     status = run_command(args.func, args, prog=prog, debug=debug or getattr(args, "debug", False))
     if status != ExitStatus.OK:
         sys.exit(status)
