@@ -197,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     from hub.transports.server import CannotBind
 
     try:
-        asyncio.run(run_demo(args))
+        from hub.event_loop import loop_factory
+
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            runner.run(run_demo(args))
     except KeyboardInterrupt:
         sys.exit(130)
     except CannotBind as exc:  # one line, the status `hub demo` exits with (3)

@@ -25,6 +25,7 @@ from websockets.protocol import State
 from ..protocol import CloseCode, ErrorFrame, close_reason, encode
 from ..wire.frames import http_refusal, text_frame
 from .direct import EXTENSION, DirectChannel
+from .light_sync import Inbox, Signal
 
 __all__ = ["HubWebSocketProtocol", "TransportChannel", "check_internals"]
 
@@ -124,6 +125,12 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.channel = TransportChannel(self)
+        # Memory per idle connection (docs/benchmarks.md): asyncio's Queue and Event hold
+        # four eagerly allocated deques, ~3 KiB; these hold lists only while in use.
+        self.queue = Inbox()  # type: ignore[assignment]
+        writable = Signal()
+        writable.set()
+        self.writable = writable  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -164,6 +171,11 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             await super().send(message)
         finally:  # accept opens the channel, close ends it
             self.channel.refresh()
+            if self.handshake_complete:
+                # The upgrade request and its 101 answer (headers and all) are only read
+                # before the handshake completes: ~1.5 KiB per connection otherwise kept.
+                self.__dict__.pop("request", None)
+                self.__dict__.pop("response", None)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
