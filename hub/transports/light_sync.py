@@ -9,6 +9,7 @@ in lists created only when needed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["Inbox", "Signal"]
@@ -59,12 +60,13 @@ class Signal:
 class Inbox(Generic[T]):
     """asyncio.Queue's unbounded put_nowait / get / empty / qsize, for one reader."""
 
-    __slots__ = ("_getters", "_head", "_items")
+    __slots__ = ("_getters", "_head", "_items", "on_put")
 
     def __init__(self) -> None:
         self._items: list[T] = []
         self._head = 0  # items before it are taken: pops stay O(1) without a deque
         self._getters: list[asyncio.Future[None]] | None = None
+        self.on_put: Callable[[], None] | None = None  # a reader that takes items without get()
 
     def qsize(self) -> int:
         return len(self._items) - self._head
@@ -78,6 +80,8 @@ class Inbox(Generic[T]):
         for getter in getters or ():
             if not getter.done():
                 getter.set_result(None)
+        if self.on_put is not None:
+            self.on_put()
 
     async def get(self) -> T:
         while self.empty():

@@ -14,17 +14,19 @@ uvicorn's stock protocol instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 from websockets.protocol import State
 
 from ..protocol import CloseCode, ErrorFrame, close_reason, encode
 from ..wire.frames import http_refusal, text_frame
-from .direct import EXTENSION, DirectChannel
+from .direct import EXTENSION, DetachableChannel, DirectChannel, Message
 from .light_sync import Inbox, Signal
 
 __all__ = ["HubWebSocketProtocol", "TransportChannel", "check_internals"]
@@ -35,6 +37,7 @@ logger = logging.getLogger("hub.ws")
 # (assigned in its __init__): a rename upstream must mean "no fast path", not a broken socket.
 PARENT_METHODS = (
     "connection_lost",
+    "send_500_response",
     "data_received",
     "handle_close",
     "handle_connect",
@@ -43,11 +46,13 @@ PARENT_METHODS = (
     "keepalive_timeout",
     "pause_writing",
     "resume_writing",
+    "run_asgi",
     "send",
     "send_receive_event_to_app",
     "shutdown",
 )
 PARENT_STATE = (
+    "app",
     "close_sent",
     "close_timeout",
     "close_timer",
@@ -58,7 +63,9 @@ PARENT_STATE = (
     "handshake_initiated",
     "loop",
     "queue",
+    "logger",
     "read_paused",
+    "tasks",
     "transport",
     "writable",
 )
@@ -120,6 +127,36 @@ class TransportChannel:
     def close(self, code: int, reason: str) -> None:
         self._proto.close_now(code, reason)
 
+    # --- detached sessions: no task while the socket is idle ---------------------------
+
+    def detach(self, wake: Callable[[], None]) -> None:
+        """Let the app return while the socket stays open: from now on every ASGI receive
+        message (client text, disconnect) is left for `take()` and `wake` is called."""
+        p = self._proto
+        p.detached = True
+        p.queue.on_put = wake
+        if not p.queue.empty():
+            wake()
+
+    def take(self) -> Message | None:
+        """The next ASGI receive message of a detached socket, None when there is none."""
+        queue = self._proto.queue
+        return None if queue.empty() else queue.get_nowait()
+
+    def resume_reading(self) -> None:
+        """Read the client again once its messages are handled (uvicorn pauses reading
+        after each message until the app asks for the next one)."""
+        p = self._proto
+        if p.read_paused and p.queue.empty() and not p.transport.is_closing():
+            p.read_paused = False
+            p.transport.resume_reading()
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """uvicorn's shutdown waits for the task, as it does for the ASGI tasks."""
+        tasks = self._proto.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -127,7 +164,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.channel = TransportChannel(self)
         # Memory per idle connection (docs/benchmarks.md): asyncio's Queue and Event hold
         # four eagerly allocated deques, ~3 KiB; these hold lists only while in use.
-        self.queue = Inbox()  # type: ignore[assignment]
+        self.queue: Inbox[dict[str, Any]] = Inbox()  # type: ignore[assignment]
+        self.detached = False  # the app returned; the socket stays open (TransportChannel)
         writable = Signal()
         writable.set()
         self.writable = writable  # type: ignore[assignment]
@@ -137,7 +175,26 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:  # the app task starts later, so it sees the extension
             channel: DirectChannel = self.channel  # mypy checks it fits the core's Protocol
+            _detachable: DetachableChannel = self.channel  # and this one
             scope["extensions"][EXTENSION] = {"channel": channel}
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, but the app's return does not close a detached socket."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.detached:
+            self.transport.close()
 
     def resume_writing(self) -> None:
         super().resume_writing()
