@@ -1,0 +1,83 @@
+"""`hub serve --loop {auto,uvloop,asyncio}` (issue 16): the running server says which loop it
+runs, and delivers on each; a subscriber's session works the same on both."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+
+import msgspec
+import pytest
+import uvloop
+from websockets.asyncio.client import connect
+
+from hub.event_loop import loop_factory, loop_name
+
+from .edge_support import hub_process
+from .redis_support import REPO
+from .test_edge_process import event_seqs, publish
+
+LOOP_LINE = re.compile(r"event loop: (\w+)")
+
+
+def loop_of(stderr: str) -> str:
+    match = LOOP_LINE.search(stderr)
+    assert match, f"no 'event loop:' line in the log:\n{stderr[-2000:]}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (("--loop", "asyncio"), {}, "asyncio"),
+        (("--loop", "uvloop"), {}, "uvloop"),
+        ((), {}, "uvloop"),  # auto, and uvloop is a dependency wherever it installs
+        ((), {"HUB_LOOP": "asyncio"}, "asyncio"),
+    ],
+)
+async def test_serve_runs_the_loop_asked_for_and_delivers_on_it(
+    args: tuple[str, ...], env: dict[str, str], expected: str
+) -> None:
+    async with hub_process("--log-level", "info", *args, env=env) as hub:
+        assert loop_of(hub.stderr) == expected
+        url = f"ws://127.0.0.1:{hub.port}/v1/projects/control/ws?types=control.*"
+        async with connect(url) as ws:
+            welcome = msgspec.json.decode(await asyncio.wait_for(ws.recv(), 10))
+            assert welcome["op"] == "welcome"
+            # A client op on the detached session, answered on this loop too.
+            await ws.send(msgspec.json.encode({"op": "ping", "id": 7}).decode())
+            async with asyncio.timeout(10):
+                reply = msgspec.json.decode(await ws.recv())
+            assert reply == {"op": "pong", "id": 7}
+            await publish(hub.port, 5)
+            assert await event_seqs(ws, 5) == [1, 2, 3, 4, 5]
+
+
+def test_an_unknown_loop_is_a_usage_error() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hub", "serve", "--port", "0", "--loop", "tokio"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--loop" in done.stderr and "tokio" in done.stderr
+
+
+def test_loop_factory_choices() -> None:
+    assert loop_factory("asyncio") is None
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("auto") is uvloop.new_event_loop
+    with pytest.raises(ValueError, match="unknown event loop"):
+        loop_factory("tokio")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(_name()) == "uvloop"
+    with asyncio.Runner() as runner:
+        assert runner.run(_name()) == "asyncio"
+
+
+async def _name() -> str:
+    return loop_name()
