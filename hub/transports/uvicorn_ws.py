@@ -22,7 +22,7 @@ from typing import Any
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 from ..protocol import CloseCode, ErrorFrame, close_reason, encode
 from ..wire.frames import http_refusal, text_frame
@@ -69,6 +69,9 @@ PARENT_STATE = (
     "transport",
     "writable",
 )
+
+# What uvicorn's protocol reads from a scope once the app has returned (its log lines).
+SCOPE_KEPT = frozenset(("type", "client", "server", "scheme", "root_path", "path", "query_string"))
 
 
 def check_internals(parent: type = WebSocketsSansIOProtocol) -> None:
@@ -134,6 +137,9 @@ class TransportChannel:
         message (client text, disconnect) is left for `take()` and `wake` is called."""
         p = self._proto
         p.detached = True
+        # The app is done with the scope (headers, state, extensions: ~1.3 KiB); keep what
+        # uvicorn's log lines read.
+        p.scope = {k: v for k, v in p.scope.items() if k in SCOPE_KEPT}  # type: ignore[assignment]
         p.queue.on_put = wake
         if not p.queue.empty():
             wake()
@@ -156,6 +162,11 @@ class TransportChannel:
         tasks = self._proto.tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+def _qualname(generator: object) -> str:
+    code = getattr(generator, "gi_code", None)
+    return str(getattr(code, "co_qualname", ""))
 
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -233,6 +244,28 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 # before the handshake completes: ~1.5 KiB per connection otherwise kept.
                 self.__dict__.pop("request", None)
                 self.__dict__.pop("response", None)
+                self._shed_handshake_parser()
+
+    def _shed_handshake_parser(self) -> None:
+        """websockets' server-side parser keeps the parsed upgrade request (~1.7 KiB) as a
+        local for the connection's life, while it delegates to the frame parser. When that
+        one waits for a new frame with nothing buffered, a fresh frame parser is the same
+        state without the request: swap it in. Anything else: keep the parser as it is."""
+        conn = self.conn
+        outer = conn.parser
+        frames = getattr(outer, "gi_yieldfrom", None)
+        waiting = getattr(frames, "gi_yieldfrom", None)
+        if (
+            conn.state is State.OPEN
+            and not conn.reader.buffer
+            and not conn.reader.eof
+            and _qualname(outer) == "ServerProtocol.parse"
+            and _qualname(frames) == "Protocol.parse"
+            and _qualname(waiting) == "StreamReader.at_eof"
+        ):
+            fresh = Protocol.parse(conn)
+            next(fresh)  # runs to the same wait for data
+            conn.parser = fresh
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
