@@ -7,6 +7,7 @@ import asyncio
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -17,6 +18,7 @@ from hub.event_loop import loop_factory, loop_name
 
 from .edge_support import hub_process
 from .redis_support import REPO
+from .support import demo_banner, wait_for
 from .test_edge_process import event_seqs, publish
 
 LOOP_LINE = re.compile(r"event loop: (\w+)")
@@ -53,6 +55,26 @@ async def test_serve_runs_the_loop_asked_for_and_delivers_on_it(
             assert reply == {"op": "pong", "id": 7}
             await publish(hub.port, 5)
             assert await event_seqs(ws, 5) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(("command", "loop"), [("hub", "asyncio"), ("services.demo", "uvloop")])
+async def test_demo_runs_the_loop_asked_for(command: str, loop: str, tmp_path: Path) -> None:
+    """`hub demo` and `python -m services.demo` share serve's `--loop`."""
+    argv = ["-m", command, *(["demo"] if command == "hub" else [])]
+    stderr_path = tmp_path / "stderr"
+    with stderr_path.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *argv, "--port", "0", "--loop", loop, "--interval", "3600",
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=stderr,
+        )  # fmt: skip
+    try:
+        await demo_banner(process)
+        await wait_for(lambda: LOOP_LINE.search(stderr_path.read_text()) is not None)
+        assert loop_of(stderr_path.read_text()) == loop
+    finally:
+        process.terminate()
+        async with asyncio.timeout(20):
+            await process.wait()
 
 
 def test_an_unknown_loop_is_a_usage_error() -> None:
