@@ -10,6 +10,8 @@ import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from hub.transports.uvicorn_ws import SCOPE_KEPT, HubWebSocketProtocol
+
 from .support import FrameRecorder, RunningHub, run_hub, wait_for
 
 N = 20
@@ -110,4 +112,25 @@ async def test_shutdown_drains_detached_sessions_with_1001() -> None:
     for recorder in recorders:
         closed = await recorder.wait_closed()
         assert closed.rcvd is not None and closed.rcvd.code == 1001, closed
+        await recorder.close()
+
+
+async def test_an_idle_socket_keeps_neither_the_upgrade_request_nor_the_scope(
+    running_hub: RunningHub,
+) -> None:
+    """What the memory figures of docs/benchmarks.md section 8 rely on: if a uvicorn or
+    websockets upgrade stops these from being shed, this fails rather than the RSS creeping."""
+    recorder = await FrameRecorder.open(running_hub.ws_url("p1"))
+    try:
+        await recorder.wait_frames(1)
+        await wait_for(lambda: not server_tasks(running_hub), what="detached")
+        (proto,) = running_hub.server.server_state.connections
+        assert isinstance(proto, HubWebSocketProtocol)
+        assert proto.detached
+        assert "request" not in vars(proto) and "response" not in vars(proto)
+        assert set(proto.scope) <= SCOPE_KEPT
+        parser = proto.conn.parser
+        assert parser.gi_code.co_qualname == "Protocol.parse"  # no request in its frame
+        assert "request" not in (parser.gi_frame.f_locals if parser.gi_frame else {})
+    finally:
         await recorder.close()

@@ -37,7 +37,6 @@ logger = logging.getLogger("hub.ws")
 # (assigned in its __init__): a rename upstream must mean "no fast path", not a broken socket.
 PARENT_METHODS = (
     "connection_lost",
-    "send_500_response",
     "data_received",
     "handle_close",
     "handle_connect",
@@ -48,6 +47,7 @@ PARENT_METHODS = (
     "resume_writing",
     "run_asgi",
     "send",
+    "send_500_response",
     "send_receive_event_to_app",
     "shutdown",
 )
@@ -61,9 +61,9 @@ PARENT_STATE = (
     "frames",
     "handshake_complete",
     "handshake_initiated",
+    "logger",
     "loop",
     "queue",
-    "logger",
     "read_paused",
     "tasks",
     "transport",
@@ -239,10 +239,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             await super().send(message)
         finally:  # accept opens the channel, close ends it
             self.channel.refresh()
-            if self.handshake_complete:
-                # The upgrade request and its 101 answer (headers and all) are only read
-                # before the handshake completes: ~1.5 KiB per connection otherwise kept.
-                self.__dict__.pop("request", None)
+            # The upgrade request and its 101 answer (headers and all) are only read before
+            # the handshake completes: ~1.5 KiB per connection otherwise kept. Once.
+            if self.handshake_complete and self.__dict__.pop("request", None) is not None:
                 self.__dict__.pop("response", None)
                 self._shed_handshake_parser()
 
@@ -252,13 +251,14 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         one waits for a new frame with nothing buffered, a fresh frame parser is the same
         state without the request: swap it in. Anything else: keep the parser as it is."""
         conn = self.conn
-        outer = conn.parser
+        outer = getattr(conn, "parser", None)  # websockets internals: any change, no swap
         frames = getattr(outer, "gi_yieldfrom", None)
         waiting = getattr(frames, "gi_yieldfrom", None)
+        reader = getattr(conn, "reader", None)
         if (
             conn.state is State.OPEN
-            and not conn.reader.buffer
-            and not conn.reader.eof
+            and getattr(reader, "buffer", None) == b""
+            and getattr(reader, "eof", None) is False
             and _qualname(outer) == "ServerProtocol.parse"
             and _qualname(frames) == "Protocol.parse"
             and _qualname(waiting) == "StreamReader.at_eof"
