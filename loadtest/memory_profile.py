@@ -20,7 +20,6 @@ import asyncio
 import base64
 import gc
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -100,7 +99,7 @@ async def run_subscribers(host: str, port: int, count: int, concurrency: int) ->
     gate = asyncio.Semaphore(concurrency)
     kept: list[asyncio.BaseTransport] = []
 
-    async def one(i: int) -> None:
+    async def one() -> None:
         async with gate:
             welcomed: asyncio.Future[None] = loop.create_future()
             path = "/v1/projects/idle/ws"
@@ -112,7 +111,7 @@ async def run_subscribers(host: str, port: int, count: int, concurrency: int) ->
                 await welcomed
 
     started = time.monotonic()
-    await asyncio.gather(*(one(i) for i in range(count)))
+    await asyncio.gather(*(one() for _ in range(count)))
     print(f"connected {len(kept)} {time.monotonic() - started:.1f}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the profiler closes stdin
     for transport in kept:
@@ -159,7 +158,6 @@ def connection_objects(server: Any) -> list[tuple[str, int]]:
         parser = getattr(conn, "parser", None)
         if parser is not None:
             rows.append(("websockets parser generator", sys.getsizeof(parser)))
-            frame = getattr(parser, "gi_frame", None)
             depth = 0
             while parser is not None and depth < 8:
                 frame = getattr(parser, "gi_frame", None)
@@ -269,6 +267,7 @@ async def profile(args: argparse.Namespace) -> None:
             after = tracemalloc.take_snapshot()
             tracemalloc.stop()
             print_tracemalloc(before, after, args.connections, args.top, args.tracebacks)
+            del before, after  # their traces are tuples: not to be counted as the hub's
             print_types(counts_before, sizes_before, args.connections, args.top)
             print("\none connection's objects (shallow sys.getsizeof, bytes):")
             for name, size in connection_objects(server):
@@ -378,5 +377,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    socket.setdefaulttimeout(None)
     main()
