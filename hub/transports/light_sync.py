@@ -1,8 +1,8 @@
 """Per-connection stand-ins for asyncio.Event and asyncio.Queue, for the uvicorn adapter.
 
-uvicorn's WebSocket protocol gives every connection an asyncio.Queue (three deques) and an
-asyncio.Event (one deque); CPython allocates each deque eagerly at 760 bytes, about 3 KiB per
-idle connection in all. These keep the subset of the API uvicorn calls, with waiters and items
+uvicorn's WebSocket protocol gives every connection an asyncio.Queue (three deques and an
+Event with a fourth) and an asyncio.Event (a fifth); CPython allocates each deque eagerly at
+760 bytes, about 3.7 KiB per idle connection in all. These keep the subset of the API uvicorn calls, with waiters and items
 in lists created only when needed.
 """
 

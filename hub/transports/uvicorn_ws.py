@@ -174,7 +174,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.channel = TransportChannel(self)
         # Memory per idle connection (docs/benchmarks.md): asyncio's Queue and Event hold
-        # four eagerly allocated deques, ~3 KiB; these hold lists only while in use.
+        # five eagerly allocated deques, ~3.7 KiB; these hold lists only while in use.
         self.queue: Inbox[dict[str, Any]] = Inbox()  # type: ignore[assignment]
         self.detached = False  # the app returned; the socket stays open (TransportChannel)
         writable = Signal()
