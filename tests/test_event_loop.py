@@ -4,6 +4,7 @@ runs, and delivers on each; a subscriber's session works the same on both."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import sys
@@ -77,16 +78,26 @@ async def test_demo_runs_the_loop_asked_for(command: str, loop: str, tmp_path: P
             await process.wait()
 
 
-def test_an_unknown_loop_is_a_usage_error() -> None:
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["-m", "hub", "serve", "--loop", "tokio"], {}),
+        (["-m", "hub", "serve"], {"HUB_LOOP": "tokio"}),
+        (["-m", "services.demo"], {"HUB_LOOP": "tokio"}),
+    ],
+)
+def test_an_unknown_loop_is_a_usage_error(argv: list[str], env: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "hub", "serve", "--port", "0", "--loop", "tokio"],
+        [sys.executable, *argv, "--port", "0"],
         cwd=REPO,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 2
-    assert "--loop" in done.stderr and "tokio" in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "tokio" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) <= 2, done.stderr
 
 
 def test_loop_factory_choices() -> None:
