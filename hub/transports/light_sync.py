@@ -2,8 +2,8 @@
 
 uvicorn's WebSocket protocol gives every connection an asyncio.Queue (three deques and an
 Event with a fourth) and an asyncio.Event (a fifth); CPython allocates each deque eagerly at
-760 bytes, about 3.7 KiB per idle connection in all. These keep the subset of the API uvicorn calls, with waiters and items
-in lists created only when needed.
+760 bytes, about 3.7 KiB per idle connection in all. These keep the subset of the API
+uvicorn calls, with waiters and items in lists created only when needed.
 """
 
 from __future__ import annotations
