@@ -25,6 +25,7 @@ from .cli_exit import EXIT_STATUS_EPILOG, CliError, ExitStatus, debug_requested,
 from .cli_publish import add_publish_parser
 from .cli_tail import add_tail_parser
 from .config import Settings
+from .event_loop import add_loop_argument
 from .logs import configure_logging
 from .wire.catalog_plugins import ENTRY_POINT_GROUP, catalog_specs
 
@@ -113,6 +114,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         "(DNS rebinding guard; default: none)",
     )
     add_log_level_argument(parser, "info")
+    add_loop_argument(parser)  # issue 16: uvloop by default
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),

@@ -195,10 +195,17 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from hub.event_loop import loop_factory
     from hub.transports.server import CannotBind
 
     try:
-        asyncio.run(run_demo(args))
+        factory = loop_factory(args.loop)  # HUB_LOOP may name no loop
+    except ValueError as exc:
+        print(f"python -m services.demo: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run_demo(args))
     except KeyboardInterrupt:
         sys.exit(130)
     except CannotBind as exc:  # one line, the status `hub demo` exits with (3)
