@@ -24,8 +24,9 @@ from .dashboard import dashboard_routes
 from .errors import HubError
 from .limits import Limits
 from .metrics import metrics_endpoint
-from .transports import http_api
+from .transports import http_api, long_poll
 from .transports.asyncapi_endpoint import asyncapi
+from .transports.cors import CorsMiddleware
 from .transports.sse_endpoint import sse_endpoint
 from .transports.ws_endpoint import refuse, websocket_endpoint
 from .wire.catalog import EventCatalog
@@ -84,7 +85,7 @@ def create_app(
         WebSocketRoute("/v1/projects/{project}/ws", websocket_endpoint),
         Route("/v1/projects/{project}/sse", sse_endpoint, methods=["GET"]),
         Route("/v1/projects/{project}/events", http_api.publish, methods=["POST"]),
-        Route("/v1/projects/{project}/events", http_api.history, methods=["GET"]),
+        Route("/v1/projects/{project}/events", long_poll.events_get, methods=["GET"]),
         Route("/v1/projects/{project}/snapshot", http_api.snapshot, methods=["GET"]),
         Route("/v1/schema", http_api.schema, methods=["GET"]),
         Route("/v1/asyncapi.json", asyncapi, methods=["GET"]),
@@ -115,7 +116,7 @@ def create_app(
     )
     app = Starlette(
         routes=[*project_routes, *routes],
-        middleware=[gate] if security.enabled else [guard, gate],
+        middleware=[_cors(settings, security), *([gate] if security.enabled else [guard, gate])],
         lifespan=lifespan,
         exception_handlers={HubError: _hub_error_handler},
     )
@@ -123,6 +124,16 @@ def create_app(
     app.state.security = security
     app.state.limits = Limits(settings)
     return app
+
+
+def _cors(settings: Settings, security: Security) -> Middleware:
+    """Outermost: a preflight carries no token, and refusals need CORS headers to be read."""
+    return Middleware(
+        CorsMiddleware,
+        origins=security.origins,
+        max_age_s=settings.cors_max_age_s,
+        http_refusal=http_api.error_response,
+    )
 
 
 async def _hub_error_handler(request: Request, exc: Exception) -> Response:

@@ -130,6 +130,19 @@ class Settings(msgspec.Struct, kw_only=True):
     # `hub.catalogs` entry point; "" or "none" = none; "MODULE:ATTR,..." = exactly these.
     # What `hub serve` (`--catalog`, `--no-catalogs` win), Hub and RedisPublisher load.
     catalogs: str | None = None
+    # Long-poll transport and CORS (docs/protocol.md "Long polling", "CORS"; issue 14).
+    long_poll_max_wait_s: float = 30.0  # the largest `wait` a GET .../events may ask for
+    max_long_polls: int = 1_000  # long polls waiting at once per process; beyond: 503
+    cors_max_age_s: int = 600  # how long a browser may cache a preflight answer
+
+    # Redis Sentinel, failover and reader health (docs/operations.md, "Redis Sentinel and
+    # failover"): publishes wait for this many replicas (WAIT, up to redis_wait_timeout_ms)
+    # before they are acknowledged, so a promoted replica holds them (0: no WAIT); /readyz
+    # answers 503 when the stream reader has made no progress for redis_reader_stall_s while
+    # Redis is reachable and has events past what it delivered.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1_000
+    redis_reader_stall_s: float = 10.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -194,6 +207,7 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be >= 1")
         self._check_input_rules()
         self._check_heavy_reads()
+        self._check_long_poll_and_cors()
 
     def _check_input_rules(self) -> None:
         # msgspec decodes recursively: the depth stays far below Python's recursion limit.
@@ -217,6 +231,16 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("redis_block_ms", "redis_max_connections", "redis_cluster_poll_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.redis_wait_replicas <= 100:
+            raise ValueError("redis_wait_replicas must be 0-100 (0: no WAIT)")
+        wait_bound = self.redis_socket_timeout_s * 1000 if self.redis_wait_replicas else 60_001
+        if not 1 <= self.redis_wait_timeout_ms < wait_bound:
+            raise ValueError(
+                "redis_wait_timeout_ms must be >= 1 and below redis_socket_timeout_s (a WAIT"
+                " that outlasts the socket timeout would look like a dead link)"
+            )
+        if not 0 < self.redis_reader_stall_s <= 86_400:
+            raise ValueError("redis_reader_stall_s must be > 0 and <= 86400")
         if self.redis_key_ttl_s < 0:
             raise ValueError("redis_key_ttl_s must be >= 0 (0: keys never expire)")
 
@@ -232,6 +256,14 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("stall_timeout_s", "heavy_read_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+
+    def _check_long_poll_and_cors(self) -> None:
+        if not 0 < self.long_poll_max_wait_s <= 3600:
+            raise ValueError("long_poll_max_wait_s must be > 0 and <= 3600")
+        if self.max_long_polls < 1:
+            raise ValueError("max_long_polls must be >= 1")
+        if not 0 <= self.cors_max_age_s <= 86_400:
+            raise ValueError("cors_max_age_s must be 0-86400")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

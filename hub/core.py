@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .backends.base import Backend, PublishRequest
+from .backends.base import Backend, PublishedSeqs, PublishRequest
 from .config import Settings
 from .fanout.manager import ConnectionManager
 from .protocol import CloseCode
@@ -34,6 +34,7 @@ class Hub:
         self.validator = PublishValidator(settings, catalog)
         self.manager = ConnectionManager(backend)
         self.manager.slice_s = settings.fanout_slice_ms / 1000
+        self.manager.polls.limit = settings.max_long_polls
         self.stats = HubStats()
         self.started = False
 
@@ -47,7 +48,9 @@ class Hub:
         self.started = False
 
     def drain(self) -> int:
-        """Tell every subscriber the hub is going away (1001: reconnect with since)."""
+        """Tell every subscriber the hub is going away (1001: reconnect with since); waiting
+        long polls answer now."""
+        self.manager.polls.wake_all()
         return self.manager.close_all(
             CloseCode.GOING_AWAY, "shutting_down", "hub shutting down; reconnect with since"
         )
@@ -78,5 +81,6 @@ class Hub:
         else:
             self.validator.check_batch(project, requests)
         seqs = await self.backend.publish(project, requests)
-        self.stats.published += len(seqs)
+        # an idempotent retry returns its earlier seq: count only the events added
+        self.stats.published += seqs.new if isinstance(seqs, PublishedSeqs) else len(seqs)
         return seqs

@@ -1,7 +1,7 @@
 """The baseline: the naive connection manager the seed designs start from, written plainly.
 
 A dict project -> list of Starlette WebSockets, and `for ws in conns: await ws.send_json(event)`
-inside the publish request. It speaks just enough of PROTOCOL.md for the load generator
+inside the publish request. It speaks just enough of docs/protocol.md for the load generator
 (welcome, event frames with seq and ts, POST publish answering seqs) and keeps no history:
 a resume that missed anything gets a `gap`, so reconnect scenarios show what retention buys.
 Run it with `python -m loadtest.baseline --port 0`; it prints its address like the hub does.

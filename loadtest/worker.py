@@ -25,7 +25,8 @@ from .system import raise_nofile_limit
 
 __all__ = ["NO_RETRY", "WorkerSpec", "worker_main"]
 
-# Close codes after which PROTOCOL.md says not to reconnect (fix the client, or stop).
+# Close codes after which docs/protocol.md ("WebSocket subscription", its close-code table)
+# says not to reconnect (fix the client, or stop).
 NO_RETRY: Final = frozenset({1000, 1003, 1008, 1009, 4001, 4003, 4400})
 CONNECT_ATTEMPTS: Final = 5
 RECONNECT_ATTEMPTS: Final = 20

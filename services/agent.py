@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from services.admission import Slots
@@ -28,7 +28,7 @@ from services.events import (
     FinishReason,
     Usage,
 )
-from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, track
+from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, now_ms, track
 from services.limits import ServiceLimits
 from services.model import ExtractiveModel, Generation, Model, Passage, citations_in
 from services.store import SearchHit, Store
@@ -47,9 +47,15 @@ def excerpt(text: str, limit: int = 300) -> str:
 class _Steps:
     """Emits one `agent.step.updated` entity per step of a run."""
 
-    def __init__(self, emitter: Emitter, run: Tracker[AgentRun]) -> None:
+    def __init__(
+        self,
+        emitter: Emitter,
+        run: Tracker[AgentRun],
+        on_progress: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
         self.emitter = emitter
         self.run = run
+        self.on_progress = on_progress
         self.count = 0
         self.planned = 0  # for progress: steps expected in total
 
@@ -79,6 +85,8 @@ class _Steps:
         step.duration_ms = int((time.monotonic() - started) * 1000)
         await self._emit(step)
         await self.run.update(steps=self.count, progress=self.count / max(self.planned, 1))
+        if self.on_progress is not None:
+            await self.on_progress(self.run.state.progress)
 
     async def _emit(self, step: AgentStep) -> None:
         await self.emitter.emit("agent.step.updated", step, key=step.key)
@@ -125,6 +133,7 @@ class AgentService:
             input=question,
             model=self.model.name,
         )
+        state.timings.created_ms = now_ms()  # the 202 answer shows what `created` will carry
         self.runs.add(state.run_id, project, state)
         self.runs.prune(self.answers)
         return state
@@ -150,12 +159,18 @@ class AgentService:
         await self.run(project, state)
         return state, self.answers[state.run_id]
 
-    async def run(self, project: str, state: AgentRun) -> AgentRun:
+    async def run(
+        self,
+        project: str,
+        state: AgentRun,
+        on_progress: Callable[[float], Awaitable[None]] | None = None,
+    ) -> AgentRun:
+        """Run to the end; `on_progress` hears the run's progress after each step."""
         emitter = self.emitter_for(project)
         model = self.model
         question = state.input
         async with track(emitter, state, min_interval=self.min_interval) as run:
-            steps = _Steps(emitter, run)
+            steps = _Steps(emitter, run, on_progress)
             steps.planned = 4 + self.top_k  # plan, search, reads, summarise, answer
 
             async with steps.step("plan", None, question) as step:

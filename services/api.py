@@ -11,7 +11,9 @@ Under `/v1/projects/{project}/`:
     POST workflows/runs               a WorkflowSpec: {"name", "max_concurrency", "nodes": [...]}
     GET  workflows/runs, workflows/runs/{id}; POST workflows/runs/{id}/cancel
 Starting answers 202 with the entity and its event `key`; follow it on the WebSocket.
-Errors use the hub's shape: {"error": {"code", "message", "retryable"}}.
+Errors use the hub's shape: {"error": {"code", "message", "retryable"}}; an empty body is a
+400 that says what the body should hold. No answer, event or error carries an absolute server
+path: folders are named relative to the ingest root.
 
 Every body is read by the hub's own reader, with its deadline (`body_timeout_s`: 408) and a
 size limit (413); a field out of bounds is a 422 naming it (`$.nodes[0].params.seconds`);
@@ -22,6 +24,7 @@ work over an admission limit (uploads or bytes in flight, runs, nodes) is a 429 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -30,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hub.errors import BadRequest, Forbidden
+from hub.errors import BadRequest, Forbidden, HubError
 from hub.limits import RequestTimeout
 from hub.protocol import is_valid_project
 from hub.transports.http_api import (
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from services.runtime import Services
 
 __all__ = ["service_routes"]
+
+log = logging.getLogger(__name__)
 
 MAX_FILE_NAME = 255
 _encoder = msgspec.json.Encoder()
@@ -67,6 +72,14 @@ class IngestRequest(msgspec.Struct, forbid_unknown_fields=True):
 class AgentRequest(msgspec.Struct, forbid_unknown_fields=True):
     question: str
     agent: str | None = None
+
+
+# What each JSON body holds, for the answer to an empty one.
+_EXPECTED_BODIES: dict[type, str] = {
+    IngestRequest: '{"folder": "."} or {"documents": [{"name": "a.md", "text": "..."}]}',
+    AgentRequest: '{"question": "..."}',
+    WorkflowSpec: '{"name": "...", "nodes": [{"id": "a", "kind": "ingest", "params": {}}]}',
+}
 
 
 def _json(content: Any, status: int = 200) -> Response:
@@ -115,6 +128,9 @@ def _closing(response: Response) -> Response:
 
 
 def _decode(body: bytes, type_: type[T]) -> T:
+    if not body.strip():
+        expected = _EXPECTED_BODIES.get(type_, type_.__name__)
+        raise BadRequest(f"request body is empty: expected a JSON object, {expected}")
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
@@ -225,6 +241,11 @@ async def upload(services: Services, request: Request) -> Response:
         raise BadRequest("on_error must be 'skip' or 'fail'")
     raw, permits = await _upload_body(services, request, project)
     try:
+        if not raw:
+            raise BadRequest(
+                "request body is empty: expected the file's bytes "
+                "(e.g. curl --data-binary @notes.md '...ingest/uploads?name=notes.md')"
+            )
         job = services.ingest.start_uploads(
             project,
             [Upload(name, raw)],
@@ -348,6 +369,18 @@ def service_routes(services: Services) -> list[BaseRoute]:
                     if not await _discard_body(request, services.limits.max_upload_bytes):
                         _closing(response)
                 return response
+            except HubError:
+                raise  # the hub's handler answers it
+            except Exception:
+                # A fault of ours (the store gone, a bug): logged here; the client gets the
+                # JSON shape too, never a traceback or a server path.
+                log.exception("%s %s failed", request.method, request.url.path)
+                error = {
+                    "code": "internal",
+                    "message": "the services failed to handle this request (logged)",
+                    "retryable": True,
+                }
+                return _closing(_json({"error": error}, 500))  # its body may be unread
 
         return endpoint
 

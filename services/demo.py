@@ -2,8 +2,9 @@
 
 Starts the hub (memory backend unless --backend says otherwise) with the ingest, agent and
 workflow services mounted, ingests the sample documents shipped in `services/sample_docs`,
-then starts a workflow (ingest -> two agent questions) every `--interval` seconds, and
-prints where to watch. Stop it with Ctrl-C (or SIGTERM: it drains and exits 0).
+then runs a workflow (ingest -> two agent questions) a few seconds later and again
+`--interval` seconds after each one ends (one at a time), and prints where to watch.
+Stop it with Ctrl-C (or SIGTERM: it drains and exits 0).
 The services' limits come from SERVICES_<FIELD> variables (services/README.md, "Limits").
 """
 
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--interval",
         type=float,
         default=10.0,
-        help="seconds between two workflow runs (default 10)",
+        help="seconds from the end of one workflow run to the start of the next (default 10)",
     )
     parser.add_argument(
         "--docs",
@@ -95,12 +96,24 @@ def demo_workflow(folder: Path, questions: tuple[str, str], run: int) -> Workflo
     return WorkflowSpec(name=f"ingest-and-ask-{run}", nodes=[ingest, *asks], max_concurrency=2)
 
 
+def first_run_delay(interval: float) -> float:
+    """Seconds from the start to the first workflow: soon, so a new user sees one at once."""
+    return min(interval, 3.0)
+
+
+def shown_docs(docs: Path) -> str:
+    """The docs folder for the banner: as typed, or the shipped samples by their repo path."""
+    return "services/sample_docs (the shipped samples)" if docs == SAMPLE_DOCS else str(docs)
+
+
 async def _schedule(services: Services, project: str, folder: Path, interval: float) -> None:
-    """Ingest once now, then start a workflow every `interval` (never two at a time)."""
+    """Ingest once now; start a workflow `first_run_delay(interval)` later, then `interval`
+    after each one ends (never two at a time)."""
     job = services.ingest.start_folder(project, folder)
-    log.info("ingesting %s as job %s", folder, job.job_id)
+    shown = "services/sample_docs" if folder == SAMPLE_DOCS else folder
+    log.info("ingesting %s as job %s", shown, job.job_id)
     for run, questions in enumerate(itertools.cycle(QUESTIONS), start=1):
-        await asyncio.sleep(interval if run > 1 else min(interval, 3.0))
+        await asyncio.sleep(interval if run > 1 else first_run_delay(interval))
         spec = demo_workflow(folder, questions, run)
         state = services.workflows.start(project, spec)
         log.info("workflow %s started (%s)", state.run_id, spec.name)
@@ -113,10 +126,12 @@ async def run_demo(args: argparse.Namespace) -> None:
     from hub.app import create_app
     from hub.cli import settings_from_args
     from hub.transports.gc_tuning import tune_gc
-    from hub.transports.server import HubServer, uvicorn_config
+    from hub.transports.server import HubServer, listen_socket, uvicorn_config
     from hub.wire.catalog import EventCatalog
 
     settings = settings_from_args(args)
+    # Bind first: a taken port must fail (CannotBind) before any service or ingest starts.
+    sock = listen_socket(args.host, args.port)
     folder = args.docs.resolve()
     catalog = EventCatalog(strict=settings.strict_types)
     register_events(catalog)
@@ -144,8 +159,8 @@ async def run_demo(args: argparse.Namespace) -> None:
         routes=services.routes(),
         lifespan_hooks=[services.lifespan, scheduler],
     )
-    server = HubServer(uvicorn_config(app, args.host, args.port, settings, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
+    server = HubServer(uvicorn_config(app, args.host, args.port, settings))
+    serving = asyncio.create_task(server.serve([sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if not server.started:
@@ -156,7 +171,8 @@ async def run_demo(args: argparse.Namespace) -> None:
     base = f"http://{host}:{server.port}"
     print(
         f"""hub demo running on {base} (project {args.project!r}); Ctrl-C stops it.
-  ingesting {folder}; a workflow (ingest -> 2 agent questions) starts every {args.interval:g}s
+  ingesting {shown_docs(args.docs)}, then a workflow (ingest -> 2 agent questions)
+  {first_run_delay(args.interval):g}s after start and {args.interval:g}s after each one ends
 watch it:
   hub tail --url {base} --project {args.project}
   hub tail --url {base} --project {args.project} --types 'agent.message.*' --since 0
@@ -180,8 +196,22 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(args))
+    from hub.event_loop import loop_factory
+    from hub.transports.server import CannotBind
+
+    try:
+        factory = loop_factory(args.loop)  # HUB_LOOP may name no loop
+    except ValueError as exc:
+        print(f"python -m services.demo: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run_demo(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except CannotBind as exc:  # one line, the status `hub demo` exits with (3)
+        print(f"python -m services.demo: {exc.strerror}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

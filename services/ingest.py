@@ -7,6 +7,12 @@ Policy for bad files (`on_error`):
 - `"fail"`: the first such file fails the job with its error (`UnsupportedDocument`,
   `UnreadableDocument`, `EmptyDocument`) and a message naming the file.
 A missing folder fails the job (`SourceNotFound`), and so does a folder with no files.
+Paths: `source` names a folder relative to its ingest root (`.` for the root itself) and file
+errors name files relative to the folder, so no absolute server path is ever published.
+Progress is the share of files handled, reported after each batch but the last: the terminal
+event carries the last batch, so a completed job ends at 1.0 and a failed one keeps the
+progress it had reached (a job whose every file was skipped fails below 1.0). `on_progress`
+hears each reported value (a workflow node mirrors its job with it).
 Duplicates (same normalised text as a stored document of the project, or earlier in the same
 job) are never errors: they are counted in `skipped_duplicates`. Hidden files and folders
 (names starting with ".") are ignored. Files are read in sorted path order, in batches; each
@@ -34,7 +40,7 @@ from services.admission import Permit, Slots
 from services.documents import DocumentError, DocumentTooLarge, UnreadableDocument, parse_document
 from services.emitters import Emitter
 from services.events import FileError, IngestJob
-from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, track
+from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, now_ms, track
 from services.limits import ServiceLimits
 from services.parse_budget import CancelFlag, ParseBudget, ParseCancelled
 from services.parse_pool import ParsePool
@@ -45,6 +51,7 @@ from services.sources import (
     TooManyFiles,
     folder_sources,
     list_folder,
+    shown_folder,
     upload_sources,
 )
 from services.store import NewDocument, Store, new_document
@@ -56,6 +63,7 @@ __all__ = [
     "IngestService",
     "NoReadableDocuments",
     "OnError",
+    "OnProgress",
     "SourceNotFound",
     "TooManyFiles",
     "Upload",
@@ -63,6 +71,7 @@ __all__ = [
 ]
 
 OnError = Literal["skip", "fail"]
+OnProgress = Callable[[float], Awaitable[None]]
 MAX_FILE_ERRORS = 20  # listed on the job; the count goes on past it
 
 
@@ -116,8 +125,10 @@ class IngestService:
         emitter_for: Callable[[str], Emitter],
         options: IngestOptions | None = None,
         limits: ServiceLimits | None = None,
+        roots: Sequence[Path] = (),
     ) -> None:
         self.store = store
+        self.roots = [Path(root).resolve() for root in roots]  # what folder names are shown from
         self.emitter_for = emitter_for
         self.options = options or IngestOptions()
         self.limits = limits = limits or ServiceLimits()
@@ -141,7 +152,7 @@ class IngestService:
         job_id: str | None = None,
     ) -> IngestJob:
         permit = self.admission.take(project)
-        state = self.new_job(project, str(folder), job_id)
+        state = self.new_job(project, self.shown(Path(folder)), job_id)
         self.jobs.start(
             state.job_id,
             self.run_folder(project, folder, state=state, on_error=on_error),
@@ -186,15 +197,19 @@ class IngestService:
         *,
         state: IngestJob | None = None,
         on_error: OnError | None = None,
+        on_progress: OnProgress | None = None,
     ) -> IngestJob:
         """Ingest a folder; returns the final job state, raises what failed the job."""
-        state = state or self.new_job(project, str(folder), None)
         path = Path(folder)
+        shown = self.shown(path)
+        state = state or self.new_job(project, shown, None)
 
         async def sources() -> list[Source]:
-            return await asyncio.to_thread(folder_sources, path, self.limits.max_job_files)
+            return await asyncio.to_thread(folder_sources, path, self.limits.max_job_files, shown)
 
-        return await self._run(project, state, sources, on_error or self.options.on_error)
+        return await self._run(
+            project, state, sources, on_error or self.options.on_error, on_progress
+        )
 
     async def run_uploads(
         self,
@@ -203,16 +218,25 @@ class IngestService:
         *,
         state: IngestJob | None = None,
         on_error: OnError | None = None,
+        on_progress: OnProgress | None = None,
     ) -> IngestJob:
         state = state or self.new_job(project, "upload", None)
         sources = upload_sources([(u.name, u.content) for u in uploads])
         del uploads  # the sources hold the bytes now, and drop them once parsed
-        return await self._run(project, state, _listed(sources), on_error or self.options.on_error)
+        return await self._run(
+            project, state, _listed(sources), on_error or self.options.on_error, on_progress
+        )
 
     # --- the job -----------------------------------------------------------------------
 
+    def shown(self, folder: Path) -> str:
+        """The folder as events and errors name it: relative to its ingest root."""
+        return shown_folder(folder, self.roots)
+
     def new_job(self, project: str, source: str, job_id: str | None) -> IngestJob:
+        """A job's state; `source` is "upload" or a folder as `shown` names it."""
         state = IngestJob(job_id=job_id or uuid.uuid4().hex[:12], source=source[:1000])
+        state.timings.created_ms = now_ms()  # the 202 answer shows what `created` will carry
         self.jobs.add(state.job_id, project, state)
         return state
 
@@ -222,12 +246,13 @@ class IngestService:
         state: IngestJob,
         list_sources: Callable[[], Awaitable[list[Source]]],
         on_error: OnError,
+        on_progress: OnProgress | None = None,
     ) -> IngestJob:
         emitter = self.emitter_for(project)
         async with track(emitter, state, min_interval=self.options.min_interval) as job:
             sources = await list_sources()
             if not sources:
-                raise NoReadableDocuments(f"no files in {state.source}")
+                raise NoReadableDocuments(f"no files in {state.source!r}")
             total = len(sources)
             job.set(total_files=total)
             budget = _JobBudget(self.limits, CancelFlag())
@@ -236,7 +261,9 @@ class IngestService:
             del sources
             while pending:
                 batch = [pending.pop() for _ in range(min(size, len(pending)))]
-                await self._batch(project, job, batch, on_error, budget)
+                await self._batch(project, job, batch, on_error, budget, last=not pending)
+                if pending and on_progress is not None:
+                    await on_progress(state.progress)
             if state.skipped_files == total:
                 raise NoReadableDocuments(
                     f"none of the {total} files could be read; first error: "
@@ -251,6 +278,8 @@ class IngestService:
         batch: list[Source],
         on_error: OnError,
         budget: _JobBudget,
+        *,
+        last: bool,
     ) -> None:
         state = job.state
         size = len(batch)
@@ -268,9 +297,8 @@ class IngestService:
             ]
         )
         files_done = state.files_done + size
-        await job.update(
+        counts = dict(
             files_done=files_done,
-            progress=files_done / state.total_files,
             documents=state.documents + result.documents,
             chunks=state.chunks + result.chunks,
             bytes=state.bytes + result.bytes,
@@ -278,6 +306,10 @@ class IngestService:
             skipped_files=state.skipped_files + len(errors),
             file_errors=file_errors,
         )
+        if last:
+            job.set(**counts)  # the terminal event carries them: 1.0 only if it completes
+        else:
+            await job.update(progress=files_done / state.total_files, **counts)
 
     def _prepare(
         self, batch: list[Source], budget: _JobBudget, *, stop_at_error: bool
@@ -310,7 +342,8 @@ class IngestService:
         try:
             raw = source.take()
         except OSError as exc:
-            raise UnreadableDocument(source.name, f"cannot read: {exc.strerror or exc}") from None
+            reason = exc.strerror or type(exc).__name__  # str(exc) would hold the absolute path
+            raise UnreadableDocument(source.name, f"cannot read: {reason}") from None
         limits = budget.for_document()
         parsed = parse_document(source.name, raw, limits)
         del raw

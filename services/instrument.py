@@ -1,6 +1,6 @@
 """Instrumentation for service code: a few lines emit an entity's whole event lifecycle.
 
-    async with track(emitter, IngestJob(job_id=job_id, source=folder)) as job:
+    async with track(emitter, IngestJob(job_id=job_id, source="notes")) as job:
         for batch in batches:
             ...
             await job.update(progress=done / total, documents=n)
@@ -108,8 +108,11 @@ class Tracker(Generic[S]):
     async def open(self) -> None:
         """Emit `created` with the initial status; if that fails, raise (nothing was done)."""
         self.set(**{self.lifecycle.status_field: self.lifecycle.initial_status})
-        if not self.state.timings.created_ms:
-            self.state.timings.created_ms = now_ms()
+        timings = self.state.timings
+        if not timings.created_ms:  # else set when the entity was made (a 202 answer shows it)
+            timings.created_ms = now_ms()
+        if self.lifecycle.initial_status == "running" and timings.started_ms is None:
+            timings.started_ms = max(now_ms(), timings.created_ms)  # its work starts now
         try:
             await self._emit(self.lifecycle.created, swallow=False)
         except Exception as exc:

@@ -66,7 +66,9 @@ class Services:
         self._emitters: dict[str, Emitter] = {}
         self.allowed_roots = [Path(root).resolve() for root in allowed_roots]
         options = ingest_options or IngestOptions(min_interval=min_interval)
-        self.ingest = IngestService(self.store, self.emitter_for, options, limits)
+        self.ingest = IngestService(
+            self.store, self.emitter_for, options, limits, roots=self.allowed_roots
+        )
         self.agent = AgentService(
             self.store, self.emitter_for, model, min_interval=min_interval, limits=limits
         )
@@ -149,43 +151,59 @@ class Services:
             self.store.close()
 
     def resolve_folder(self, folder: str) -> Path:
-        """A folder to ingest, relative to the first allowed root, inside an allowed root."""
+        """A folder to ingest, relative to the first allowed root, inside an allowed root.
+
+        Its errors go to API clients: they echo the folder given, never a root's path.
+        """
         if len(folder) > self.limits.max_string_chars or "\x00" in folder:
-            raise FolderNotAllowed(f"folder {folder[:80]!r}... is not a usable path")
+            shown = f"{folder[:80]!r}..." if len(folder) > 80 else repr(folder)
+            raise FolderNotAllowed(f"folder {shown} is not a usable path")
         path = Path(folder)
         if not path.is_absolute() and self.allowed_roots:
             path = self.allowed_roots[0] / path
         path = path.resolve()
         if not any(path == root or root in path.parents for root in self.allowed_roots):
-            roots = ", ".join(str(r) for r in self.allowed_roots) or "(none)"
-            raise FolderNotAllowed(f"folder {folder!r} is outside the allowed roots: {roots}")
+            raise FolderNotAllowed(
+                f"folder {folder[:200]!r} is outside the allowed roots: give a folder relative "
+                'to the ingest root ("." for all of it)'
+                if self.allowed_roots
+                else "no folder may be ingested here (no allowed roots): upload documents instead"
+            )
         return path
 
     # --- workflow node kinds -------------------------------------------------------------
 
     async def _ingest_node(self, ctx: NodeContext) -> dict[str, Any]:
-        """params: `folder` (under an allowed root) or `documents` [{name, text}]."""
+        """params: `folder` (under an allowed root) or `documents` [{name, text}].
+
+        The node's progress mirrors its job's.
+        """
         job_id = f"{ctx.run_id}.{ctx.spec.id}.{ctx.attempt}"
         params = msgspec.convert(ctx.params, IngestParams)
         if params.documents is not None:
             uploads = [Upload(d.name, d.text.encode()) for d in params.documents]
             state = self.ingest.new_job(ctx.project, "upload", job_id)
             ctx.set_output_ref(state.key)
-            await self.ingest.run_uploads(ctx.project, uploads, state=state)
+            await self.ingest.run_uploads(
+                ctx.project, uploads, state=state, on_progress=ctx.progress
+            )
         else:
             folder = self.resolve_folder(params.folder or ".")
-            state = self.ingest.new_job(ctx.project, str(folder), job_id)
+            state = self.ingest.new_job(ctx.project, self.ingest.shown(folder), job_id)
             ctx.set_output_ref(state.key)
-            await self.ingest.run_folder(ctx.project, folder, state=state)
+            await self.ingest.run_folder(ctx.project, folder, state=state, on_progress=ctx.progress)
         return _job_summary(state)
 
     async def _agent_node(self, ctx: NodeContext) -> str:
-        """params: `question`; optional `agent` (a name shown on the run)."""
+        """params: `question`; optional `agent` (a name shown on the run).
+
+        The node's progress mirrors its run's.
+        """
         params = msgspec.convert(ctx.params, AgentParams)
         run_id = f"{ctx.run_id}.{ctx.spec.id}.{ctx.attempt}"
         state = self.agent.new_run(ctx.project, params.question, run_id=run_id, agent=params.agent)
         ctx.set_output_ref(state.key)
-        await self.agent.run(ctx.project, state)
+        await self.agent.run(ctx.project, state, on_progress=ctx.progress)
         return self.agent.answers[state.run_id]
 
 

@@ -4,12 +4,16 @@ A folder's files are listed without following symlinks out of it: every file is 
 must stay under the folder (itself under an allowed root), so a link to `/etc/passwd` inside
 an allowed folder is a file error, never ingested. An upload's bytes are dropped as soon as
 the file is parsed, so a job's memory is one batch of payloads, not all of them.
+
+No absolute server path leaves the process: events and errors name a folder relative to the
+ingest root that holds it (`shown_folder`), and files relative to the ingested folder.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
 from services.documents import MAX_DOCUMENT_BYTES, DocumentTooLarge, UnreadableDocument
 
@@ -20,6 +24,7 @@ __all__ = [
     "TooManyFiles",
     "folder_sources",
     "list_folder",
+    "shown_folder",
     "upload_sources",
 ]
 
@@ -75,13 +80,27 @@ def _read_confined(name: str, path: Path, root: Path) -> bytes:
         return file.read(MAX_DOCUMENT_BYTES + 1)
 
 
-def list_folder(folder: Path, max_files: int = 10_000) -> list[Path]:
+def shown_folder(folder: Path, roots: Sequence[Path] = ()) -> str:
+    """How events and errors name `folder`: relative to the ingest root holding it (`.` for
+    the root itself), as the HTTP API's `folder` takes it; a folder under none of `roots`
+    (given in code) by its own name. Never an absolute path."""
+    path = folder.resolve()
+    for root in roots:
+        root = root.resolve()
+        if path == root or root in path.parents:
+            return PurePosixPath(*path.relative_to(root).parts).as_posix()
+    return path.name or "."
+
+
+def list_folder(folder: Path, max_files: int = 10_000, shown: str | None = None) -> list[Path]:
     """Regular files under `folder`, recursively, sorted, without hidden files or folders.
 
     Symlinked folders are not entered; symlinked files are listed (and confined when read).
+    Errors name the folder as `shown` (default: its own name), never by its absolute path.
     """
+    shown = shown if shown is not None else shown_folder(folder)
     if not folder.is_dir():
-        raise SourceNotFound(f"folder not found: {folder}")
+        raise SourceNotFound(f"folder not found: {shown!r}")
     files: list[Path] = []
     for directory, subdirs, names in os.walk(folder):  # followlinks=False
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]
@@ -91,15 +110,17 @@ def list_folder(folder: Path, max_files: int = 10_000) -> list[Path]:
                 continue
             files.append(path)
             if len(files) > max_files:
-                raise TooManyFiles(f"{folder} holds more than {max_files} files (the job limit)")
+                raise TooManyFiles(
+                    f"folder {shown!r} holds more than {max_files} files (the job limit)"
+                )
     return sorted(files)
 
 
-def folder_sources(folder: Path, max_files: int) -> list[Source]:
+def folder_sources(folder: Path, max_files: int, shown: str | None = None) -> list[Source]:
     root = folder.resolve()
     return [
-        Source(str(path.relative_to(folder)), path=path, root=root)
-        for path in list_folder(folder, max_files)
+        Source(path.relative_to(folder).as_posix(), path=path, root=root)
+        for path in list_folder(folder, max_files, shown)
     ]
 
 

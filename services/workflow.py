@@ -6,7 +6,8 @@ Semantics:
 - A failing attempt (an exception, or its `timeout` elapsing) is retried up to `retries`
   times after `backoff * 2**(attempt-1)` seconds (capped at 30 s), shown as `retrying`.
 - A node that fails for good makes every node downstream of it `skipped`; independent
-  branches run on; the run then ends `failed` naming the failed nodes.
+  branches run on; the run then ends `failed` naming each failed node with its own error
+  (`node(s) failed: a (Timeout: timed out), b (NoReadableDocuments: ...)`).
 - Cancelling the run cancels the running nodes and marks the rest `cancelled`; the cleanup
   is shielded, so a second cancel cannot leave nodes `pending` under a `cancelled` run.
 - `check` (e.g. `spec_check.check_spec`) refuses a spec with a number out of range;
@@ -27,7 +28,7 @@ import msgspec
 from services.admission import Permit
 from services.emitters import Emitter
 from services.events import WorkflowNodeState, WorkflowRun
-from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info
+from services.instrument import DEFAULT_MIN_INTERVAL, Tracker, error_info, now_ms
 from services.tasks import TaskTable
 
 __all__ = [
@@ -160,6 +161,7 @@ class WorkflowEngine:
         state = WorkflowRun(
             run_id=run_id or uuid.uuid4().hex[:12], workflow=spec.name, nodes_total=len(spec.nodes)
         )
+        state.timings.created_ms = now_ms()  # the 202 answer shows what `created` will carry
         self.runs.add(state.run_id, project, state)
         self.runs.prune(self.nodes)
         self.nodes[state.run_id] = {
@@ -229,11 +231,9 @@ class WorkflowEngine:
                         await asyncio.shield(cleanup)
                 cleanup.result()
                 raise
-            failed = [node_id for node_id in order if outcome.get(node_id) == "failed"]
+            failed = [trackers[i].state for i in order if outcome.get(i) == "failed"]
             if failed:
-                first = trackers[failed[0]].state.error
-                detail = f": {first.kind}: {first.message}" if first else ""
-                raise WorkflowFailed(f"node(s) failed: {', '.join(failed)}{detail}")
+                raise WorkflowFailed(f"node(s) failed: {_failures(failed)}")
         return state
 
     async def _schedule(
@@ -307,6 +307,19 @@ class WorkflowEngine:
             nodes_skipped=counts["skipped"],
             progress=len(outcome) / run.state.nodes_total,
         )
+
+
+def _failures(nodes: list[WorkflowNodeState], limit: int = 1800) -> str:
+    """Each failed node with its own error: `a (Timeout: timed out), b (Kind: message)`."""
+    parts: list[str] = []
+    for i, node in enumerate(nodes):
+        error = node.error
+        part = f"{node.node_id} ({error.kind}: {error.message[:200]})" if error else node.node_id
+        if sum(len(p) + 2 for p in parts) + len(part) > limit:
+            parts.append(f"and {len(nodes) - i} more")
+            break
+        parts.append(part)
+    return ", ".join(parts)
 
 
 async def _cancel_nodes(

@@ -261,8 +261,8 @@ async def test_invalid_since_error_names_the_parameter(hub_1k: RunningHub) -> No
 async def test_close_error_frame_carries_code_message_close_and_retryable(
     hub_1k: RunningHub, abuse: Abuse
 ) -> None:
-    # PROTOCOL.md: the error frame before a close carries `code`, `message`, `close`,
-    # `retryable` (its example shows `"retryable":false` spelled out).
+    # docs/protocol.md, "WebSocket subscription": the error frame before a close carries
+    # `code`, `message`, `close`, `retryable` (its example shows `"retryable":false` spelled out).
     offender = await abuse(hub_1k)
     await offender.wait_closed()
     final = offender.frames[-1]

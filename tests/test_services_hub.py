@@ -191,13 +191,13 @@ async def test_ingest_job_over_http_reports_batches_and_completes() -> None:
         assert response.status_code == 202
         key = response.json()["key"]
         events = await subscriber.until_finished(key)
-        # 8 sample files in batches of 4: one update per batch.
+        # 8 sample files in batches of 4: one update per batch; the last one is `completed`.
         assert [e["type"] for e in events] == [
             "ingest.job.created",
             "ingest.job.updated",
-            "ingest.job.updated",
             "ingest.job.completed",
         ]
+        assert [e["data"]["progress"] for e in events] == [0.0, 0.5, 1.0]
         assert_progress_ends_at_one(events)
         final = events[-1]["data"]
         assert (final["documents"], final["total_files"], final["status"]) == (8, 8, "completed")
@@ -390,7 +390,8 @@ async def test_workflow_runs_ingest_then_agent_and_succeeds() -> None:
         assert run[-1]["data"]["state"] == "succeeded"
         assert_progress_ends_at_one(run)
         for node in ("ingest", "ask"):
-            assert subscriber.states(f"workflow.node/{run_id}/{node}") == [
+            states = subscriber.states(f"workflow.node/{run_id}/{node}")
+            assert [s for i, s in enumerate(states) if states[i - 1 : i] != [s]] == [
                 "pending",
                 "running",
                 "succeeded",
@@ -415,7 +416,9 @@ async def test_workflow_fails_when_ingest_fails_and_skips_the_agent() -> None:
         ]
         run = await subscriber.until_finished(f"workflow.run/{run_id}")
         assert run[-1]["data"]["state"] == "failed"
-        assert "ingest: SourceNotFound" in run[-1]["data"]["error"]["message"]
+        assert run[-1]["data"]["error"]["message"] == (
+            "node(s) failed: ingest (SourceNotFound: folder not found: 'missing')"
+        )
         assert subscriber.states(f"workflow.node/{run_id}/ingest") == [
             "pending",
             "running",

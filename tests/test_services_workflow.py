@@ -154,7 +154,8 @@ async def test_a_node_failing_for_good_skips_its_dependents_and_fails_the_run() 
         NodeSpec(id="side", kind="echo"),
     )
     run = h.engine.new_run("p", wf)
-    with pytest.raises(WorkflowFailed, match="node\\(s\\) failed: bad: ConnectionError"):
+    own_error = r"^node\(s\) failed: bad \(ConnectionError: attempt 2 failed\)$"
+    with pytest.raises(WorkflowFailed, match=own_error):
         await h.engine.run("p", wf, run)
     assert h.states("bad")[-1] == "failed"
     assert h.states("after") == ["pending", "skipped"]
@@ -231,3 +232,24 @@ async def test_finished_jobs_are_forgotten_oldest_first_beyond_the_bound() -> No
     assert [("a" in table), ("b" in table), ("c" in table)] == [False, True, True]
     assert side == {"b": "B", "c": "C"}
     assert table.list("p") == ["b", "c"] and table.get("other", "b") is None
+
+
+async def test_a_run_error_names_each_failed_node_with_its_own_error_within_bounds() -> None:
+    h = Harness()
+    nodes = [NodeSpec(id=f"n{i:03}", kind="flaky") for i in range(120)]
+    for i, node in enumerate(nodes):
+        h.failures_left[node.id] = 1 if i % 2 else 0  # every other node fails, once
+    run = h.engine.new_run("p", WorkflowSpec(nodes=nodes, max_concurrency=8))
+    with pytest.raises(WorkflowFailed) as failed:
+        await h.engine.run("p", WorkflowSpec(nodes=nodes, max_concurrency=8), run)
+    message = str(failed.value)
+    # Each node next to its own error, in spec order, bounded: the rest are counted.
+    assert message.startswith(
+        "node(s) failed: n001 (ConnectionError: attempt 1 failed), "
+        "n003 (ConnectionError: attempt 1 failed), "
+    )
+    assert "n000" not in message and "n002" not in message  # those succeeded
+    shown = message.count("(ConnectionError")
+    assert 10 < shown < 60 and message.endswith(f"and {60 - shown} more"), message
+    assert len(message) <= 1900
+    assert run.error is not None and run.error.message == message  # what subscribers see

@@ -7,6 +7,7 @@ The session is the WebSocket one (ws_endpoint.py): register (live events queue u
 carry an `id` too, so `Last-Event-ID` always says where to resume. Wherever the WebSocket
 path would close (queue overflow 4008, drain 1001, ...) the stream sends `event: error`
 with the close code and ends; the client resumes with `Last-Event-ID` (or since+epoch).
+With `?named=0` events carry no `event:` line, for `EventSource.onmessage` (sse_messages.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..fanout.session import register_subscriber, release_subscriber, start_stre
 from ..limits import ConnectionSlot, admit_connection
 from ..protocol import ErrorFrame
 from ..wire.subscription import SubscriptionParams, parse_since, parse_subscription
+from .sse_messages import sse_framer
 
 __all__ = ["parse_last_event_id", "sse_endpoint"]
 
@@ -71,23 +73,32 @@ class _SseBody:
 async def sse_endpoint(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     settings = hub.settings
-    params = parse_subscription(request.path_params["project"], request.query_params, settings)
+    raw_query = request.scope.get("query_string", b"")
+    params = parse_subscription(
+        request.path_params["project"], request.query_params, settings, raw_query
+    )
     last_event_id = request.headers.get("last-event-id")
     if last_event_id is not None and last_event_id.strip():
         # It wins over since/epoch: EventSource sends it on its own reconnects.
         since, epoch = parse_last_event_id(last_event_id)
         params = msgspec.structs.replace(params, since=since, epoch=epoch)
     # The same checks as the WebSocket path: the grant (401/403), then a connection slot (503).
+    framer = sse_framer(request.query_params)  # `named=0`: events as plain messages
     principal = authorize(request, params.project, "subscribe")
     slot = admit_connection(request, principal)
-    return _SseStream(hub, params, principal, slot)
+    return _SseStream(hub, params, principal, slot, framer)
 
 
 class _SseStream(Response):
     """The streaming response: runs the session until the stream ends or the client leaves."""
 
     def __init__(
-        self, hub: Hub, params: SubscriptionParams, principal: Principal, slot: ConnectionSlot
+        self,
+        hub: Hub,
+        params: SubscriptionParams,
+        principal: Principal,
+        slot: ConnectionSlot,
+        framer: SseFramer,
     ) -> None:
         self.status_code = 200
         self.background = None
@@ -96,6 +107,7 @@ class _SseStream(Response):
         self._params = params
         self._principal = principal
         self._slot = slot
+        self._framer = framer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -108,7 +120,7 @@ class _SseStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         sink = PullSink(
             _SseBody(send),
-            SseFramer(),
+            self._framer,
             chunk_bytes=settings.max_frame_bytes,
             heartbeat_s=settings.heartbeat_s,
         )
