@@ -120,16 +120,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_from_args(args: argparse.Namespace, *, token_delay: float = 0.0) -> Model:
     """The model `--model`/`--model-url` (or the environment) select."""
+    from hub.cli_exit import CliError, ExitStatus
     from services.model import ExtractiveModel
     from services.openai_model import OpenAIChatModel
 
     try:
         settings = ModelSettings.from_env(model=args.model, url=args.model_url)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+    except ValueError as exc:  # `hub demo` prints the one line and exits 2
+        raise CliError(ExitStatus.USAGE, str(exc)) from None
     if settings.model in ("", EXTRACTIVE, ExtractiveModel.name):
         return ExtractiveModel(token_delay=token_delay)
     if not settings.url:
-        raise SystemExit(f"--model {settings.model} needs --model-url (or HUB_MODEL_URL)")
+        raise CliError(
+            ExitStatus.USAGE, f"--model {settings.model} needs --model-url (or HUB_MODEL_URL)"
+        )
     log.info("the agent answers with %s at %s", settings.model, settings.shown_endpoint)
     return OpenAIChatModel(settings)

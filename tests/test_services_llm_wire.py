@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hub.cli_exit import CliError, ExitStatus
 from hub.wire.catalog import EventCatalog
 from services.events import register_events
 from services.model import ExtractiveModel, Passage, citations_in
@@ -172,8 +173,9 @@ def test_demo_arguments_select_the_model_and_refuse_a_model_without_url(
     )
     model = model_from_args(parser.parse_args(["--model", "q", "--model-url", "http://h:1"]))
     assert isinstance(model, OpenAIChatModel) and model.name == "q"
-    with pytest.raises(SystemExit, match="--model q needs --model-url"):
+    with pytest.raises(CliError, match="--model q needs --model-url") as refused:
         model_from_args(parser.parse_args(["--model", "q"]))
+    assert refused.value.status == ExitStatus.USAGE
 
 
 def test_retry_after_reads_seconds_and_dates_and_ignores_garbage() -> None:
