@@ -168,6 +168,15 @@ export class JobCard extends Card {
 
 // --- agent -------------------------------------------------------------------------------
 
+/** "42 in / 6 out tokens": the run's prompt and completion tokens, "(counted)" when the model
+ * server did not report them (`usage_source`). */
+function agentTokens(run) {
+  const usage = run.usage;
+  if (!usage || !(usage.prompt_tokens || usage.completion_tokens)) return "";
+  const counted = run.usage_source === "counted" ? " (counted)" : "";
+  return `${usage.prompt_tokens} in / ${usage.completion_tokens} out tokens${counted}`;
+}
+
 export class AgentCard extends Card {
   constructor(id) {
     super("agent", id, "agent", id);
@@ -175,12 +184,11 @@ export class AgentCard extends Card {
   }
 
   update(run, ctx) {
-    const tokens = run.usage ? run.usage.prompt_tokens + run.usage.completion_tokens : 0;
     super.update(run, ctx, {
       status: run.status,
-      meta: [run.agent, run.model, tokens ? `${tokens} tokens` : ""].filter(Boolean).join(" · "),
+      meta: [run.agent, run.model, run.finish_reason, agentTokens(run)].filter(Boolean).join(" · "),
       line: run.input,
-      attrs: { "data-run": run.run_id, "data-status": run.status },
+      attrs: { "data-run": run.run_id, "data-status": run.status, "data-finish": run.finish_reason || "" },
     });
   }
 
