@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -134,6 +135,13 @@ class Settings(msgspec.Struct, kw_only=True):
     long_poll_max_wait_s: float = 30.0  # the largest `wait` a GET .../events may ask for
     max_long_polls: int = 1_000  # long polls waiting at once per process; beyond: 503
     cors_max_age_s: int = 600  # how long a browser may cache a preflight answer
+
+    # Redis TLS (issue 17, docs/operations.md "TLS and ACL users"): used with a rediss:// URL;
+    # ACL credentials go in the URL (rediss://user:password@host:port/db). Files are PEM.
+    redis_tls_ca_file: str = ""  # CA bundle that signed Redis's certificate; "": system CAs
+    redis_tls_cert_file: str = ""  # client certificate (Redis `tls-auth-clients yes`)
+    redis_tls_key_file: str = ""  # its private key; "": the key is in the certificate file
+    redis_tls_check_hostname: bool = True  # the certificate must name the URL's host
 
     def __post_init__(self) -> None:
         positive = (
@@ -267,4 +275,15 @@ class Settings(msgspec.Struct, kw_only=True):
         fields = msgspec.structs.asdict(self)
         if fields["secret"]:
             fields["secret"] = "<redacted>"
+        fields["backend"] = _url_without_password(fields["backend"])
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+def _url_without_password(url: str) -> str:
+    """A backend URL fit for logs: an ACL password in it becomes <redacted> (issue 17)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    credentials, host = parts.netloc.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]  # as written (percent-encoded)
+    return urlunsplit(parts._replace(netloc=f"{user}:<redacted>@{host}"))

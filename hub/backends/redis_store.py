@@ -22,12 +22,18 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 
 from ..config import Settings
 from ..errors import BackendUnavailable
 from ..protocol import EventFrame
 from .base import Position, PublishRequest, ReadResult, SnapshotView, StoredEvent, new_epoch
+from .redis_options import tls_options
 from .redis_scripts import HUB_SCRIPT, ProjectKeys
 
 __all__ = [
@@ -45,13 +51,23 @@ RedisClient = Redis | RedisCluster
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+_NO_DATA = msgspec.Raw(b"")
 SEEN_PROJECTS = 100_000  # projects whose highest seq a process remembers
+MAX_AGE_S = 1e12  # a retention age beyond this (or inf) is the same as none
 # What a dead, refusing, restarting or overloaded Redis raises through redis-py.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def unavailable(exc: BaseException) -> BackendUnavailable:
     detail = str(exc) or type(exc).__name__
+    if isinstance(exc, NoPermissionError) or detail.startswith("NOPERM"):
+        # an ACL user without a command or key the hub needs: name the fix
+        return BackendUnavailable(
+            f"redis refused the hub's ACL user: {detail[:200]} (the rule the hub needs: "
+            "docs/operations.md, TLS and ACL users)"
+        )
+    if isinstance(exc, AuthenticationError):
+        return BackendUnavailable(f"redis refused the credentials in the URL: {detail[:200]}")
     return BackendUnavailable(f"redis unavailable: {detail[:200]}")
 
 
@@ -61,6 +77,13 @@ def build_event(
     """The event and its frame, encoded exactly as the memory backend encodes it."""
     frame = _encoder.encode(EventFrame(project, seq, event_type, ts, msgspec.Raw(data), key))
     return StoredEvent(seq, event_type, key, ts, frame)
+
+
+def frame_size_less_numbers(project: str, request: PublishRequest) -> int:
+    """The size of the event's frame as the memory backend counts it (len(frame)), less the
+    digits of its seq and ts, which only the script knows: it adds them."""
+    frame = EventFrame(project, 0, request.type, 0, _NO_DATA, request.key)  # data not copied
+    return len(_encoder.encode(frame)) + len(request.data) - 2  # less the two zeros
 
 
 def event_from_entry(project: str, entry_id: bytes, fields: Any) -> tuple[str, StoredEvent]:
@@ -109,6 +132,9 @@ class RedisStore:
         self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._key_ttl_ms = int(settings.redis_key_ttl_s * 1000)
         self._id_ttl_ms = max(1, int(settings.redis_idempotency_ttl_s * 1000))
+        # the memory backend's bounds (redis_scripts): events, frame bytes, age in ms
+        age_ms = int(min(settings.retention_age_s, MAX_AGE_S) * 1000)
+        self._retention = (settings.retention_events, settings.retention_bytes, age_ms)
 
     def new_client(self, max_connections: int) -> RedisClient:
         """A client whose every command fails within the socket timeout instead of hanging.
@@ -124,6 +150,7 @@ class RedisStore:
             "retry": Retry(NoBackoff(), 0),
             "client_name": "hub",
         }
+        options.update(tls_options(self.url, s))  # rediss:// (issue 17)
         if not self.url.startswith("unix:"):  # keepalive is a TCP option
             options["socket_keepalive"] = True
             options["socket_keepalive_options"] = _keepalive_options(s.redis_socket_timeout_s)
@@ -186,7 +213,7 @@ class RedisStore:
 
     def _common_args(self, op: str, project: str) -> list[Any]:
         epoch, seq = self._seen.get(project, ("", 0))
-        return [op, new_epoch(), self._key_ttl_ms, epoch, seq]
+        return [op, new_epoch(), self._key_ttl_ms, epoch, seq, *self._retention]
 
     def note(self, project: str, epoch: str, seq: int) -> None:
         """Remember the highest seq seen in `epoch`: if Redis comes back with a counter below
@@ -236,7 +263,6 @@ class RedisStore:
         s = self.settings
         args: list[Any] = [
             *self._common_args("publish", project),
-            s.retention_events,
             s.snapshot_keys,
             self._id_ttl_ms,
             len(requests),
@@ -256,6 +282,7 @@ class RedisStore:
                 request.key if has_key else b"",
                 index,
                 bytes(request.data),
+                frame_size_less_numbers(project, request),
             ]
         # Retrying is safe only if every event carries an idempotency id.
         safe = all(r.id is not None for r in requests)
