@@ -22,8 +22,9 @@ __all__ = ["HUB_COMMANDS", "acl_rule", "tls_options"]
 # What the hub sends itself (connection set-up, the reader, health checks, the script) and
 # what its one Lua script calls (hub/backends/redis_scripts.py): ACL checks both.
 HUB_COMMANDS = (
-    # connection: AUTH needs no permission; redis-py names its connections
-    "ping", "client|setname", "client|setinfo",
+    # connection: AUTH needs no permission; redis-py names its connections (its CLIENT SETINFO,
+    # Redis 7.2+, may be refused: redis-py ignores that)
+    "ping", "client|setname",
     # the script, loaded once per server (EVALSHA; SCRIPT LOAD after a NOSCRIPT reply)
     "evalsha", "script|load",
     # the reader: XREAD over the watched streams, its wake-up stream (XADD, DEL), epochs (GET)

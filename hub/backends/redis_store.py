@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import uuid
 from collections import OrderedDict
@@ -21,13 +22,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     AuthenticationError,
     NoPermissionError,
     RedisClusterException,
     RedisError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..config import Settings
 from ..errors import BackendUnavailable
@@ -58,13 +59,26 @@ MAX_AGE_S = 1e12  # a retention age beyond this (or inf) is the same as none
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
+def _refused_in_script(detail: str) -> str | None:
+    """The command of the script line an ACL refusal inside the script names."""
+    found = re.search(r"can't run this command.*@user_script:(\d+)", detail)
+    if found is None:
+        return None
+    lines = HUB_SCRIPT.split("\n")
+    line = int(found.group(1))
+    command = re.search(r"redis\.call\('(\w+)'", lines[line - 1]) if line <= len(lines) else None
+    return f"'{command.group(1).lower()}'" if command else "a command"
+
+
 def unavailable(exc: BaseException) -> BackendUnavailable:
     detail = str(exc) or type(exc).__name__
-    if isinstance(exc, NoPermissionError) or detail.startswith("NOPERM"):
+    in_script = _refused_in_script(detail)
+    if isinstance(exc, NoPermissionError) or in_script:
         # an ACL user without a command or key the hub needs: name the fix
+        what = f"the hub's script may not run {in_script}: " if in_script else ""
         return BackendUnavailable(
-            f"redis refused the hub's ACL user: {detail[:200]} (the rule the hub needs: "
-            "docs/operations.md, TLS and ACL users)"
+            f"redis refused the hub's ACL user: {what}{detail[:200]} (the rule the hub "
+            "needs: docs/operations.md, TLS and ACL users)"
         )
     if isinstance(exc, AuthenticationError):
         return BackendUnavailable(f"redis refused the credentials in the URL: {detail[:200]}")
