@@ -38,7 +38,7 @@ class Settings(msgspec.Struct, kw_only=True):
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     redis_cluster_poll_ms: int = 20  # Cluster has no multi-slot XREAD: the reader polls
 
-    # Retention per project (memory backend; the Redis backend uses retention_events).
+    # Retention per project, on both backends (Redis: docs/operations.md, Retention on Redis).
     retention_events: int = 10_000
     retention_bytes: int = 32 * MiB
     retention_age_s: float = 24 * 3600.0

@@ -379,7 +379,7 @@ async def _publish_main(url: str, project: str, count: int, batch: int, tag: str
     sys.stdout.write(msgspec.json.encode(seqs).decode() + "\n")
 
 
-async def _bench_main(persistence: str, count: int) -> None:
+async def _bench_main(persistence: str, count: int, retention: int = 0) -> None:
     """Publish rates, replay time and Redis memory per event on a fresh local redis-server."""
     from redis.asyncio import Redis
 
@@ -392,7 +392,8 @@ async def _bench_main(persistence: str, count: int) -> None:
         fsync = [] if persistence == "none" else ["--appendfsync", persistence]
         server = RedisServer(Path(tmp), appendonly=persistence != "none", extra=fsync)
         server.start()
-        backend = RedisBackend(server.url, Settings(retention_events=count))
+        # retention below count: every publish also trims (issue 17: the cost of the bounds)
+        backend = RedisBackend(server.url, Settings(retention_events=retention or count))
         direct = Redis.from_url(server.url)
         try:
 
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = sub.add_parser("bench", help="publish rates and memory on a fresh redis-server")
     bench.add_argument("--persistence", choices=["none", "always", "everysec"], default="none")
     bench.add_argument("--count", type=int, default=3000)
+    bench.add_argument("--retention", type=int, default=0, help="retention_events (0: count)")
     publish = sub.add_parser("publish")
     publish.add_argument("url")
     publish.add_argument("project")
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("--tag", default=str(os.getpid()))
     args = parser.parse_args(argv)
     if args.command == "bench":
-        asyncio.run(_bench_main(args.persistence, args.count))
+        asyncio.run(_bench_main(args.persistence, args.count, args.retention))
     else:
         asyncio.run(_publish_main(args.url, args.project, args.count, args.batch, args.tag))
 

@@ -6,6 +6,7 @@ key prefix, a bad password) fails with an error that says what is wrong."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -16,6 +17,7 @@ import pytest
 from hub.backends.base import PublishRequest
 from hub.backends.redis import RedisBackend
 from hub.backends.redis_options import HUB_COMMANDS, acl_rule, tls_options
+from hub.backends.redis_scripts import HUB_SCRIPT
 from hub.config import Settings
 from hub.errors import BackendUnavailable
 from hub.redis_publisher import RedisPublisher
@@ -139,6 +141,11 @@ def test_the_documented_acl_rule_is_the_one_the_hub_needs() -> None:
     assert acl_rule("hub", "hub", "<password>") in operations
     for command in HUB_COMMANDS:
         assert command in operations
+
+
+def test_every_command_the_script_calls_is_in_the_rule() -> None:
+    called = {c.lower() for c in re.findall(r"redis\.call\('(\w+)'", HUB_SCRIPT)}
+    assert called and called <= set(HUB_COMMANDS), called - set(HUB_COMMANDS)
 
 
 # --- ACL mistakes: a clear error, never a hang -------------------------------------------------

@@ -26,9 +26,10 @@ evidence of an earlier life (an epoch key left beside a lost counter, or a calle
 seqs in another epoch) the data was lost: reads answer an epoch derived from that evidence
 and the publish starts a random one, so every client holding a seq is told `gap`.
 
-Retention (issue 17) is the memory backend's: every op first drops entries from the oldest
-while there are more than retention_events, their frames sum to more than retention_bytes, or
-the oldest is older than retention_age_s by its publish time (Redis's clock). Entry ids are
+Retention (issue 17) is the memory backend's: a read first, a publish last (and before it
+honours an id), drops entries from the oldest while there are more than retention_events,
+their frames sum to more than retention_bytes, or the oldest is older than retention_age_s by
+its publish time (Redis's clock). Entry ids are
 seqs, not times, so age is read from the entries' `ts`, and the cut is one exact
 `XTRIM MINID <first kept seq>`. Each entry is looked at once when it goes, so a publish pays
 O(1) amortised. A read trims too (as memory's reads do) but creates no key.
@@ -186,7 +187,9 @@ if not live then
   keep(seq_key)
 end
 
-local first = trim(head)
+-- a publish trims once, at its end (and before honouring an id: an id lives with its event)
+local first = nil
+if op ~= 'publish' then first = trim(head) end
 if op == 'position' then
   return {epoch, head, first}
 elseif op == 'read' then
@@ -214,6 +217,7 @@ for i = 0, n - 1 do
   local seq = nil
   if id_index > 0 then
     local known = redis.call('GET', KEYS[id_index])
+    if known and not first then first = trim(head) end
     if known then
       local known_epoch, known_seq = string.match(known, '^(%S+) (%d+)$')
       known_seq = tonumber(known_seq)
