@@ -115,9 +115,11 @@ local function trim(head)
   end
   local bytes = tonumber(redis.call('HGET', meta_key, 'stream_bytes') or '0')
   local horizon = now_ms() - max_age_ms
-  local start, kept, cut = '-', nil, nil
+  local start, kept, cut, step = '-', nil, nil, 1
   while not kept do
-    local want = math.min(math.max(length - max_events, 0) + 1, 100)
+    -- what the count bound drops, and one more to look at: doubling while all of it went
+    local want = math.min(math.max(length - max_events, 0) + step, 100)
+    step = step * 2
     local batch = redis.call('XRANGE', events_key, start, '+', 'COUNT', want)
     if #batch == 0 then break end
     for _, entry in ipairs(batch) do
