@@ -1,4 +1,8 @@
-"""The `hub` command: `serve`, `tail`, and subcommands other packages register.
+"""The `hub` command: `serve`, `tail`, `token`, `publish`, and subcommands other packages
+register.
+
+Every failure a person can cause ends with one line on stderr and a status of
+hub.cli_exit.ExitStatus (listed by `hub --help`); tracebacks only with `--debug`.
 
 Packages add subcommands through the entry-point group `hub.commands`: each entry point is
 `register(subparsers)`, which adds a parser and sets `func` (sync or async, taking the args).
@@ -8,17 +12,20 @@ That is how `hub demo` comes from `services/` without the hub depending on it.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import inspect
 import logging
 import os
 import sys
+import typing
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .cli_exit import EXIT_STATUS_EPILOG, CliError, ExitStatus, debug_requested, run_command
+from .cli_publish import add_publish_parser
+from .cli_tail import add_tail_parser
 from .config import Settings
+from .event_loop import add_loop_argument
 from .logs import configure_logging
 from .wire.catalog_plugins import ENTRY_POINT_GROUP, catalog_specs
 
@@ -31,6 +38,7 @@ __all__ = [
     "add_settings_arguments",
     "build_parser",
     "catalog_from_args",
+    "log_catalogs",
     "main",
     "settings_from_args",
 ]
@@ -41,8 +49,12 @@ logger = logging.getLogger("hub")
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs a hub (serve, demo)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
-    parser.add_argument("--backend", help="memory:// (default) or redis://HOST:PORT/DB")
+    parser.add_argument("--port", type=port_number, default=8080, help="port (0 picks a free one)")
+    parser.add_argument(
+        "--backend",
+        help="memory:// (default), redis://HOST:PORT/DB or"
+        " redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE",
+    )
     parser.add_argument(
         "--redis-cluster",
         action="store_true",
@@ -101,13 +113,46 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         help="open hub on loopback: Host names to answer besides loopback ones, comma-separated "
         "(DNS rebinding guard; default: none)",
     )
-    parser.add_argument("--log-level", default="info")
+    add_log_level_argument(parser, "info")
+    add_loop_argument(parser)  # issue 16: uvloop by default
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         dest="log_format",
         help="text (default) or json: one object per line (or HUB_LOG_FORMAT)",
     )
+
+
+def port_number(raw: str) -> int:
+    """argparse type of --port: 0..65535."""
+    try:
+        port = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 0..65535 (0 picks a free one)")
+    return port
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def add_log_level_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """`--log-level`: the level of every logger in the process, uvicorn's included."""
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help=f"level of every logger in the process (default {default})",
+    )
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to read more), status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(ExitStatus.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -135,11 +180,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
     try:
         settings = settings_from_args(args)
-        app = create_app(settings, catalog=catalog_from_args(args, settings))
+        catalog = catalog_from_args(args, settings)
+        app = create_app(settings, catalog=catalog)
     except (ValueError, msgspec.ValidationError) as exc:
-        print(f"hub: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        sys.exit(2)
-    await serve(app, args.host, args.port, settings)
+        raise CliError(ExitStatus.USAGE, str(exc)) from None
+    log_catalogs(catalog, getattr(args, "catalogs", None))  # only once the settings hold
+    await serve(app, args.host, args.port, settings)  # a taken port: CannotBind, status 3
 
 
 def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,23 +210,26 @@ def add_catalog_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def catalog_from_args(args: argparse.Namespace, settings: Settings) -> EventCatalog:
-    """The catalogs `--catalog`/`--no-catalogs` name (default: every installed one), each
-    listed in the log. A catalog that cannot load raises CatalogLoadError (a ValueError)."""
+    """The catalogs `--catalog`/`--no-catalogs` name (default: every installed one). A
+    catalog that cannot load raises CatalogLoadError (a ValueError)."""
     from .wire.catalog import load_catalogs
 
     specs: list[str] | None = getattr(args, "catalogs", None)
     if specs is None:  # no flag: HUB_CATALOGS, else every installed catalog
         specs = catalog_specs(settings.catalogs)
-    catalog = load_catalogs(specs, strict=settings.strict_types)
+    return load_catalogs(specs, strict=settings.strict_types)
+
+
+def log_catalogs(catalog: EventCatalog, chosen: list[str] | None) -> None:
+    """One log line per loaded catalog (or one saying none is)."""
     for name, types in catalog.sources.items():
         logger.info("event catalog %s: %d type%s", name, len(types), "" if len(types) == 1 else "s")
     if not catalog.sources:
-        how = "none chosen" if specs is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
+        how = "none chosen" if chosen is not None else f"no {ENTRY_POINT_GROUP!r} entry point"
         logger.info("no event catalog loaded (%s): payloads are not validated", how)
-    return catalog
 
 
-def add_codegen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_codegen_parser(sub: argparse._SubParsersAction[Any]) -> None:
     """`hub codegen ts`: TypeScript declarations of the frames and of every catalog event."""
     codegen = sub.add_parser("codegen", help="generate client code from the hub's types")
     languages = codegen.add_subparsers(dest="language", required=True)
@@ -209,7 +258,7 @@ def add_codegen_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         action="store_true",
         help="write nothing: exit 1 if FILE (-o) differs from what would be written (for CI)",
     )
-    ts.add_argument("--log-level", default="warning")
+    add_log_level_argument(ts, "warning")
     ts.set_defaults(func=_codegen_ts)
 
 
@@ -231,8 +280,7 @@ def _codegen_ts(args: argparse.Namespace) -> None:
         else:
             sys.stdout.write(text)
     except (ValueError, OSError) as exc:
-        print(f"hub codegen ts: {exc}", file=sys.stderr)
-        sys.exit(2)
+        raise CliError(ExitStatus.USAGE, str(exc)) from None
 
 
 def _token(args: argparse.Namespace) -> None:
@@ -246,20 +294,18 @@ def _token(args: argparse.Namespace) -> None:
     try:
         secrets = parse_secrets(args.secret or os.environ.get("HUB_SECRET", ""))
     except ValueError as exc:
-        print(f"hub token: {exc}", file=sys.stderr)
-        sys.exit(2)
+        raise CliError(ExitStatus.USAGE, str(exc)) from None
     if not secrets:
-        print("hub token: no secret: pass --secret or set HUB_SECRET", file=sys.stderr)
-        sys.exit(2)
+        raise CliError(ExitStatus.USAGE, "no secret: pass --secret or set HUB_SECRET")
     projects = _split(args.project)
     scopes = _split(args.scope) or ["subscribe"]
     if not projects:
-        print("hub token: name at least one --project", file=sys.stderr)
-        sys.exit(2)
+        raise CliError(ExitStatus.USAGE, "name at least one --project (e.g. --project demo)")
     unknown = sorted(set(scopes) - {"subscribe", "publish"})
     if unknown:
-        print(f"hub token: unknown scope {unknown[0]!r} (subscribe, publish)", file=sys.stderr)
-        sys.exit(2)
+        raise CliError(ExitStatus.USAGE, f"unknown scope {unknown[0]!r}: use subscribe, publish")
+    if not 0 < args.ttl <= 10 * 365 * 24 * 3600:
+        raise CliError(ExitStatus.USAGE, f"--ttl {args.ttl:g}: give 1 to 315360000 seconds")
     types = _split(args.types) if args.types else None
     # With several secrets (a rotation), the first is the current one: sign with it.
     print(
@@ -270,6 +316,7 @@ def _token(args: argparse.Namespace) -> None:
             scopes=scopes,
             ttl_s=args.ttl,
             types=types,
+            keys=args.keys.split(",") if args.keys else None,
         )
     )
 
@@ -282,29 +329,14 @@ def _split(values: list[str] | str | None) -> list[str]:
     return [part.strip() for item in items for part in item.split(",") if part.strip()]
 
 
-async def _tail(args: argparse.Namespace) -> None:
-    from .client import HubClient
-    from .protocol import EventFrame, GapFrame, SnapshotFrame
-
-    types = args.types.split(",") if args.types else None
-    async with HubClient(
-        args.url, args.project, types=types, since=args.since, token=args.token
-    ) as client:
-        async for frame in client:
-            if isinstance(frame, EventFrame):
-                data = msgspec.json.encode(frame.data).decode()
-                print(f"{frame.seq:>7} {frame.type:<28} {frame.key or '-':<34} {data}", flush=True)
-            elif isinstance(frame, GapFrame):
-                print(
-                    f"--- gap ({frame.reason}): since {frame.since}, oldest {frame.oldest}",
-                    flush=True,
-                )
-            elif isinstance(frame, SnapshotFrame):
-                print(f"--- snapshot at head {frame.head}: {len(frame.events)} keys", flush=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hub", description="Real-time event hub")
+    parser = OneLineErrorParser(
+        prog="hub",
+        description="Real-time event hub",
+        epilog=EXIT_STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_debug_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the hub")
@@ -312,14 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_catalog_arguments(serve)
     serve.set_defaults(func=_serve)
 
-    tail = sub.add_parser("tail", help="print a project's events as they arrive")
-    tail.add_argument("--url", default="http://127.0.0.1:8080", help="hub base URL")
-    tail.add_argument("--project", default="demo")
-    tail.add_argument("--types", help="comma-separated type patterns, e.g. 'agent.*,*.failed'")
-    tail.add_argument("--since", type=int, help="replay everything after this seq first")
-    tail.add_argument("--token", help="access token (or HUB_TOKEN)")
-    tail.add_argument("--log-level", default="warning")
-    tail.set_defaults(func=_tail)
+    add_log_level_argument(add_tail_parser(sub), "warning")
+    add_log_level_argument(add_publish_parser(sub), "warning")
 
     token = sub.add_parser("token", help="mint an access token (HS256 JWT)")
     token.add_argument("--secret", help="signing secret (default: the first of HUB_SECRET)")
@@ -334,12 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     token.add_argument("--sub", default="cli", help="subject: who the token is for")
     token.add_argument("--types", help="event types it may read, e.g. 'agent.*' (default all)")
+    token.add_argument("--keys", help="key patterns it may read, e.g. 'ingest.job/*' (default all)")
     token.add_argument(
         "--generate-secret",
         action="store_true",
         help="print a new random secret instead (for --secret / HUB_SECRET)",
     )
-    token.add_argument("--log-level", default="warning")
+    add_log_level_argument(token, "warning")
     token.set_defaults(func=_token)
 
     add_codegen_parser(sub)
@@ -349,20 +376,43 @@ def build_parser() -> argparse.ArgumentParser:
             entry.load()(sub)
         except Exception as exc:  # a broken plugin must not take the core commands down
             print(f"hub: cannot load command {entry.name!r}: {exc}", file=sys.stderr)
+    _finish_subparsers(sub)
     return parser
 
 
+def _add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print tracebacks of failures (or HUB_DEBUG=1)",
+    )
+
+
+def _finish_subparsers(sub: argparse._SubParsersAction[Any]) -> None:
+    """Every subcommand (plugins' too) takes --debug and lists the exit statuses."""
+    for command in sub.choices.values():
+        if "--debug" not in command._option_string_actions:
+            _add_debug_argument(command)
+        if command.epilog is None:
+            command.epilog = EXIT_STATUS_EPILOG
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run `hub`; exit with a status of ExitStatus (`hub --help` lists them)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = debug_requested(argv)
     args = build_parser().parse_args(argv)
-    configure_logging(str(args.log_level), getattr(args, "log_format", None))
-    func: Any = args.func
     try:
-        if inspect.iscoroutinefunction(func):
-            asyncio.run(func(args))
-        else:
-            func(args)
-    except KeyboardInterrupt:
-        pass
+        configure_logging(str(args.log_level), getattr(args, "log_format", None))
+    except ValueError as exc:
+        print(f"hub: {exc}", file=sys.stderr)
+        sys.exit(ExitStatus.USAGE)
+    prog = " ".join(["hub", args.command, *([args.language] if args.command == "codegen" else [])])
+    status = run_command(args.func, args, prog=prog, debug=debug or getattr(args, "debug", False))
+    if status != ExitStatus.OK:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ frame are still delivered, and when the bad one is an event whose seq can be rea
 client moves past it. The backoff starts over only once a connection has delivered an event
 or stayed open for `healthy_after` seconds, so a hub that drops it right after `welcome`
 is not hammered.
+
+Connecting (TCP, TLS and the WebSocket handshake) is bounded by `open_timeout` per attempt.
+`state` (idle, connecting, open, reconnecting, closed) and `on_state` report progress, e.g.
+for `hub tail` to print it; `give_up_after` seconds without an open connection raise
+`HubUnreachable`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Final, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -41,7 +46,16 @@ from .protocol import (
     decode_server_frames,
 )
 
-__all__ = ["ClientFrame", "HubClient", "HubClientError", "UndecodableFrame", "decode_frames"]
+__all__ = [
+    "ClientFrame",
+    "ClientState",
+    "HubClient",
+    "HubClientError",
+    "HubUnreachable",
+    "StateChange",
+    "UndecodableFrame",
+    "decode_frames",
+]
 
 logger = logging.getLogger("hub.client")
 
@@ -121,11 +135,45 @@ FATAL_CLOSE_CODES = frozenset(
 
 
 class HubClientError(Exception):
-    """The hub refused this client for a reason reconnecting will not fix."""
+    """The hub refused this client for a reason reconnecting will not fix.
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    `code` is the close code, `status` the HTTP status of a refused handshake, `detail` the
+    hub's own message (its error frame) when it sent one.
+    """
+
+    def __init__(
+        self, message: str, code: int | None = None, *, status: int | None = None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
+        self.detail = detail
+
+
+class HubUnreachable(HubClientError):
+    """No connection could be opened within `give_up_after` seconds (or `max_attempts`)."""
+
+
+ClientState = Literal["idle", "connecting", "open", "reconnecting", "closed"]
+
+
+class StateChange(msgspec.Struct, frozen=True):
+    """What `on_state` receives: the new state, the attempt number since the backoff last
+    started over, the delay before the next attempt (reconnecting) and why it failed."""
+
+    state: ClientState
+    attempt: int = 0
+    delay: float | None = None
+    reason: str | None = None
+
+
+def _checked_keys(keys: Sequence[str] | None) -> list[str] | None:
+    """`keys` as sent in the query string, where `,` separates patterns (docs/protocol.md)."""
+    if keys is None:
+        return None
+    if isinstance(keys, str) or not keys or any(not k or "," in k for k in keys):
+        raise ValueError("keys: a non-empty list of patterns without ',' (None: every key)")
+    return list(keys)
 
 
 class HubClient:
@@ -143,10 +191,15 @@ class HubClient:
         max_attempts: int | None = None,
         open_timeout: float = 10.0,
         healthy_after: float = 5.0,
+        on_state: Callable[[StateChange], None] | None = None,
+        give_up_after: float | None = None,
+        rng: random.Random | None = None,
+        keys: Sequence[str] | None = None,
     ) -> None:
         self.url = url
         self.project = project
         self.types = list(types) if types else None
+        self.keys = _checked_keys(keys)
         self.last_seq = since
         self.epoch = epoch
         self.token = token
@@ -155,7 +208,11 @@ class HubClient:
         self.max_attempts = max_attempts
         self.open_timeout = open_timeout
         self.healthy_after = healthy_after  # open this long (or an event): backoff starts over
-        self.state: Literal["idle", "connecting", "open", "closed"] = "idle"
+        self.on_state = on_state  # called on every state change (must not block)
+        self.give_up_after = give_up_after  # seconds without an open connection: give up
+        self._rng = rng or random.Random()  # the backoff's jitter (seed it to replay a test)
+        self.state: ClientState = "idle"
+        self.attempt = 0  # failed attempts since the backoff last started over
         self.connects = 0  # successful connections so far
         self.duplicates_dropped = 0
         self.undecodable = 0  # frames handed to the caller as UndecodableFrame
@@ -175,6 +232,8 @@ class HubClient:
                 query["epoch"] = self.epoch
         if self.types:
             query["types"] = ",".join(self.types)
+        if self.keys is not None:
+            query["keys"] = ",".join(self.keys)
         path = f"{parts.path.rstrip('/')}/v1/projects/{self.project}/ws"
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
@@ -191,26 +250,37 @@ class HubClient:
 
     async def close(self) -> None:
         self._closing = True
-        self.state = "closed"
+        self._set_state("closed")
         if self._ws is not None:
             await self._ws.close()
 
     def __aiter__(self) -> AsyncIterator[ClientFrame]:
         return self._frames()
 
+    def _set_state(
+        self, state: ClientState, delay: float | None = None, reason: str | None = None
+    ) -> None:
+        if state == "closed" and self.state == "closed":
+            return  # close() and the end of iteration both report it: once is enough
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(StateChange(state, self.attempt, delay, reason))
+
     async def _frames(self) -> AsyncIterator[ClientFrame]:
-        attempt = 0
+        self.attempt = 0
         loop = asyncio.get_running_loop()
+        down_since = loop.time()  # when the last open connection ended (or we started)
         while not self._closing:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-            self.state = "connecting"
+            self._set_state("connecting")
             opened_at: float | None = None
             delivered = 0
+            reason: str | None = None
             try:
                 async with connect(
                     self.ws_url(),
                     additional_headers=headers,
-                    open_timeout=self.open_timeout,
+                    open_timeout=self._open_timeout(down_since, loop.time()),
                     max_size=None,
                 ) as ws:
                     self._ws = ws
@@ -219,8 +289,8 @@ class HubClient:
                         message = await ws.recv(decode=False)
                         for frame in decode_frames(message):
                             if isinstance(frame, WelcomeFrame):
-                                self._on_welcome(frame)
                                 opened_at = loop.time()
+                                self._on_welcome(frame)
                                 continue
                             out = self._accept(frame)
                             if out is not None:
@@ -228,43 +298,74 @@ class HubClient:
                                 yield out
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd is not None else None
+                reason = f"connection closed ({code})" if code else "connection lost"
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 if status in (400, 401, 403, 404):
-                    raise HubClientError(f"handshake refused with HTTP {status}") from exc
+                    self._set_state("closed")
+                    detail = _error_message(bytes(exc.response.body or b""))
+                    raise HubClientError(
+                        f"handshake refused with HTTP {status}", status=status, detail=detail
+                    ) from exc
                 code = None
+                reason = f"handshake answered with HTTP {status}"
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 logger.debug("connect failed: %s", exc)
                 code = None
+                reason = _connect_failure(exc, self.open_timeout)
             finally:
                 self._ws = None
             if self._closing:
                 break
-            if delivered or (
-                opened_at is not None and loop.time() - opened_at >= self.healthy_after
-            ):
-                attempt = 0  # a healthy connection: the next drop starts the backoff over
+            now = loop.time()
+            if opened_at is not None:
+                down_since = now
+            if delivered or (opened_at is not None and now - opened_at >= self.healthy_after):
+                self.attempt = 0  # a healthy connection: the next drop starts the backoff over
             if code is not None and code in FATAL_CLOSE_CODES:
-                self.state = "closed"
+                self._set_state("closed")
                 detail = self.last_error.message if self.last_error else ""
                 if code == CloseCode.NORMAL:
                     return
-                raise HubClientError(f"closed by hub with {code}: {detail}", code)
-            attempt += 1
-            if self.max_attempts is not None and attempt > self.max_attempts:
-                raise HubClientError(f"gave up after {self.max_attempts} attempts", code)
-            delay = random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt))
+                raise HubClientError(f"closed by hub with {code}: {detail}", code, detail=detail)
+            self.attempt += 1
+            if self.max_attempts is not None and self.attempt > self.max_attempts:
+                self._set_state("closed")
+                raise HubUnreachable(f"gave up after {self.max_attempts} attempts: {reason}", code)
+            delay = self.backoff_delay(self.attempt)
+            if self.give_up_after is not None:
+                left = down_since + self.give_up_after - now
+                if left <= 0:
+                    self._set_state("closed")
+                    raise HubUnreachable(
+                        f"gave up after {self.give_up_after:g}s without a connection: {reason}",
+                        code,
+                    )
+                delay = min(delay, left)  # one last attempt right at the deadline
             logger.info(
                 "reconnecting in %.2fs (close code %s, since %s)", delay, code, self.last_seq
             )
+            self._set_state("reconnecting", delay, reason)
             await asyncio.sleep(delay)
-        self.state = "closed"
+        self._set_state("closed")
+
+    def _open_timeout(self, down_since: float, now: float) -> float:
+        """`open_timeout`, cut to what is left of `give_up_after` (a blackholed address must
+        not outlast it)."""
+        if self.give_up_after is None:
+            return self.open_timeout
+        return max(0.05, min(self.open_timeout, down_since + self.give_up_after - now))
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(backoff_max, backoff_initial * 2**attempt)]."""
+        cap = min(self.backoff_max, self.backoff_initial * 2**attempt)
+        return self._rng.uniform(0, cap)
 
     def _on_welcome(self, frame: WelcomeFrame) -> None:
         self._snapshot_pages = []  # a new connection: pages of a cut one are void
         self.welcome = frame
         self.connects += 1
-        self.state = "open"
+        self._set_state("open")
         if self.last_seq is None:
             self.last_seq = frame.head  # nothing seen yet: resume from here after a drop
         if self.epoch is None:
@@ -305,7 +406,36 @@ class HubClient:
             return frame
         if isinstance(frame, ErrorFrame):
             self.last_error = frame
-            logger.warning("hub error %s: %s", frame.code, frame.message)
+            # One that closes for good is raised as HubClientError with this message: the
+            # caller reports it, a warning would say it twice.
+            fatal = frame.close is not None and frame.close in FATAL_CLOSE_CODES
+            level = logging.DEBUG if fatal else logging.WARNING
+            logger.log(level, "hub error %s: %s", frame.code, frame.message)
         elif isinstance(frame, ReplayedFrame):
             logger.debug("replayed %d events up to %d", frame.count, frame.head)
         return None
+
+
+def _connect_failure(exc: BaseException, open_timeout: float) -> str:
+    """Why an attempt failed, in words a person can act on."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {open_timeout:g}s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class _ErrorBody(msgspec.Struct):
+    error: dict[str, object] | None = None
+
+
+def _error_message(body: bytes) -> str:
+    """The `error.message` of the hub's JSON error body, if that is what the answer holds."""
+    try:
+        message = msgspec.json.decode(body, type=_ErrorBody).error or {}
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+    text = message.get("message")
+    return text if isinstance(text, str) else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .backends.base import Backend, PublishRequest
+from .backends.base import Backend, PublishedSeqs, PublishRequest
 from .config import Settings
 from .fanout.manager import ConnectionManager
 from .protocol import CloseCode
@@ -81,5 +81,6 @@ class Hub:
         else:
             self.validator.check_batch(project, requests)
         seqs = await self.backend.publish(project, requests)
-        self.stats.published += len(seqs)
+        # an idempotent retry returns its earlier seq: count only the events added
+        self.stats.published += seqs.new if isinstance(seqs, PublishedSeqs) else len(seqs)
         return seqs

@@ -1,6 +1,10 @@
 """The browser side served by the hub: the live dashboard at `/`, `hub-client.js`, `/static`.
 
-Plain files from `hub/static/` (no build step); the dashboard imports `/hub-client.js`.
+Plain files from `hub/static/` (no build step); the dashboard's modules (`dashboard*.js`)
+import `/hub-client.js`. Routes inside the page (`#/agent/<id>`...) are fragments: one HTML
+page. The hub's Python knows no event type; the dashboard's scripts are the one place under
+`hub/` that know the demo services' (dashboard-model.js) and their HTTP API
+(dashboard-actions.js).
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ async def _schedule(services: Services, project: str, folder: Path, interval: fl
     """Ingest once now; start a workflow `first_run_delay(interval)` later, then `interval`
     after each one ends (never two at a time)."""
     job = services.ingest.start_folder(project, folder)
-    log.info("ingesting %s as job %s", folder, job.job_id)
+    shown = "services/sample_docs" if folder == SAMPLE_DOCS else folder
+    log.info("ingesting %s as job %s", shown, job.job_id)
     for run, questions in enumerate(itertools.cycle(QUESTIONS), start=1):
         await asyncio.sleep(interval if run > 1 else first_run_delay(interval))
         spec = demo_workflow(folder, questions, run)
@@ -124,10 +125,12 @@ async def run_demo(args: argparse.Namespace) -> None:
     from hub.app import create_app
     from hub.cli import settings_from_args
     from hub.transports.gc_tuning import tune_gc
-    from hub.transports.server import HubServer, uvicorn_config
+    from hub.transports.server import HubServer, listen_socket, uvicorn_config
     from hub.wire.catalog import EventCatalog
 
     settings = settings_from_args(args)
+    # Bind first: a taken port must fail (CannotBind) before any service or ingest starts.
+    sock = listen_socket(args.host, args.port)
     folder = args.docs.resolve()
     catalog = EventCatalog(strict=settings.strict_types)
     register_events(catalog)
@@ -155,8 +158,8 @@ async def run_demo(args: argparse.Namespace) -> None:
         routes=services.routes(),
         lifespan_hooks=[services.lifespan, scheduler],
     )
-    server = HubServer(uvicorn_config(app, args.host, args.port, settings, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
+    server = HubServer(uvicorn_config(app, args.host, args.port, settings))
+    serving = asyncio.create_task(server.serve([sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if not server.started:
@@ -192,8 +195,22 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_demo(args))
+    from hub.event_loop import loop_factory
+    from hub.transports.server import CannotBind
+
+    try:
+        factory = loop_factory(args.loop)  # HUB_LOOP may name no loop
+    except ValueError as exc:
+        print(f"python -m services.demo: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run_demo(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except CannotBind as exc:  # one line, the status `hub demo` exits with (3)
+        print(f"python -m services.demo: {exc.strerror}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

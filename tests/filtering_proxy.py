@@ -2,7 +2,9 @@
 
 Per request head it can **hold** the request (accept it, answer nothing, ever: a handshake that
 hangs, or a proxy that buffers an event stream it never flushes) or **refuse** it (403 and
-close: a proxy that blocks WebSocket upgrades); everything else passes through byte for byte.
+close: a proxy that blocks WebSocket upgrades); everything else passes through byte for byte,
+unless `cut_after` is given: then a connection is cut as soon as the hub's bytes on it have
+contained that marker (a network that drops connections right after the hub's `welcome`).
 Browsers load the page through it, so what they meet is the network's doing, not the client's
 configuration.
 """
@@ -12,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
-__all__ = ["FilteringProxy", "is_upgrade", "path_contains"]
+__all__ = ["FilteringProxy", "filtering_proxy", "is_upgrade", "path_contains"]
 
 Rule = Callable[[bytes], bool]
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
@@ -36,10 +38,20 @@ def _never(head: bytes) -> bool:
 
 
 class FilteringProxy:
-    def __init__(self, target_port: int, *, hold: Rule = _never, refuse: Rule = _never) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        hold: Rule = _never,
+        refuse: Rule = _never,
+        cut_after: bytes | None = None,
+    ) -> None:
         self.target_port = target_port
+        self.cut_after = cut_after
+        self.cut = 0  # connections cut so far
         self.hold = hold
         self.refuse = refuse
+        self.requests: list[str] = []  # every request line seen, e.g. "GET /v1/... HTTP/1.1"
         self.held = 0  # requests held so far
         self.refused = 0
         self._server: asyncio.Server | None = None
@@ -81,10 +93,11 @@ class FilteringProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target_port)
         self._writers.add(upstream)
-        back = asyncio.create_task(_pump(upstream_reader, writer))
+        back = asyncio.create_task(self._answers(upstream_reader, writer))
         try:
             while True:  # one request head at a time (browsers do not pipeline)
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
                 if self.refuse(head):
                     self.refused += 1
                     writer.write(REFUSAL)
@@ -108,6 +121,22 @@ class FilteringProxy:
             self._writers.discard(upstream)
             upstream.close()
 
+    async def _answers(self, upstream: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The hub's bytes to the client, until either side ends or `cut_after` went by."""
+        marker = self.cut_after
+        seen = b""
+        try:
+            while data := await upstream.read(65536):
+                writer.write(data)
+                await writer.drain()
+                if marker is not None:
+                    seen = seen[-len(marker) :] + data
+                    if marker in seen:
+                        self.cut += 1
+                        return
+        finally:
+            writer.close()
+
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
@@ -116,3 +145,19 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     finally:
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def filtering_proxy(
+    target_port: int,
+    *,
+    hold: Rule = _never,
+    refuse: Rule = _never,
+    cut_after: bytes | None = None,
+) -> AsyncIterator[FilteringProxy]:
+    proxy = FilteringProxy(target_port, hold=hold, refuse=refuse, cut_after=cut_after)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

@@ -16,9 +16,10 @@ from typing import Any, Self
 
 from .support import require, wait_for
 
-__all__ = ["NodeClient", "require_node"]
+__all__ = ["CLIENT_JS", "NODE_FLAGS", "NodeClient", "require_node"]
 
 DRIVER = Path(__file__).parent / "node" / "client_driver.mjs"
+CLIENT_JS = Path(__file__).resolve().parent.parent / "hub" / "static" / "hub-client.js"
 # detect-module: hub-client.js is ESM in a directory that may have no package.json yet.
 NODE_FLAGS = ["--experimental-websocket", "--experimental-detect-module", "--no-warnings"]
 
@@ -36,13 +37,15 @@ class NodeClient:
         self._errors = asyncio.create_task(self._read_stderr())
 
     @classmethod
-    async def start(cls, url: str, project: str, **options: Any) -> Self:
-        config = json.dumps({"url": url, "project": project, "options": options})
+    async def start(
+        cls, url: str, project: str, *, bootstrap: bool = False, **options: Any
+    ) -> Self:
+        config = {"url": url, "project": project, "options": options, "bootstrap": bootstrap}
         process = await asyncio.create_subprocess_exec(
             "node",
             *NODE_FLAGS,
             str(DRIVER),
-            config,
+            json.dumps(config),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

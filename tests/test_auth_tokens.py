@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import inspect
 import json
 import logging
 import time
@@ -28,6 +26,7 @@ from hub.auth import (
     parse_secrets,
 )
 from hub.cli import build_parser
+from hub.cli_exit import run_command
 from hub.config import Settings
 from hub.errors import Forbidden, Unauthorized
 from hub.wire.topics import TypeFilter
@@ -409,9 +408,9 @@ def test_headers_in_debug_records_lose_their_tokens() -> None:
 def hub_main(argv: list[str]) -> None:
     """Run a `hub` subcommand without `main`'s logging setup (it would replace pytest's)."""
     args = build_parser().parse_args(argv)
-    result = args.func(args)
-    if inspect.iscoroutine(result):
-        asyncio.run(result)
+    status = run_command(args.func, args, prog=f"hub {args.command}", debug=False)
+    if status:
+        raise SystemExit(status)
 
 
 def test_hub_token_mints_a_token_the_hub_accepts(capsys: pytest.CaptureFixture[str]) -> None:
@@ -486,7 +485,7 @@ def test_hub_serve_refuses_a_short_secret_before_listening(
         hub_main(["serve", "--port", "0", "--secret", "short"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("hub: a secret must be at least 32 bytes")
+    assert err.startswith("hub serve: a secret must be at least 32 bytes")
     assert "short" not in err.replace("a secret must", "")
 
 

@@ -98,7 +98,7 @@ def test_a_catalog_that_cannot_load_stops_serve_with_one_line(spec: str, fragmen
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("hub: ") and fragment in lines[0], lines
+    assert lines[0].startswith("hub serve: ") and fragment in lines[0], lines
 
 
 def test_catalog_and_no_catalogs_exclude_each_other() -> None:

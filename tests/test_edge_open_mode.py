@@ -3,7 +3,6 @@ site, no DNS-rebound name (issue 10, part 6). A secret that parses to nothing is
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hub.auth.origins import HostPolicy, is_loopback_host
 from hub.cli import build_parser, settings_from_args
+from hub.cli_exit import run_command
 from hub.config import Settings
 
 from .edge_support import capture_logs, control_subscriber, hub_process
@@ -186,9 +186,7 @@ def test_hub_serve_exits_2_for_a_secret_of_only_commas(
     else:
         monkeypatch.setenv("HUB_SECRET", " , ")
     args = build_parser().parse_args(argv)
-    with pytest.raises(SystemExit) as exited:
-        asyncio.run(args.func(args))
-    assert exited.value.code == 2
+    assert run_command(args.func, args, prog="hub serve", debug=False) == 2
     assert "holds no secret" in capsys.readouterr().err
 
 

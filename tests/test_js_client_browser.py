@@ -6,8 +6,6 @@ shows live events, over long-poll."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +14,9 @@ import pytest
 from services.runtime import SAMPLE_DOCS
 
 from .browser_support import PROJECT, chromium, demo_hub, missing, open_page
-from .filtering_proxy import FilteringProxy, is_upgrade, path_contains
+from .filtering_proxy import filtering_proxy, is_upgrade, path_contains
 from .hub_process import HubProcess
-from .support import require, run_hub
+from .support import require, run_hub, wait_for
 
 require(missing())  # skip without Chromium/Playwright; fail under CI
 
@@ -41,16 +39,6 @@ def collapsed(states: list[dict[str, Any]]) -> list[str]:
         if not out or out[-1] != record["state"]:
             out.append(record["state"])
     return out
-
-
-@contextlib.asynccontextmanager
-async def proxy_to(port: int, **rules: Any) -> AsyncIterator[FilteringProxy]:
-    proxy = FilteringProxy(port, **rules)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
@@ -94,7 +82,7 @@ async def test_states_connecting_open_reconnecting_open_across_a_hub_kill(
 
 
 async def test_a_hanging_websocket_handshake_times_out_and_falls_back_to_sse() -> None:
-    async with run_hub() as running, proxy_to(running.port, hold=is_upgrade) as proxy:
+    async with run_hub() as running, filtering_proxy(running.port, hold=is_upgrade) as proxy:
         async with chromium() as browser, open_page(browser, f"{proxy.url}/hub-client.js") as page:
             await page.evaluate(START_CLIENT, {"connectTimeoutMs": 1000})
             await page.wait_for_function("() => window.testClient.state === 'open'")
@@ -113,7 +101,7 @@ async def test_dashboard_live_over_long_poll_when_websocket_and_sse_are_blocked(
     # The network refuses WebSocket upgrades and buffers event streams forever (the dashboard
     # waits out its default 5 s connect timeout on SSE), so only plain requests get through.
     rules = {"refuse": is_upgrade, "hold": path_contains("/sse")}
-    async with demo_hub() as demo, proxy_to(demo.running.port, **rules) as proxy:
+    async with demo_hub() as demo, filtering_proxy(demo.running.port, **rules) as proxy:
         async with (
             chromium() as browser,
             open_page(browser, f"{proxy.url}/?project={PROJECT}") as page,
@@ -121,6 +109,8 @@ async def test_dashboard_live_over_long_poll_when_websocket_and_sse_are_blocked(
             await page.wait_for_selector(
                 '#conn[data-state="open"][data-transport="poll"]', timeout=30_000
             )
+            polls = demo.running.hub.manager.polls
+            await wait_for(lambda: polls.count >= 1, what="the page's poll waiting at the hub")
             job = demo.services.ingest.start_folder(PROJECT, SAMPLE_DOCS)
             await page.wait_for_selector(
                 f'#jobs tr[data-job="{job.job_id}"][data-status="completed"][data-progress="100"]',
@@ -128,7 +118,8 @@ async def test_dashboard_live_over_long_poll_when_websocket_and_sse_are_blocked(
             )
             run = demo.services.agent.start(PROJECT, "How do we treat varroa mites?")
             done = f'.agent[data-run="{run.run_id}"] .answer[data-done="true"] .text'
-            await page.wait_for_selector(done, timeout=30_000)
+            # attached, not visible: a finished card folds to one line (the dashboard's lists)
+            await page.wait_for_selector(done, state="attached", timeout=30_000)
             assert await page.text_content(done) == demo.services.agent.answers[run.run_id]
 
             history = await demo.history_seqs()

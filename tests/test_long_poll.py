@@ -173,6 +173,27 @@ async def test_polls_beyond_max_long_polls_get_503_with_retry_after(
     assert [seqs(b) for b in bodies] == [[1], [1]]
 
 
+@pytest.mark.hub_settings(heartbeat_s=5.0, max_connections=1)
+async def test_a_waiting_poll_takes_a_connection_place_until_it_answers(
+    running_hub: RunningHub,
+) -> None:
+    async with running_hub.http() as http:
+        task = asyncio.create_task(poll(http, since=0, wait=30))
+        await waiting(running_hub, 1)
+        refused = await http.get(EVENTS, params={"wait": 30})
+        sse = await http.get("/v1/projects/p1/sse")
+        await publish(http, "a.one")
+        await asyncio.wait_for(task, 10)
+        # The answered poll gave its place back: the next one waits again.
+        again = asyncio.create_task(poll(http, since=1, wait=30))
+        await waiting(running_hub, 1)
+        await publish(http, "a.two")
+        assert seqs(await asyncio.wait_for(again, 10)) == [2]
+    for response in (refused, sse):
+        assert response.status_code == 503
+        assert "connection limit reached (1)" in response.json()["error"]["message"]
+
+
 @pytest.mark.hub_settings(heartbeat_s=5.0, max_long_polls=1)
 async def test_metrics_count_waiting_and_refused_polls(running_hub: RunningHub) -> None:
     async with running_hub.http() as http:
@@ -323,3 +344,18 @@ async def test_a_waiting_poll_answers_gap_when_redis_loses_the_project(
         body = await asyncio.wait_for(task, 10)
     assert body["gap"] is True and body["events"] == []
     assert body["epoch"] != first["epoch"] and body["head"] == 0
+
+
+async def test_a_keyed_poll_wakes_only_for_its_keys(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        task = asyncio.create_task(poll(http, since=0, wait=30, keys="job/j2,run/*"))
+        await waiting(running_hub, 1)
+        for key in ("job/j1", "job/j3", "other"):
+            body = {"type": "a.b", "key": key, "data": {}}
+            assert (await http.post(EVENTS, json=body)).status_code == 202
+        assert not task.done()
+        body = [{"type": "a.b", "key": k, "data": {}} for k in ("job/j1", "job/j2", "run/7")]
+        assert (await http.post(EVENTS, json=body)).status_code == 202
+        answer = await asyncio.wait_for(task, 10)
+        assert [(e["seq"], e["key"]) for e in answer["events"]] == [(5, "job/j2"), (6, "run/7")]
+        assert answer["next"] == 6

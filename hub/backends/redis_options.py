@@ -27,10 +27,13 @@ HUB_COMMANDS = (
     "ping", "client|setname",
     # the script, loaded once per server (EVALSHA; SCRIPT LOAD after a NOSCRIPT reply)
     "evalsha", "script|load",
-    # the reader: XREAD over the watched streams, its wake-up stream (XADD, DEL), epochs (GET)
-    "xread", "xadd", "del", "get",
-    # inside the script
-    "set", "pexpire", "pttl", "time", "xrange", "xrevrange", "xlen", "xtrim",
+    # the reader: XREAD over the watched streams, its wake-up stream (XADD, PEXPIRE, DEL),
+    # epochs and heads (GET, XRANGE), whether its Redis is a detached replica (ROLE)
+    "xread", "xadd", "del", "get", "role",
+    # publishes with redis_wait_replicas > 0: WAIT for the replicas
+    "wait",
+    # inside the script; INFO replication tells a promoted replica (a failover) apart
+    "info", "set", "pexpire", "pttl", "time", "xrange", "xrevrange", "xlen", "xtrim",
     "hset", "hget", "hgetall", "hdel", "hexists", "hincrby", "hstrlen", "zadd", "zcard",
     "zpopmin",
 )  # fmt: skip
@@ -56,6 +59,11 @@ def tls_options(url: str, settings: Settings) -> dict[str, Any]:
     }
     if urlsplit(url).scheme != "rediss":
         given = [name for name, path in files.items() if path]
+        if given and urlsplit(url).scheme == "redis+sentinel":
+            raise ValueError(
+                f"{', '.join(given)} set with a redis+sentinel:// URL: TLS to Sentinel-managed "
+                "Redis is not supported (docs/operations.md), unset them"
+            )
         if given:
             raise ValueError(
                 f"{', '.join(given)} set but the Redis URL is not rediss:// (TLS): use "

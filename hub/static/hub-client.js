@@ -8,9 +8,12 @@
 //   await client.bootstrap();                       // GET .../snapshot; resume from its head
 //   client.start();
 //
-// WebSocket first; when it cannot connect, Server-Sent Events over fetch (which, unlike
-// EventSource, sees every event name and can send an Authorization header). Reconnects with
-// jittered exponential backoff and resumes with since+epoch; events are deduplicated by seq.
+// Transports, tried in order (option `transports`): WebSocket; Server-Sent Events over fetch
+// (which, unlike EventSource, sees every event name and can send an Authorization header);
+// long-poll over GET .../events?wait=. Every attempt must hear from the hub within
+// connectTimeoutMs, or the next transport is tried. Reconnects with full-jitter backoff (reset
+// once a connection proved healthy) and resumes with since+epoch; events are deduplicated by
+// seq. Runs in browsers and in Node 20+ (give `url`). docs/protocol.md, "The browser client".
 
 /** Connection states reported to onState callbacks. */
 export const State = Object.freeze({
@@ -350,7 +353,7 @@ export class HubClient {
     return -1;
   }
 
-  _connect() {
+  _connect(info = {}) {
     if (this._stopped) return;
     this._teardown();
     const session = ++this._session;
@@ -365,7 +368,7 @@ export class HubClient {
     this._transportIndex = index;
     this.transport = this.transports[index];
     this._answered = false;
-    this._setState(this.attempt === 0 ? State.CONNECTING : State.RECONNECTING, {});
+    this._setState(this.attempt === 0 ? State.CONNECTING : State.RECONNECTING, info);
     // Every attempt is bounded: a handshake or a request that hangs must not hang the client.
     this._connectTimer = setTimeout(() => {
       this._failed(session, {
@@ -420,7 +423,7 @@ export class HubClient {
       const next = this._transportFrom(this._transportIndex + 1);
       if (next >= 0) {
         this._transportIndex = next;
-        this._connect();
+        this._connect({ reason }); // why the previous transport failed
         return;
       }
       this._transportIndex = 0; // every transport failed: start over after a backoff
@@ -596,7 +599,7 @@ export class HubClient {
         if (this.seq === null) {
           this.seq = page.head; // live only: we stand at head
           this.epoch = page.epoch;
-          page = { ...page, events: [], next: page.head };
+          page = { ...page, events: [], next: page.head, gap: false };
         }
         this._opened();
       }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import resource
 import socket
@@ -25,20 +26,24 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ..auth import install_log_redaction
 from ..config import Settings
 from ..core import Hub
+from ..event_loop import loop_name
 from ..wire.frames import error_body
 from .accept_errors import AcceptErrorLog, BackoffListener
 from .fast_path import websocket_protocol
 from .gc_tuning import tune_gc
 
 __all__ = [
+    "CannotBind",
     "HeadLimitedConnection",
     "HeadTimeoutH11Protocol",
     "HubServer",
     "head_timeout_protocol",
+    "listen_socket",
     "raise_open_files_limit",
     "request_head_size",
     "serve",
     "uvicorn_config",
+    "uvicorn_log_level",
 ]
 
 logger = logging.getLogger("hub")
@@ -62,7 +67,7 @@ def uvicorn_config(
         "ws_ping_timeout": settings.heartbeat_s,
         "lifespan": "on",
         "access_log": False,  # the access log prints query strings, which may hold tokens
-        "log_level": "info",
+        "log_level": uvicorn_log_level(),  # `--log-level` governs uvicorn's loggers too
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "backlog": 4096,
         # Slowloris: each request head (a WebSocket upgrade too) must arrive in time, idle
@@ -77,6 +82,47 @@ def uvicorn_config(
     config = uvicorn.Config(app, **options)
     install_log_redaction()  # after Config: it (re)configures uvicorn's loggers
     return config
+
+
+def uvicorn_log_level() -> str:
+    """The root logger's level (set from `--log-level`), as uvicorn spells it."""
+    level = logging.getLogger().getEffectiveLevel()
+    if level <= logging.DEBUG:
+        return "debug"
+    return {logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}.get(
+        level, "critical" if level > logging.ERROR else "warning"
+    )
+
+
+class CannotBind(OSError):
+    """The address to listen on is taken (or not ours to take): the message says what to do."""
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a taken port fails before any work starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        display = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotBind(
+                exc.errno,
+                f"port {port} on {host} is already in use: stop what listens on {display} "
+                "or pick another port with --port (0 picks a free one)",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise CannotBind(
+                exc.errno, f"no permission to listen on {display}: use a port above 1023"
+            ) from None
+        raise CannotBind(
+            exc.errno or 0, f"cannot listen on {display} ({exc.strerror or exc}): check --host"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 class HeadTimeoutH11Protocol(H11Protocol):
@@ -111,8 +157,16 @@ class HeadTimeoutH11Protocol(H11Protocol):
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         # The deadline stays armed: the WebSocket protocol that takes the socket over may
-        # still refuse the request or wait for the app; `_head_timed_out` checks it.
+        # still refuse the request or wait for the app. It is re-armed on the transport
+        # alone, so this protocol (h11 state, request buffers: ~3 KiB) is freed now rather
+        # than when the deadline passes.
         super().handle_websocket_upgrade(event)
+        timer = self._head_timer
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = self.loop.call_at(
+                timer.when(), _close_unless_handshake, self.transport, self.head_timeout
+            )
 
     def send_400_response(self, msg: str) -> None:
         """Refuse a request h11 (or `HeadLimitedConnection`) could not take, as JSON."""
@@ -150,14 +204,8 @@ class HeadTimeoutH11Protocol(H11Protocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        taken_over = self.transport.get_protocol()
-        if taken_over is not self:
-            # Upgraded: the WebSocket handshake must have completed (or been answered) too.
-            if not getattr(taken_over, "handshake_complete", True):
-                logger.info(
-                    "closing %s: no WebSocket handshake within %gs", self.client, self.head_timeout
-                )
-                self.transport.close()
+        if self.transport.get_protocol() is not self:
+            _close_unless_handshake(self.transport, self.head_timeout)
             return
         waiting_for_head = self.conn.their_state is h11.IDLE
         answered_but_sending = self.conn.our_state in (h11.DONE, h11.MUST_CLOSE) and (
@@ -168,6 +216,17 @@ class HeadTimeoutH11Protocol(H11Protocol):
                 "closing %s: no complete request within %gs", self.client, self.head_timeout
             )
             self.transport.close()
+
+
+def _close_unless_handshake(transport: asyncio.Transport, head_timeout: float) -> None:
+    """An upgraded socket's deadline: the WebSocket handshake must have completed (or been
+    answered) by now."""
+    if transport.is_closing():
+        return
+    if not getattr(transport.get_protocol(), "handshake_complete", True):
+        client = transport.get_extra_info("peername")
+        logger.info("closing %s: no WebSocket handshake within %gs", client, head_timeout)
+        transport.close()
 
 
 def request_head_size(event: h11.Request) -> int:
@@ -245,6 +304,7 @@ class HubServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         loop = asyncio.get_running_loop()
+        logger.info("event loop: %s", loop_name(loop))  # `--loop` (tests assert this line)
         interval = self.hub.settings.accept_error_log_interval_s
         self.accept_errors = AcceptErrorLog(interval, loop.get_exception_handler())
         loop.set_exception_handler(self.accept_errors)
@@ -277,7 +337,11 @@ def raise_open_files_limit() -> int:
 
 
 async def serve(app: Starlette, host: str, port: int, settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; print the address once listening."""
+    """Serve until SIGINT/SIGTERM; print the address once listening.
+
+    Raises `CannotBind` (before anything starts) when the address is taken.
+    """
+    sock = listen_socket(host, port)
     if not app.state.security.enabled and not logger.isEnabledFor(logging.WARNING):
         # The app logs this warning at startup; `--log-level error` must not hide it.
         print(OPEN_MODE_NOTICE, file=sys.stderr, flush=True)
@@ -289,7 +353,7 @@ async def serve(app: Starlette, host: str, port: int, settings: Settings) -> Non
             settings.max_connections,
         )
     server = HubServer(uvicorn_config(app, host, port, settings))
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve([sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if server.started:

@@ -2,7 +2,8 @@
 //
 //   node --experimental-websocket client_driver.mjs '<json config>'
 //
-// config: {url, project, options}; `options` go to `new HubClient(project, options)`.
+// config: {url, project, options, bootstrap}; `options` go to `new HubClient(project, options)`,
+// `bootstrap`: call client.bootstrap() before client.start().
 // Prints one JSON object per line on stdout: {state, transport, attempt, delay, reason, at},
 // {event: seq, epoch}, {snapshot: reason, head, epoch, seqs}, {control: op, reason}. When
 // stdin ends it closes the client, prints {done, received, duplicates} and exits.
@@ -36,6 +37,10 @@ client.onSnapshot((events, info) => {
 client.onControl((frame) => {
   if (frame.op !== "event") print({ control: frame.op, reason: frame.reason ?? null });
 });
+if (config.bootstrap) {
+  const snapshot = await client.bootstrap();
+  print({ bootstrap: snapshot.head, epoch: snapshot.epoch });
+}
 client.start();
 
 process.stdin.resume();
