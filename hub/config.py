@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -37,7 +38,7 @@ class Settings(msgspec.Struct, kw_only=True):
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     redis_cluster_poll_ms: int = 20  # Cluster has no multi-slot XREAD: the reader polls
 
-    # Retention per project (memory backend; the Redis backend uses retention_events).
+    # Retention per project, on both backends (Redis: docs/operations.md, Retention on Redis).
     retention_events: int = 10_000
     retention_bytes: int = 32 * MiB
     retention_age_s: float = 24 * 3600.0
@@ -143,6 +144,13 @@ class Settings(msgspec.Struct, kw_only=True):
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1_000
     redis_reader_stall_s: float = 10.0
+
+    # Redis TLS (issue 17, docs/operations.md "TLS and ACL users"): used with a rediss:// URL;
+    # ACL credentials go in the URL (rediss://user:password@host:port/db). Files are PEM.
+    redis_tls_ca_file: str = ""  # CA bundle that signed Redis's certificate; "": system CAs
+    redis_tls_cert_file: str = ""  # client certificate (Redis `tls-auth-clients yes`)
+    redis_tls_key_file: str = ""  # its private key; "": the key is in the certificate file
+    redis_tls_check_hostname: bool = True  # the certificate must name the URL's host
 
     def __post_init__(self) -> None:
         positive = (
@@ -286,4 +294,15 @@ class Settings(msgspec.Struct, kw_only=True):
         fields = msgspec.structs.asdict(self)
         if fields["secret"]:
             fields["secret"] = "<redacted>"
+        fields["backend"] = _url_without_password(fields["backend"])
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+def _url_without_password(url: str) -> str:
+    """A backend URL fit for logs: an ACL password in it becomes <redacted> (issue 17)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    credentials, host = parts.netloc.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]  # as written (percent-encoded)
+    return urlunsplit(parts._replace(netloc=f"{user}:<redacted>@{host}"))
