@@ -58,6 +58,7 @@ PARENT_STATE = (
     "close_timer",
     "conn",
     "curr_msg_data_type",
+    "disconnected",
     "frames",
     "handshake_complete",
     "handshake_initiated",
@@ -229,10 +230,28 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def keepalive_timeout(self) -> None:
         self.channel.ready = False
         super().keepalive_timeout()
+        self._reap_if_stuck()
 
     def handle_close(self, event: Any) -> None:
         super().handle_close(event)
         self.channel.refresh()
+        self._reap_if_stuck()
+
+    def _reap_if_stuck(self) -> None:
+        """A closed transport with bytes still buffered waits for the peer to read them: one
+        that never reads would keep the socket, its session and its slot forever (asyncio
+        calls connection_lost only once the buffer is out). Give it `close_timeout`."""
+        if self.transport.is_closing() and self.close_timer is None and not self.disconnected:
+            if self.transport.get_write_buffer_size():
+                self.close_timer = self.loop.call_later(self.close_timeout, self._give_up)
+
+    def _give_up(self) -> None:
+        """The close handshake did not finish in time: close, and drop what the peer did not
+        take rather than wait for it."""
+        self.close_timer = None
+        self.transport.close()
+        if not self.disconnected and self.transport.get_write_buffer_size():
+            self.transport.abort()
 
     async def send(self, message: Any) -> None:
         try:
@@ -312,6 +331,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
             self.close_sent = True
             self.transport.close()
+        self._reap_if_stuck()
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn logs a traceback for every invalid UTF-8 text frame; a hostile client could
@@ -340,4 +360,4 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+        self.close_timer = self.loop.call_later(self.close_timeout, self._give_up)

@@ -1,0 +1,134 @@
+"""Hostile clients against detached sessions (the direct path, issue 16): whatever a client
+does, its session, its slot and its socket end in bounded time. Each test runs on both event
+loops the hub serves on (`--loop asyncio` / `uvloop`), since transports differ in how they
+close."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from hub.config import Settings
+from hub.event_loop import loop_factory
+from hub.transports.uvicorn_ws import HubWebSocketProtocol
+
+from .support import RunningHub, run_hub, wait_for
+
+LOOPS = ("asyncio", "uvloop")
+
+
+def run_on(loop: str, test: Callable[[], Awaitable[None]]) -> None:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+        runner.run(asyncio.wait_for(test(), 60))
+
+
+async def raw_subscribe(running: RunningHub, project: str) -> socket.socket:
+    """A WebSocket client on a bare socket with a tiny receive buffer that never reads past
+    the 101: what a peer that stopped reading looks like to the server."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (running.host, running.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET /v1/projects/{project}/ws HTTP/1.1\r\nHost: {running.host}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = await loop.sock_recv(sock, 1)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def masked_text(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    header = struct.pack("!BBH", 0x81, 0x80 | 126, n) if n >= 126 else bytes([0x81, 0x80 | n])
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def the_protocol(running: RunningHub) -> HubWebSocketProtocol:
+    (proto,) = running.server.server_state.connections
+    assert isinstance(proto, HubWebSocketProtocol)
+    return proto
+
+
+async def all_gone(running: RunningHub) -> None:
+    await wait_for(lambda: not running.hub.manager.connections(), what="session released")
+    await wait_for(lambda: not running.server.server_state.tasks, what="no task left")
+    await wait_for(lambda: not running.server.server_state.connections, what="socket closed")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_peer_that_floods_ops_and_never_reads_loses_its_socket_and_slot(loop: str) -> None:
+    """It fills the server's send buffer with replies, so the op task waits to write and
+    reading stops; the keepalive ping then goes unanswered. The 1011 close cannot reach a
+    peer that does not read: without a bound the socket, the task waiting on it, the
+    registration and the slot were held forever."""
+
+    async def test() -> None:
+        settings = Settings(heartbeat_s=0.3, client_ops_rate=100_000.0, max_connections=1)
+        async with run_hub(settings) as running:
+            loop = asyncio.get_running_loop()
+            sock = await raw_subscribe(running, "p1")
+            try:
+                await wait_for(lambda: not running.server.server_state.tasks, what="detached")
+                proto = the_protocol(running)
+                proto.close_timeout = 0.3  # uvicorn's is 10 s
+                types = json.dumps([f"t{i:03d}.{'x' * 120}" for i in range(32)])
+                sent = 0
+                while proto.writable.is_set():  # each reply is ~4 KiB
+                    op = f'{{"op":"subscribe","id":{sent},"types":{types}}}'.encode()
+                    try:
+                        await asyncio.wait_for(loop.sock_sendall(sock, masked_text(op)), 1)
+                    except TimeoutError:
+                        break  # the server stopped reading: it is stuck writing a reply
+                    sent += 1
+                await wait_for(proto.transport.is_closing, what="the keepalive timeout")
+                await all_gone(running)
+                assert running.app.state.limits.connections.count == 0  # the slot is back
+            finally:
+                sock.close()
+
+    run_on(loop, test)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_slow_consumer_that_never_reads_loses_its_socket(loop: str) -> None:
+    """4008 releases the session at once, but the socket waited for the peer to take the
+    bytes buffered for it: one file descriptor per such client, for ever."""
+
+    async def test() -> None:
+        settings = Settings(queue_bytes=256 * 1024)
+        async with run_hub(settings) as running:
+            sock = await raw_subscribe(running, "p1")
+            try:
+                await wait_for(lambda: running.hub.manager.connections("p1"), what="registered")
+                await wait_for(lambda: not running.server.server_state.tasks, what="detached")
+                the_protocol(running).close_timeout = 0.3
+                for i in range(2_000):
+                    await running.hub.publish("p1", "a.x", {"pad": "x" * 2000, "i": i})
+                    await asyncio.sleep(0)
+                    if not running.hub.manager.connections("p1"):
+                        break
+                assert running.hub.manager.stats.slow_closes == 1
+                await all_gone(running)
+            finally:
+                sock.close()
+
+    run_on(loop, test)
