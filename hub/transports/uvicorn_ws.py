@@ -42,6 +42,7 @@ PARENT_METHODS = (
     "handle_connect",
     "handle_events",
     "handle_parser_exception",
+    "handle_ping",
     "keepalive_timeout",
     "pause_writing",
     "resume_writing",
@@ -154,7 +155,7 @@ class TransportChannel:
         """Read the client again once its messages are handled (uvicorn pauses reading
         after each message until the app asks for the next one)."""
         p = self._proto
-        if p.read_paused and p.queue.empty() and not p.transport.is_closing():
+        if p.read_paused and p.queue.empty() and not p.reads_held and not p.transport.is_closing():
             p.read_paused = False
             p.transport.resume_reading()
 
@@ -178,6 +179,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # five eagerly allocated deques, ~3.7 KiB; these hold lists only while in use.
         self.queue: Inbox[dict[str, Any]] = Inbox()  # type: ignore[assignment]
         self.detached = False  # the app returned; the socket stays open (TransportChannel)
+        self.reads_held = False  # reading stopped until the peer takes what is buffered
         writable = Signal()
         writable.set()
         self.writable = writable  # type: ignore[assignment]
@@ -208,7 +210,22 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_timer is None and not self.detached:
             self.transport.close()
 
+    def handle_ping(self) -> None:
+        super().handle_ping()
+        if not self.writable.is_set():
+            # Every ping is answered with a pong written whether the peer reads or not: a
+            # peer that sends pings and reads nothing would grow the buffer without bound.
+            # Read nothing more from it until it takes what is buffered.
+            self.reads_held = True
+            transport = self.transport
+            if not transport.is_closing() and transport.is_reading():
+                transport.pause_reading()
+
     def resume_writing(self) -> None:
+        if self.reads_held:
+            self.reads_held = False
+            if not self.read_paused and not self.transport.is_closing():
+                self.transport.resume_reading()
         super().resume_writing()
         self.channel.refresh()
         callback = self.channel.on_writable
