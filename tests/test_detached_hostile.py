@@ -82,7 +82,7 @@ def test_a_peer_that_floods_ops_and_never_reads_loses_its_socket_and_slot(loop: 
     registration and the slot were held forever."""
 
     async def test() -> None:
-        settings = Settings(heartbeat_s=0.3, client_ops_rate=100_000.0, max_connections=1)
+        settings = Settings(heartbeat_s=1.0, client_ops_rate=100_000.0, max_connections=1)
         async with run_hub(settings) as running:
             loop = asyncio.get_running_loop()
             sock = await raw_subscribe(running, "p1")
@@ -99,6 +99,7 @@ def test_a_peer_that_floods_ops_and_never_reads_loses_its_socket_and_slot(loop: 
                     except TimeoutError:
                         break  # the server stopped reading: it is stuck writing a reply
                     sent += 1
+                assert not proto.writable.is_set(), "the replies never filled the buffer"
                 await wait_for(proto.transport.is_closing, what="the keepalive timeout")
                 await all_gone(running)
                 assert running.app.state.limits.connections.count == 0  # the slot is back
@@ -127,6 +128,41 @@ def test_a_slow_consumer_that_never_reads_loses_its_socket(loop: str) -> None:
                     if not running.hub.manager.connections("p1"):
                         break
                 assert running.hub.manager.stats.slow_closes == 1
+                await all_gone(running)
+            finally:
+                sock.close()
+
+    run_on(loop, test)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_ping_flood_from_a_peer_that_never_reads_stays_bounded(loop: str) -> None:
+    """Pings are control frames, outside the op rate limit, and each one is answered with a
+    pong written whether the peer reads or not: the server's send buffer grew by what the
+    peer could upload (over 100 MB in 5 s on loopback). Now the server stops reading a peer
+    it cannot write to, and the keepalive then ends it."""
+
+    async def test() -> None:
+        async with run_hub(Settings(heartbeat_s=0.5)) as running:
+            loop = asyncio.get_running_loop()
+            sock = await raw_subscribe(running, "p1")
+            try:
+                await wait_for(lambda: not running.server.server_state.tasks, what="detached")
+                proto = the_protocol(running)
+                proto.close_timeout = 0.3
+                ping = bytes([0x89, 0x80 | 125]) + os.urandom(4) + bytes(125)
+                burst = ping * 1000
+                sent, peak = 0, 0
+                while sent < 64 * 2**20 and not proto.transport.is_closing():
+                    try:
+                        await asyncio.wait_for(loop.sock_sendall(sock, burst), 0.5)
+                    except TimeoutError:
+                        break  # the server no longer reads it
+                    except OSError:
+                        break  # it was already cut
+                    sent += len(burst)
+                    peak = max(peak, proto.transport.get_write_buffer_size())
+                assert peak < 2**20, f"{peak} bytes buffered after {sent} bytes of pings"
                 await all_gone(running)
             finally:
                 sock.close()
