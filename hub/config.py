@@ -144,6 +144,11 @@ class Settings(msgspec.Struct, kw_only=True):
     redis_wait_timeout_ms: int = 1_000
     redis_reader_stall_s: float = 10.0
 
+    # Hostile WebSocket peers (red team of issue 16, docs/operations.md "Memory and bounds"):
+    # frames of any kind (text, binary, continuation, ping, pong) one socket may send per
+    # second, in bursts of twice that; beyond, it is closed with 4029. 0: no limit.
+    ws_frame_rate: float = 200.0
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -208,6 +213,8 @@ class Settings(msgspec.Struct, kw_only=True):
         self._check_input_rules()
         self._check_heavy_reads()
         self._check_long_poll_and_cors()
+        if self.ws_frame_rate < 0:
+            raise ValueError("ws_frame_rate must be >= 0 (0: no limit)")
 
     def _check_input_rules(self) -> None:
         # msgspec decodes recursively: the depth stays far below Python's recursion limit.

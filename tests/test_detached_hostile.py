@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import logging
 import os
+import random
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+from websockets.asyncio.client import connect
 
 from hub.config import Settings
 from hub.event_loop import loop_factory
@@ -82,7 +86,9 @@ def test_a_peer_that_floods_ops_and_never_reads_loses_its_socket_and_slot(loop: 
     registration and the slot were held forever."""
 
     async def test() -> None:
-        settings = Settings(heartbeat_s=1.0, client_ops_rate=100_000.0, max_connections=1)
+        settings = Settings(
+            heartbeat_s=1.0, client_ops_rate=100_000.0, ws_frame_rate=0.0, max_connections=1
+        )
         async with run_hub(settings) as running:
             loop = asyncio.get_running_loop()
             sock = await raw_subscribe(running, "p1")
@@ -168,3 +174,70 @@ def test_a_ping_flood_from_a_peer_that_never_reads_stays_bounded(loop: str) -> N
                 sock.close()
 
     run_on(loop, test)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("frame", ["ping", "continuation", "pong"])
+def test_a_flood_of_tiny_frames_is_closed_with_4029_and_holds_the_loop_briefly(
+    loop: str, frame: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pings, pongs and the continuation frames of a message that never ends are 6 bytes
+    each, and no op budget sees them: websockets parsed each 256 KiB read (40,000 frames)
+    in one go, holding the event loop for most of a second every read, for every subscriber
+    of the hub. Now every frame counts against `ws_frame_rate`, and a read is parsed in
+    slices, so such a peer is closed with 4029 after the first slice."""
+    unit = {
+        "ping": bytes([0x89, 0x80]),
+        "continuation": bytes([0x00, 0x80]),
+        "pong": bytes([0x8A, 0x80]),
+    }[frame] + bytes(4)
+
+    caplog.set_level(logging.INFO, logger="hub.ws")
+
+    async def test() -> None:
+        async with run_hub(Settings(ws_frame_rate=100.0)) as running:
+            loop = asyncio.get_running_loop()
+            sock = await raw_subscribe(running, "p1")
+            try:
+                await wait_for(lambda: not running.server.server_state.tasks, what="detached")
+                if frame == "continuation":  # the first frame of a text message, no FIN
+                    await loop.sock_sendall(sock, bytes([0x01, 0x81]) + bytes(4) + b"a")
+                flood = unit * 50_000  # one write: the server reads it in a few large reads
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.wait_for(loop.sock_sendall(sock, flood), 10)
+                await all_gone(running)
+                # The peer may never see the close (it is reset while its frames are unread).
+                assert "with 4029: more than 100 frames per second" in caplog.text
+            finally:
+                sock.close()
+
+    run_on(loop, test)
+
+
+def test_legitimate_traffic_stays_under_the_frame_rate(rng: random.Random) -> None:
+    """What a well-behaved client sends (ops under their own rate, pings, a message in
+    fragments) is far under the default `ws_frame_rate`."""
+
+    async def test() -> None:
+        async with run_hub(Settings()) as running:
+            url = running.ws_url("p1")
+            async with connect(url, ping_interval=None) as ws:
+                await ws.recv()  # welcome
+                for i in range(20):  # the op burst the op budget allows
+                    await ws.ping()
+                    await ws.send(json.dumps({"op": "ping", "id": i}))
+                size = rng.randrange(1_000, 40_000)
+                parts = [
+                    json.dumps({"op": "ping", "id": "x" * size})[j : j + 1000]
+                    for j in range(0, size + 30, 1000)
+                ]
+                await ws.send(iter(parts))  # one message in many fragments
+                replies = []
+                async with asyncio.timeout(10):
+                    while len(replies) < 21:
+                        reply = json.loads(await ws.recv())
+                        replies.append(reply)
+                assert all(r["op"] in ("pong", "error") for r in replies), replies[-1]
+                assert ws.close_code is None
+
+    run_on("asyncio", test)
