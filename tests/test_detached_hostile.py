@@ -241,3 +241,44 @@ def test_legitimate_traffic_stays_under_the_frame_rate(rng: random.Random) -> No
                 assert ws.close_code is None
 
     run_on("asyncio", test)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_congested_client_that_pings_is_read_again_once_it_drains(loop: str) -> None:
+    """The ping-flood guard stops reading a congested peer that pings; a slow but honest one
+    must be read again once it takes what is buffered, also when an op of its was being
+    answered at the time (its reading was then paused for that op too)."""
+
+    async def test() -> None:
+        async with run_hub(Settings()) as running:
+            loop = asyncio.get_running_loop()
+            sock = await raw_subscribe(running, "p1")
+            try:
+                await wait_for(lambda: not running.server.server_state.tasks, what="detached")
+                proto = the_protocol(running)
+                for i in range(5_000):
+                    if not proto.writable.is_set():
+                        break
+                    await running.hub.publish("p1", "a.x", {"pad": "x" * 2000, "i": i})
+                    await asyncio.sleep(0)
+                assert not proto.writable.is_set(), "the events never filled the buffer"
+                ping = bytes([0x89, 0x80]) + bytes(4)
+                await loop.sock_sendall(sock, masked_text(b'{"op":"ping","id":1}') + ping)
+                await wait_for(lambda: proto.reads_held, what="reading held")
+                received = b""
+
+                async def read_until(marker: bytes) -> None:
+                    nonlocal received
+                    async with asyncio.timeout(10):
+                        while marker not in received:
+                            chunk = await loop.sock_recv(sock, 1 << 20)
+                            assert chunk, received[-200:]
+                            received += chunk
+
+                await read_until(b'{"op":"pong","id":1}')
+                await loop.sock_sendall(sock, masked_text(b'{"op":"ping","id":2}'))
+                await read_until(b'{"op":"pong","id":2}')
+            finally:
+                sock.close()
+
+    run_on(loop, test)
