@@ -282,3 +282,57 @@ def test_a_congested_client_that_pings_is_read_again_once_it_drains(loop: str) -
                 sock.close()
 
     run_on(loop, test)
+
+
+@pytest.mark.hub_settings(client_ops_rate=0.0)
+async def test_key_and_type_churn_then_every_way_out_leaves_no_trace(
+    running_hub: RunningHub, rng: random.Random
+) -> None:
+    """Subscribe/unsubscribe churn with up to 32 key patterns and type patterns on detached
+    sessions of three projects, then every way a socket ends (close, vanish, binary frame,
+    a flood of frames): the manager, its fan-out index and the backend's watch counts are
+    back to empty, and no slot or task is left."""
+    sockets = []
+    for i in range(12):
+        query = {"keys": "k1,k2*"} if i % 2 else {"types": "a.*,b.*"}
+        ws = await connect(running_hub.ws_url(f"p{i % 3}", **query))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["op"] == "welcome"
+        sockets.append(ws)
+    await wait_for(lambda: not running_hub.server.server_state.tasks, what="detached")
+    for round_ in range(15):
+        for ws in sockets:
+            op: dict[str, object] = {
+                "op": rng.choice(["subscribe", "unsubscribe"]),
+                "id": round_,
+                "keys": [f"k{rng.randrange(500)}*" for _ in range(rng.randrange(1, 33))],
+            }
+            if rng.random() < 0.5:
+                op["types"] = [f"t{rng.randrange(40)}.*" for _ in range(rng.randrange(1, 8))]
+            await ws.send(json.dumps(op))
+    for ws in sockets:  # every op answered (subscribed, or an error frame for a full list)
+        answered = 0
+        async with asyncio.timeout(10):
+            while answered < 15:
+                frame = json.loads(await ws.recv())
+                if isinstance(frame, dict) and frame.get("id") is not None:
+                    answered += 1
+    for project in ("p0", "p1", "p2"):
+        await running_hub.hub.publish(project, "t1.x", {"n": 1}, key="k1")
+    for i, ws in enumerate(sockets):
+        if i % 4 == 0:
+            await ws.close()
+        elif i % 4 == 1:
+            ws.transport.abort()
+        elif i % 4 == 2:
+            await ws.send(b"\x00")
+        else:
+            ws.transport.write((bytes([0x89, 0x80]) + bytes(4)) * 2000)  # a ping flood
+    manager = running_hub.hub.manager
+    await wait_for(lambda: manager.connection_count == 0, what="all released")
+    await wait_for(lambda: not running_hub.server.server_state.tasks, what="no task left")
+    for ws in sockets:
+        ws.transport.abort()
+    await wait_for(lambda: not running_hub.server.server_state.connections, what="closed")
+    assert manager._projects == {}, manager._projects
+    assert running_hub.hub.backend._watched == {}  # type: ignore[attr-defined]
+    assert running_hub.app.state.limits.connections.count == 0
