@@ -152,6 +152,11 @@ class Settings(msgspec.Struct, kw_only=True):
     redis_tls_key_file: str = ""  # its private key; "": the key is in the certificate file
     redis_tls_check_hostname: bool = True  # the certificate must name the URL's host
 
+    # Hostile WebSocket peers (red team of issue 16, docs/operations.md "Memory and bounds"):
+    # frames of any kind (text, binary, continuation, ping, pong) one socket may send per
+    # second, in bursts of twice that; beyond, it is closed with 4029. 0: no limit.
+    ws_frame_rate: float = 200.0
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -216,6 +221,8 @@ class Settings(msgspec.Struct, kw_only=True):
         self._check_input_rules()
         self._check_heavy_reads()
         self._check_long_poll_and_cors()
+        if self.ws_frame_rate < 0:
+            raise ValueError("ws_frame_rate must be >= 0 (0: no limit)")
 
     def _check_input_rules(self) -> None:
         # msgspec decodes recursively: the depth stays far below Python's recursion limit.
