@@ -310,6 +310,7 @@ def _token(args: argparse.Namespace) -> None:
             scopes=scopes,
             ttl_s=args.ttl,
             types=types,
+            keys=args.keys.split(",") if args.keys else None,
         )
     )
 
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     token.add_argument("--sub", default="cli", help="subject: who the token is for")
     token.add_argument("--types", help="event types it may read, e.g. 'agent.*' (default all)")
+    token.add_argument("--keys", help="key patterns it may read, e.g. 'ingest.job/*' (default all)")
     token.add_argument(
         "--generate-secret",
         action="store_true",

@@ -32,6 +32,7 @@ def add_tail_parser(sub: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     tail_parser.add_argument(
         "--types", help="comma-separated type patterns, e.g. 'agent.*,*.failed'"
     )
+    tail_parser.add_argument("--keys", help="comma-separated key patterns, e.g. 'ingest.job/j17'")
     tail_parser.add_argument("--since", type=int, help="replay everything after this seq first")
     tail_parser.add_argument("--token", help="access token (or HUB_TOKEN)")
     tail_parser.add_argument(
@@ -79,6 +80,17 @@ def _check_arguments(args: argparse.Namespace) -> list[str] | None:
     return types
 
 
+def _keys_argument(args: argparse.Namespace) -> list[str] | None:
+    if args.keys is None:
+        return None
+    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    if not keys:
+        raise CliError(
+            ExitStatus.USAGE, "--keys is empty: name at least one pattern, e.g. 'ingest.job/*'"
+        )
+    return keys
+
+
 def _print_state(change: StateChange) -> None:
     if change.state == "connecting":
         line = "connecting" if change.attempt == 0 else f"connecting (attempt {change.attempt + 1})"
@@ -100,6 +112,7 @@ async def tail(args: argparse.Namespace) -> None:
         args.url,
         args.project,
         types=types,
+        keys=_keys_argument(args),
         since=args.since,
         token=token,
         give_up_after=args.give_up_after,

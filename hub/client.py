@@ -167,6 +167,15 @@ class StateChange(msgspec.Struct, frozen=True):
     reason: str | None = None
 
 
+def _checked_keys(keys: Sequence[str] | None) -> list[str] | None:
+    """`keys` as sent in the query string, where `,` separates patterns (docs/protocol.md)."""
+    if keys is None:
+        return None
+    if isinstance(keys, str) or not keys or any(not k or "," in k for k in keys):
+        raise ValueError("keys: a non-empty list of patterns without ',' (None: every key)")
+    return list(keys)
+
+
 class HubClient:
     def __init__(
         self,
@@ -185,10 +194,12 @@ class HubClient:
         on_state: Callable[[StateChange], None] | None = None,
         give_up_after: float | None = None,
         rng: random.Random | None = None,
+        keys: Sequence[str] | None = None,
     ) -> None:
         self.url = url
         self.project = project
         self.types = list(types) if types else None
+        self.keys = _checked_keys(keys)
         self.last_seq = since
         self.epoch = epoch
         self.token = token
@@ -221,6 +232,8 @@ class HubClient:
                 query["epoch"] = self.epoch
         if self.types:
             query["types"] = ",".join(self.types)
+        if self.keys is not None:
+            query["keys"] = ",".join(self.keys)
         path = f"{parts.path.rstrip('/')}/v1/projects/{self.project}/ws"
         return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 

@@ -85,6 +85,7 @@ class WelcomeFrame(msgspec.Struct, tag_field="op", tag="welcome", omit_defaults=
     head: int
     oldest: int
     heartbeat: float
+    keys: list[str] | None = None  # the subscription's key patterns, when it has a key filter
 
 
 class EventFrame(msgspec.Struct, tag_field="op", tag="event", omit_defaults=True):
@@ -115,9 +116,10 @@ class SnapshotFrame(msgspec.Struct, tag_field="op", tag="snapshot"):
     more: bool = False  # a page: the snapshot continues in the next `snapshot` frame
 
 
-class SubscribedFrame(msgspec.Struct, tag_field="op", tag="subscribed"):
+class SubscribedFrame(msgspec.Struct, tag_field="op", tag="subscribed", omit_defaults=True):
     id: int | str | None
     types: list[str]
+    keys: list[str] | None = None  # present once the connection has a key filter
 
 
 class PongFrame(msgspec.Struct, tag_field="op", tag="pong"):
@@ -147,13 +149,15 @@ ServerFrame = (
 
 
 class SubscribeOp(msgspec.Struct, tag_field="op", tag="subscribe", forbid_unknown_fields=True):
-    types: list[str]
+    types: list[str] | None = None  # absent: the types stay as they are (one of the two given)
     id: int | str | None = None
+    keys: list[str] | None = None  # absent: the key filter stays as it is
 
 
 class UnsubscribeOp(msgspec.Struct, tag_field="op", tag="unsubscribe", forbid_unknown_fields=True):
-    types: list[str]
+    types: list[str] | None = None
     id: int | str | None = None
+    keys: list[str] | None = None
 
 
 class PingOp(msgspec.Struct, tag_field="op", tag="ping", forbid_unknown_fields=True):
@@ -222,9 +226,12 @@ def decode_client_frame(data: bytes | str, max_depth: int = DEFAULT_MAX_DEPTH) -
     if op not in _CLIENT_OPS:
         raise FrameError("bad_request", f"unknown op {op[:40]!r}", _frame_id(data))
     try:
-        return _client_decoder.decode(data)
+        frame = _client_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise FrameError("bad_request", f"invalid {op}: {exc}", _frame_id(data)) from None
+    if not isinstance(frame, PingOp) and frame.types is None and frame.keys is None:
+        raise FrameError("bad_request", f"invalid {op}: give `types`, `keys` or both", frame.id)
+    return frame
 
 
 def decode_server_frames(data: bytes | str) -> list[ServerFrame]:

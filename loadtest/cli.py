@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from .filters import FilterParams, run_filters
+from .keys import KeyParams, run_keys
 from .report import LiveProgress, ratio_table, runs_table
 from .results import compare, write_json
 from .runner import run_once
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load the hub (or the naive baseline) on loopback: N WebSocket subscribers "
         "across worker processes, every seq checked, latency from each event's ts.",
     )
-    parser.add_argument("scenario", choices=(*SCENARIOS, "filters"))
+    parser.add_argument("scenario", choices=(*SCENARIOS, "filters", "keys"))
     target = parser.add_argument_group("target")
     target.add_argument(
         "--target",
@@ -215,11 +216,59 @@ def _main_filters(args: argparse.Namespace, console: Console) -> int:
     return 0 if result["ok"] else 1
 
 
+def _main_keys(args: argparse.Namespace, console: Console) -> int:
+    """The `keys` scenario: unfiltered vs one key per subscriber, see loadtest/keys.py."""
+    options = {
+        "connections": args.connections,
+        "events": args.events,
+        "rate": args.rate,
+        "batch": args.batch,
+        "workers": args.workers,
+        "pad": args.pad,
+        "connect_concurrency": args.connect_concurrency,
+    }
+    try:
+        params = KeyParams(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    if args.target != "hub" or (args.url is not None and len(args.url) > 1):
+        console.print("[red]keys runs against one hub: --target hub, at most one --url")
+        return 2
+    raise_nofile_limit()
+    args.out.mkdir(parents=True, exist_ok=True)
+    prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-keys-{params.connections}"
+    url = args.url[0] if args.url else None
+    try:
+        result = asyncio.run(
+            run_keys(
+                params, args.out, url=url, server_pid=args.server_pid, server_args=args.hub_arg
+            )
+        )
+    except (RuntimeError, OSError) as exc:
+        console.print(f"[red]run failed: {exc}")
+        return 1
+    path = args.out / f"{prefix}-keys.json"
+    write_json(path, result)
+    for run in result["runs"]:
+        latency = run["latency_ms"]
+        console.print(
+            f"[bold]{run['variant']}[/]: {run['deliveries']} deliveries, latency p50 "
+            f"{latency['p50']} / p99 {latency['p99']} / max {latency['max']} ms, hub CPU "
+            f"{run['hub_cpu_seconds']} s (generator {run['generator_cpu_seconds']} s, others "
+            f"{run['others_cpu_seconds']} s, in {run['seconds']} s), exact={run['exact']}"
+        )
+    console.print(f"ratios keyed / unfiltered: {result['ratios']} -> {path}")
+    return 0 if result["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     if args.scenario == "filters":
         return _main_filters(args, console)
+    if args.scenario == "keys":
+        return _main_keys(args, console)
     if args.url is not None:
         if args.target == "both":
             console.print("[red]--url names running servers: pick --target hub or baseline")

@@ -110,12 +110,14 @@ class Subscriber(FrameReader):
         *,
         slow: bool = False,
         types: str | None = None,
+        keys: str | None = None,
     ) -> None:
         super().__init__()
         self.project = project
         self.stats = stats
         self.slow = slow
         self.types = types
+        self.keys = keys
         self.tracker = SeqTracker()
         self.epoch = ""
         self.sock: socket.socket | None = None
@@ -139,6 +141,8 @@ class Subscriber(FrameReader):
                 query.append(f"epoch={quote(self.epoch)}")
         if self.types:
             query.append(f"types={quote(self.types, safe=',*')}")
+        if self.keys:
+            query.append(f"keys={quote(self.keys, safe=',*/')}")
         path = f"/v1/projects/{quote(self.project)}/ws"
         return f"{path}?{'&'.join(query)}" if query else path
 

@@ -226,9 +226,14 @@ def session(
     op_budget: OpBudget | None = None,
 ) -> tuple[SubscriberSession, list[list[str]]]:
     applied: list[list[str]] = []
+
+    def apply(types: list[str], keys: list[str] | None) -> None:
+        assert keys is None  # these tests never set keys (test_keys_live does)
+        applied.append(types)
+
     return (
         SubscriberSession(
-            settings, patterns, explicit_types=explicit, op_budget=op_budget, apply=applied.append
+            settings, patterns, explicit_types=explicit, op_budget=op_budget, apply=apply
         ),
         applied,
     )
@@ -269,7 +274,7 @@ async def test_a_subscribe_changes_what_the_manager_delivers(hub: Hub) -> None:
     connection.start()
     await start_stream(hub, connection, params(None))
 
-    def apply(patterns: list[str]) -> None:
+    def apply(patterns: list[str], keys: list[str] | None) -> None:
         hub.manager.set_filter(connection, TypeFilter(patterns))
 
     s = SubscriberSession(hub.settings, ["*"], explicit_types=False, op_budget=None, apply=apply)

@@ -1,9 +1,11 @@
-"""What a verified request may do: its projects, its scopes and the event types it may read.
+"""What a verified request may do: its projects, its scopes and the events it may read.
 
 `Principal` is the grant of one token (or `OPEN`, everything, on a hub without a secret);
 `Principal.check` raises Forbidden, `Principal.type_filter` narrows a subscription to the
-token's `types` with a `GrantedTypeFilter`, and `schedule_expiry` closes a socket when the
-token runs out.
+token's `types` with a `GrantedTypeFilter`, `Principal.key_filter` narrows it to the token's
+`keys` (a `KeyFilter` whose `granted` is the token's), and `schedule_expiry` closes a socket
+when the token runs out. Both claims narrow, never refuse: what a subscription asks for
+outside them is simply not delivered.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Final, Literal
 
 from ..errors import Forbidden
+from ..wire.keys import KeyFilter
 from ..wire.patterns import StarPatterns
 from ..wire.topics import TypeFilter
 
@@ -58,7 +61,7 @@ class GrantedTypeFilter(TypeFilter):
 class Principal:
     """What a request may do: the verified token's grant, or everything on an open hub."""
 
-    __slots__ = ("_projects", "_types", "expires_at", "scopes", "subject")
+    __slots__ = ("_keys", "_projects", "_types", "expires_at", "scopes", "subject")
 
     def __init__(
         self,
@@ -67,12 +70,14 @@ class Principal:
         scopes: Iterable[str],
         types: Iterable[str] | None = None,
         expires_at: float | None = None,
+        keys: Iterable[str] | None = None,
     ) -> None:
         self.subject = subject
         self.scopes = frozenset(scopes) & SCOPES
         self.expires_at = expires_at  # Unix time; None: never
         self._projects = StarPatterns(projects)
         self._types = TypeFilter(types) if types is not None else None
+        self._keys = KeyFilter(keys) if keys is not None else None
 
     @property
     def projects(self) -> tuple[str, ...]:
@@ -81,6 +86,10 @@ class Principal:
     @property
     def types(self) -> tuple[str, ...] | None:
         return self._types.patterns if self._types is not None else None
+
+    @property
+    def keys(self) -> tuple[str, ...] | None:
+        return self._keys.patterns if self._keys is not None else None
 
     def check(self, project: str, permission: Permission) -> None:
         """Raise Forbidden unless this principal may `permission` on `project`."""
@@ -94,6 +103,14 @@ class Principal:
         if self._types is None or self._types.match_all:
             return TypeFilter(patterns)
         return GrantedTypeFilter(patterns, self._types)
+
+    def key_filter(self, patterns: Iterable[str] | None) -> KeyFilter | None:
+        """The key filter for a subscription asking for `patterns` (None: every key), within
+        the token's `keys`: the token's own filter when the subscription asks for none."""
+        granted = self._keys
+        if patterns is None:
+            return granted
+        return KeyFilter(patterns, granted)
 
     def seconds_left(self, now: float | None = None) -> float | None:
         if self.expires_at is None:

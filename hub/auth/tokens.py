@@ -2,7 +2,8 @@
 
 Tokens are JWTs (PyJWT, algorithm pinned) with `sub`, `exp`, `projects` (ids or `*` patterns
 such as `acme-*`), `scope` (`subscribe`, `publish`) and optionally `types` (the event types the
-token may read). A verified token becomes a `Principal` (hub.auth.grants).
+token may read) and `keys` (key patterns: the entities whose events it may read). A verified
+token becomes a `Principal` (hub.auth.grants).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jwt
 import msgspec
 
 from ..errors import HubError, Unauthorized
+from ..wire.keys import validate_key_pattern
 from ..wire.topics import validate_pattern
 from .grants import Principal
 
@@ -58,6 +60,7 @@ class _Claims(msgspec.Struct):
     projects: list[str]
     scope: list[str] | str  # a list, or OAuth's space-separated string
     types: list[str] | None = None
+    keys: list[str] | None = None
 
 
 _PROJECT_PATTERN: Final = re.compile(r"[A-Za-z0-9._*-]{1,128}")
@@ -129,8 +132,14 @@ class TokenVerifier:
                 types = [validate_pattern(p) for p in types]
             except HubError as exc:
                 raise Unauthorized(f"invalid token claims: `types`: {exc.message}") from None
+        keys = parsed.keys
+        if keys is not None:
+            try:
+                keys = [validate_key_pattern(p) for p in keys]
+            except HubError as exc:
+                raise Unauthorized(f"invalid token claims: `keys`: {exc.message}") from None
         scopes = parsed.scope.split() if isinstance(parsed.scope, str) else parsed.scope
-        return Principal(parsed.sub, parsed.projects, scopes, types, parsed.exp)
+        return Principal(parsed.sub, parsed.projects, scopes, types, parsed.exp, keys)
 
 
 def mint_token(
@@ -142,6 +151,7 @@ def mint_token(
     ttl_s: float = 3600.0,
     types: Sequence[str] | None = None,
     now: float | None = None,
+    keys: Sequence[str] | None = None,
 ) -> str:
     """An HS256 token for `hub token` and tests; `kid` names the secret that signed it."""
     issued = int(time.time() if now is None else now)
@@ -154,4 +164,6 @@ def mint_token(
     }
     if types is not None:
         claims["types"] = list(types)
+    if keys is not None:
+        claims["keys"] = list(keys)
     return jwt.encode(claims, secret, algorithm=ALGORITHM, headers={"kid": key_id(secret)})

@@ -1,4 +1,4 @@
-"""One subscriber: its type filter, its bounded outbound queue and where its stream stands.
+"""One subscriber: its filter (types, keys), its bounded outbound queue and where its stream stands.
 
 The fan-out path calls `deliver()` synchronously for every connection of a group. The fast
 case writes a frame shared by the whole group straight to the socket; anything else (socket
@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from ..backends.base import StoredEvent
 from ..protocol import CloseCode, ErrorFrame
 from ..stats import ManagerStats
+from ..wire.keys import KeyFilter
 from ..wire.topics import TypeFilter
 from .outbound import Control, Outbound
 
@@ -69,6 +70,7 @@ class Connection:
         "closed",
         "control",
         "filter",
+        "keys",
         "last_seq_sent",
         "live",
         "project",
@@ -91,11 +93,13 @@ class Connection:
         max_frame_bytes: int,
         user: Any = None,
         stats: ManagerStats | None = None,
+        key_filter: KeyFilter | None = None,
     ) -> None:
         self.project = project
         self.sink = sink
         self._push = sink if sink.direct else None  # the fan-out path's direct writes
         self.filter = type_filter
+        self.keys = key_filter  # None: events of every key (and those without one)
         # The highest seq sent or queued to this connection: the replay-to-live hand-off
         # offers nothing at or below it again.
         self.last_seq_sent = 0
@@ -111,6 +115,13 @@ class Connection:
         self._queue_bytes = queue_bytes
         self._max_frame_bytes = max_frame_bytes
         self._room: asyncio.Future[None] | None = None  # send_paced waits for the queue to drain
+
+    def takes(self, event: StoredEvent) -> bool:
+        """Whether this connection's filter passes `event` (replay and snapshot ask this)."""
+        if not self.filter.matches(event.type):
+            return False
+        keys = self.keys
+        return keys is None or keys.matches(event.key)
 
     def start(self) -> None:
         """Connect the sink's drain to this queue (once registered with the manager)."""

@@ -1,11 +1,11 @@
 """ConnectionManager: project -> connections, and the fan-out path.
 
 Events arrive from the backend's listener (synchronously, in seq order). They are collected
-per project and flushed once per loop tick: for each group of connections sharing a type
-filter, the matching events are joined into one array frame, framed once, and the same
+per project and flushed once per loop tick: for each group of connections sharing a filter
+(types and keys), the matching events are joined into one array frame, framed once, and the same
 bytes are offered to every connection of the group. Nothing here awaits a socket. Which
-groups take an event type is asked of the project's GroupIndex: one match per distinct
-pattern per new type, however many filters hold it.
+groups take an event is asked of the project's GroupIndex: one match per distinct type
+pattern per new type, however many filters hold it, and one key lookup for keyed groups.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ..backends.base import Backend, StoredEvent
 from ..protocol import CloseCode
 from ..stats import ManagerStats
 from ..wire.frames import encode_batch, text_frame
+from ..wire.keys import KeyFilter
 from ..wire.topics import TypeFilter
 from .connection import Connection
 from .fanout_index import GroupIndex
@@ -32,10 +33,11 @@ logger = logging.getLogger("hub.manager")
 class _Group:
     """Connections of one project with the same filter: they get byte-identical frames."""
 
-    __slots__ = ("connections", "filter")
+    __slots__ = ("connections", "filter", "keys")
 
-    def __init__(self, type_filter: TypeFilter) -> None:
+    def __init__(self, type_filter: TypeFilter, key_filter: KeyFilter | None) -> None:
         self.filter = type_filter
+        self.keys = key_filter
         self.connections: dict[Connection, None] = {}  # insertion-ordered set
 
 
@@ -43,7 +45,7 @@ class _Project:
     __slots__ = ("epoch", "groups", "index", "last_seq", "pending", "size")
 
     def __init__(self) -> None:
-        self.groups: dict[TypeFilter, _Group] = {}
+        self.groups: dict[tuple[TypeFilter, KeyFilter | None], _Group] = {}
         self.index: GroupIndex[_Group] = GroupIndex()
         self.pending: list[StoredEvent] = []
         self.size = 0
@@ -100,12 +102,14 @@ class ConnectionManager:
             del self._projects[connection.project]
             await self._backend.unwatch(connection.project)
 
-    def set_filter(self, connection: Connection, type_filter: TypeFilter) -> None:
+    def set_filter(
+        self, connection: Connection, type_filter: TypeFilter, key_filter: KeyFilter | None = None
+    ) -> None:
         entry = self._projects.get(connection.project)
         if entry is None or not self._leave(entry, connection):
-            connection.filter = type_filter
+            connection.filter, connection.keys = type_filter, key_filter
             return
-        connection.filter = type_filter
+        connection.filter, connection.keys = type_filter, key_filter
         self._join(entry, connection)
 
     def note_epoch(self, project: str, epoch: str) -> None:
@@ -115,21 +119,23 @@ class ConnectionManager:
 
     @staticmethod
     def _join(entry: _Project, connection: Connection) -> None:
-        group = entry.groups.get(connection.filter)
+        identity = (connection.filter, connection.keys)
+        group = entry.groups.get(identity)
         if group is None:
-            group = entry.groups[connection.filter] = _Group(connection.filter)
-            entry.index.add(group, group.filter)
+            group = entry.groups[identity] = _Group(connection.filter, connection.keys)
+            entry.index.add(group, group.filter, group.keys)
         group.connections[connection] = None
 
     @staticmethod
     def _leave(entry: _Project, connection: Connection) -> bool:
-        group = entry.groups.get(connection.filter)
+        identity = (connection.filter, connection.keys)
+        group = entry.groups.get(identity)
         if group is None or connection not in group.connections:
             return False
         del group.connections[connection]
         if not group.connections:
-            del entry.groups[connection.filter]
-            entry.index.remove(group, group.filter)
+            del entry.groups[identity]
+            entry.index.remove(group, group.filter, group.keys)
         return True
 
     # --- fan-out -------------------------------------------------------------------------
@@ -181,7 +187,7 @@ class ConnectionManager:
             groups_for = entry.index.groups_for
             taken = len(pending)
             for index, event in enumerate(pending):
-                for group in groups_for(event.type):
+                for group in groups_for(event.type, event.key):
                     matched = matched_by_group.get(group)
                     if matched is None:
                         matched_by_group[group] = [event]

@@ -33,6 +33,7 @@ def register_subscriber(
         params.project,
         sink,
         principal.type_filter(params.types),
+        key_filter=principal.key_filter(params.keys),
         queue_events=settings.queue_events,
         queue_bytes=settings.queue_bytes,
         max_frame_bytes=settings.max_frame_bytes,
@@ -81,7 +82,12 @@ async def _stream(
     hub.manager.note_epoch(params.project, position.epoch)
     plan = resume_plan(params.since, params.epoch, position.epoch, position.oldest, position.head)
     welcome = WelcomeFrame(
-        params.project, position.epoch, position.head, position.oldest, hub.settings.heartbeat_s
+        params.project,
+        position.epoch,
+        position.head,
+        position.oldest,
+        hub.settings.heartbeat_s,
+        keys=params.keys,
     )
     # Live only: the stream stands at head, so a resume from the welcome's position loses nothing.
     await out.send(Control(welcome, position.head if plan.action == "live" else None))
@@ -98,10 +104,10 @@ async def _stream(
     hub.manager.stats.gaps += 1
     await out.send(Control(GapFrame(plan.reason, plan.since, position.oldest, position.head)))
     view = await backend.snapshot_view(params.project)
-    head, matches = view.position.head, connection.filter.matches
+    head, takes = view.position.head, connection.takes
     pages = snapshot_pages(
         head,
-        (e.frame for e in view.events if matches(e.type)),
+        (e.frame for e in view.events if takes(e)),
         hub.settings.max_frame_bytes,
         truncated=view.truncated,
     )
@@ -148,7 +154,7 @@ async def _replay(
         batch: list[StoredEvent] = []
         size = 0
         for event in events:
-            if not connection.filter.matches(event.type):
+            if not connection.takes(event):
                 continue
             batch.append(event)
             size += len(event.frame)

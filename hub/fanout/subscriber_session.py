@@ -22,6 +22,7 @@ from ..protocol import (
     SubscribeOp,
     decode_client_frame,
 )
+from ..wire.keys import validate_key_patterns
 from ..wire.topics import validate_pattern
 from .outbound import ControlMessage
 
@@ -41,20 +42,25 @@ class Close(NamedTuple):
 
 
 class SubscriberSession:
-    """The op rules of one subscriber. `apply` is called with the new pattern list whenever
-    a subscribe or unsubscribe changes it (the endpoint sets the connection's filter)."""
+    """The op rules of one subscriber. `apply` is called with the new type patterns and key
+    patterns (None: no key filter) whenever a subscribe or unsubscribe may change them (the
+    endpoint sets the connection's filter)."""
 
     def __init__(
         self,
         settings: Settings,
         patterns: Sequence[str],
         *,
+        keys: Sequence[str] | None = None,
         explicit_types: bool,
         op_budget: OpBudget | None,
-        apply: Callable[[list[str]], None],
+        apply: Callable[[list[str], list[str] | None], None],
     ) -> None:
         self._settings = settings
         self.patterns = list(patterns)
+        # Without a key filter the connection takes every key; the first `keys` it subscribes
+        # to narrows it to those (as a first subscribe replaces the implicit `*` of types).
+        self.keys = None if keys is None else list(keys)
         # A client that connected without `types` got `*`; its first subscribe says what it
         # actually wants.
         self._implicit_default = not explicit_types
@@ -93,20 +99,37 @@ class SubscriberSession:
         op = decode_client_frame(text, settings.max_json_depth)
         if isinstance(op, PingOp):
             return PongFrame(op.id)
-        new = [validate_pattern(p, settings.max_pattern_length) for p in op.types]
-        if isinstance(op, SubscribeOp):
-            base = [] if self._implicit_default else self.patterns
-            patterns = merge_patterns(base, new)
-            if len(patterns) > settings.max_patterns:
-                raise BadRequest(
-                    f"too many type patterns: {len(patterns)} > {settings.max_patterns}"
-                )
-        else:
-            patterns = [p for p in self.patterns if p not in new]
-        self.patterns = patterns
-        self._implicit_default = False
-        self._apply(patterns)
-        return SubscribedFrame(op.id, patterns)
+        patterns, keys = self.patterns, self.keys
+        if op.types is not None:
+            new = [validate_pattern(p, settings.max_pattern_length) for p in op.types]
+            if isinstance(op, SubscribeOp):
+                base = [] if self._implicit_default else self.patterns
+                patterns = merge_patterns(base, new)
+                if len(patterns) > settings.max_patterns:
+                    raise BadRequest(
+                        f"too many type patterns: {len(patterns)} > {settings.max_patterns}"
+                    )
+            else:
+                patterns = [p for p in self.patterns if p not in new]
+        if op.keys is not None:
+            new_keys = validate_key_patterns(
+                op.keys, settings.max_patterns, settings.max_key_length
+            )
+            if isinstance(op, SubscribeOp):
+                keys = merge_patterns(self.keys or [], new_keys)
+                if len(keys) > settings.max_patterns:
+                    raise BadRequest(
+                        f"too many key patterns: {len(keys)} > {settings.max_patterns}"
+                    )
+            elif self.keys is not None:
+                # Down to none, the filter stays and takes nothing: unsubscribing never
+                # widens a subscription to every key.
+                keys = [k for k in self.keys if k not in new_keys]
+        self.patterns, self.keys = patterns, keys
+        if op.types is not None:
+            self._implicit_default = False
+        self._apply(patterns, keys)
+        return SubscribedFrame(op.id, patterns, keys)
 
 
 def merge_patterns(held: list[str], added: list[str]) -> list[str]:

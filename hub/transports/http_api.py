@@ -30,9 +30,10 @@ from ..errors import (
     Unauthorized,
 )
 from ..limits import check_publish_rate
+from ..wire.event_filter import EventFilter
 from ..wire.json_rules import JsonRuleError, check_json
-from ..wire.subscription import parse_since
-from ..wire.topics import TypeFilter, parse_types_param
+from ..wire.subscription import parse_keys_query, parse_since
+from ..wire.topics import parse_types_param
 from .read_limits import read_limiter_of, read_response
 
 __all__ = [
@@ -143,9 +144,9 @@ def _parse_limit(raw: str | None, maximum: int) -> int:
     return min(int(raw), maximum)
 
 
-def _read_scope(request: Request) -> tuple[Hub, str, TypeFilter]:
+def _read_scope(request: Request) -> tuple[Hub, str, EventFilter]:
     """What a read route reads: the hub, the project (checked and granted) and the `types`
-    filter narrowed by the token's grant."""
+    and `keys` filter narrowed by the token's grant."""
     hub: Hub = request.app.state.hub
     project = request.path_params["project"]
     hub.check_project(project)
@@ -154,19 +155,20 @@ def _read_scope(request: Request) -> tuple[Hub, str, TypeFilter]:
     requested = parse_types_param(
         request.query_params.get("types"), settings.max_patterns, settings.max_pattern_length
     )
-    return hub, project, principal.type_filter(requested)
+    keys = parse_keys_query(request.query_params, settings, request.scope.get("query_string"))
+    return hub, project, EventFilter(principal.type_filter(requested), principal.key_filter(keys))
 
 
 async def history(request: Request) -> Response:
     """A page of retained events after `since`; `next` is where the following page starts."""
-    hub, project, type_filter = _read_scope(request)
+    hub, project, event_filter = _read_scope(request)
     settings = hub.settings
     since = parse_since(request.query_params.get("since")) or 0
     limit = _parse_limit(request.query_params.get("limit"), settings.history_max_limit)
     limiter = read_limiter_of(request, settings)
     busy = limiter.busy  # no slot for a heavy answer: find that out after little work
     budget = settings.heavy_read_bytes if busy else settings.history_max_bytes
-    page = await _history_page(hub.backend, project, since, limit, type_filter.matches, budget)
+    page = await _history_page(hub.backend, project, since, limit, event_filter.matches, budget)
     if busy and page.cut:
         raise limiter.refusal()
     head = history_head(page.position, page.next, page.gap)
@@ -187,7 +189,7 @@ def history_head(position: Position, next: int, gap: bool) -> bytes:
 
 async def snapshot(request: Request) -> Response:
     """The latest event per key, in pages of about `snapshot_page_bytes` (`after`=`next`)."""
-    hub, project, type_filter = _read_scope(request)
+    hub, project, event_filter = _read_scope(request)
     settings = hub.settings
     after = parse_since(request.query_params.get("after"), "after") or 0
     limiter = read_limiter_of(request, settings)
@@ -195,7 +197,7 @@ async def snapshot(request: Request) -> Response:
     budget = settings.heavy_read_bytes if busy else settings.snapshot_page_bytes
     view = await hub.backend.snapshot_view(project)
     position, events = view.position, view.events
-    frames, last, more = _snapshot_page(events, after, type_filter.matches, budget)
+    frames, last, more = _snapshot_page(events, after, event_filter.matches, budget)
     if busy and more:
         raise limiter.refusal()
     head = b'{"epoch":%s,"head":%d,"oldest":%d,"truncated":%s,"next":%d,"more":%s,"events":[' % (
@@ -225,7 +227,7 @@ async def _history_page(
     project: str,
     since: int,
     limit: int,
-    matches: Callable[[str], bool],
+    matches: Callable[[StoredEvent], bool],
     max_bytes: int,
 ) -> _HistoryPage:
     """Scan at most `limit` events after `since`, keeping matching frames up to `max_bytes`
@@ -242,7 +244,7 @@ async def _history_page(
         if events and scanned and events[0].seq != cursor + 1:
             break  # retention moved past this page while it was read: the next one says gap
         for event in events:
-            if matches(event.type):
+            if matches(event):
                 if frames and size + len(event.frame) > max_bytes:
                     gap = _gap(since, first)
                     return _HistoryPage(result.position, frames, cursor, gap, cut=True)
@@ -263,14 +265,14 @@ def _gap(since: int, position: Position) -> bool:
 
 
 def _snapshot_page(
-    events: list[StoredEvent], after: int, matches: Callable[[str], bool], max_bytes: int
+    events: list[StoredEvent], after: int, matches: Callable[[StoredEvent], bool], max_bytes: int
 ) -> tuple[list[bytes], int, bool]:
     """Matching frames of events (in seq order) after `after`, up to `max_bytes` (at least
     one); returns (frames, last seq taken, whether more are left)."""
     frames: list[bytes] = []
     size, last = 0, after
     for event in events[bisect.bisect_right(events, after, key=_seq_of) :]:
-        if not matches(event.type):
+        if not matches(event):
             continue
         if frames and size + len(event.frame) > max_bytes:
             return frames, last, True

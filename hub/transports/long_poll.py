@@ -72,19 +72,15 @@ async def events_get(request: Request) -> Response:
 
 
 async def long_poll(request: Request, raw_wait: str) -> Response:
-    hub, project, type_filter = http_api._read_scope(request)
+    hub, project, event_filter = http_api._read_scope(request)
     settings = hub.settings
     query = request.query_params
     wait_s = parse_wait(raw_wait, settings.long_poll_max_wait_s)
     since = parse_since(query.get("since")) or 0
     epoch = parse_epoch(query.get("epoch"))
     limit = http_api._parse_limit(query.get("limit"), settings.history_max_limit)
-    # What the history page keeps, and what wakes the waiter: the same filter (contract A's
-    # `keys` joins it here once _read_scope returns it).
-    matches = type_filter.matches
-
-    def takes(event: StoredEvent) -> bool:
-        return matches(event.type)
+    # What the history page keeps, and what wakes the waiter: the same filter (types and keys).
+    takes = event_filter.matches
 
     deadline = asyncio.get_running_loop().time() + wait_s
     # A waiting poll is a subscriber: it takes a connection place (total, per token, per
@@ -95,7 +91,7 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
             gone = asyncio.create_task(_client_gone(request.receive))
             gone.add_done_callback(lambda _: waiter.release())
             try:
-                poll = _Poll(request, hub, project, matches, limit, waiter)
+                poll = _Poll(request, hub, project, takes, limit, waiter)
                 return await poll.answer(since, epoch, deadline)
             finally:
                 gone.cancel()
@@ -111,7 +107,7 @@ class _Poll:
         request: Request,
         hub: Hub,
         project: str,
-        matches: Callable[[str], bool],
+        matches: Callable[[StoredEvent], bool],
         limit: int,
         waiter: PollWaiter,
     ) -> None:

@@ -73,7 +73,10 @@ class _SseBody:
 async def sse_endpoint(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     settings = hub.settings
-    params = parse_subscription(request.path_params["project"], request.query_params, settings)
+    raw_query = request.scope.get("query_string", b"")
+    params = parse_subscription(
+        request.path_params["project"], request.query_params, settings, raw_query
+    )
     last_event_id = request.headers.get("last-event-id")
     if last_event_id is not None and last_event_id.strip():
         # It wins over since/epoch: EventSource sends it on its own reconnects.

@@ -37,7 +37,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     settings = hub.settings
     try:
         params = parse_subscription(
-            websocket.path_params["project"], websocket.query_params, settings
+            websocket.path_params["project"],
+            websocket.query_params,
+            settings,
+            websocket.scope.get("query_string", b""),
         )
         principal = authorize(websocket, params.project, "subscribe")
         slot = admit_connection(websocket, principal)
@@ -124,12 +127,14 @@ async def _serve_ops(
 ) -> None:
     """Move client frames to the session and its replies back, until the close."""
 
-    def apply(patterns: list[str]) -> None:
-        hub.manager.set_filter(connection, principal.type_filter(patterns))
+    def apply(patterns: list[str], keys: list[str] | None) -> None:
+        type_filter = principal.type_filter(patterns)
+        hub.manager.set_filter(connection, type_filter, principal.key_filter(keys))
 
     session = SubscriberSession(
         hub.settings,
         params.types,
+        keys=params.keys,
         explicit_types=params.explicit_types,
         op_budget=limits_of(websocket).client_ops(),
         apply=apply,

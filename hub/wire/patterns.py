@@ -1,6 +1,10 @@
-"""Glob matching for event-type patterns, linear in the type's length whatever the pattern.
+"""Glob matching for event-type and key patterns, linear in the value's length whatever the
+pattern.
 
 A pattern is literal text with `*` wildcards (any run of characters, dots and none included).
+Every other character is itself, whatever the alphabet: type patterns are limited to
+`[a-z0-9_.*]` by hub.wire.topics, key patterns (hub.wire.keys) may hold any Unicode, and
+nothing here depends on which (no character class, no escape, no regex).
 Runs of `*` mean the same as one, so a pattern compiles to its literal segments: a prefix, a
 suffix and the middles between stars. A type matches when it starts with the prefix, ends with
 the suffix, and holds the middles in order between them; finding each middle at its leftmost
