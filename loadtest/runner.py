@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hdr
+from .inprocess import InProcessPublisher
 from .pool import WorkerPool
 from .publisher import Publisher, PublishPlan
 from .results import MIB, RunRecorder, loss_of, merge_hists, sum_dicts
@@ -80,7 +81,12 @@ async def run_once(
     busy = busy_percent(before, cpu_times())
     server: ServerProcess | None = None
     if url is None:
-        server = await start_server(target, out_dir / f"{run_name}-server.log", server_args)
+        server = await start_server(
+            target,
+            out_dir / f"{run_name}-server.log",
+            server_args,
+            inprocess=params.publisher == "inprocess",
+        )
         host, port, pid = server.host, server.port, server.pid
         server_json = server.to_json()
         addresses = [(host, port)]
@@ -138,7 +144,7 @@ class _Run:
             "live": 0,
             "published": 0,
         }
-        self.publisher: Publisher | None = None
+        self.publisher: Publisher | InProcessPublisher | None = None
         self.rss_peak = 0
 
     def _on_tick(self, tick: dict[str, Any]) -> None:
@@ -199,7 +205,10 @@ class _Run:
             plan = PublishPlan(
                 self.projects, p.events, p.rate, p.batch, p.publishers, p.pad, p.duration
             )
-            self.publisher = Publisher(self.host, self.port, plan)
+            if p.publisher == "inprocess":
+                self.publisher = InProcessPublisher(self.host, self.port, plan)
+            else:
+                self.publisher = Publisher(self.host, self.port, plan)
             timed = asyncio.gather(
                 *(self._after(a.at, pool, a.command, a.payload) for a in actions(p))
             )
