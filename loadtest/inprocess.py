@@ -51,6 +51,7 @@ class InProcessPlan(msgspec.Struct, forbid_unknown_fields=True):
     rate: float  # events/s over all projects; 0 = as fast as the loop allows
     pad: int
     max_seconds: float
+    stamp: bool = False  # data carries `t`: time.monotonic() just before the publish call
 
     def check(self) -> None:
         if not self.projects or not 0 < self.events <= MAX_EVENTS:
@@ -89,9 +90,12 @@ async def publish_loop(publish: PublishOne, plan: InProcessPlan) -> InProcessAns
         if plan.rate > 0 and (due := t0 + i / plan.rate) > now:
             await asyncio.sleep(due - now)  # ahead of schedule: wait for this event's slot
         project = plan.projects[i % len(plan.projects)]
+        data: dict[str, Any] = {"n": i, "pad": pad}
+        if plan.stamp:  # CLOCK_MONOTONIC: comparable across processes on one Linux machine
+            data["t"] = time.monotonic()
         t = time.perf_counter()
         try:
-            seq = await publish(project, EVENT_TYPE, {"n": i, "pad": pad})
+            seq = await publish(project, EVENT_TYPE, data)
         except Exception as exc:  # counted and reported; the run is then not ok
             errors[type(exc).__name__] += 1
             continue

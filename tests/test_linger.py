@@ -59,10 +59,20 @@ def test_the_linger_resets_once_the_hub_goes_idle() -> None:
     policy = LingerPolicy(4 * MS, clock=clock)
     policy.flushed(clock.now, clock.now + 3 * MS)
     clock.advance(3 * MS)
-    clock.advance(3.9 * MS)  # within the cap since the last flush: still busy
+    clock.advance(2.9 * MS)  # the next event within the linger: more are likely to follow
     assert policy.delay() == pytest.approx(3 * MS)
-    clock.advance(0.2 * MS)  # longer than the cap without a flush: idle
+    clock.advance(0.2 * MS)  # longer than the linger without a flush: idle
     assert policy.delay() == 0.0
+
+
+def test_events_sparser_than_the_linger_are_not_held_back() -> None:
+    """A steady trickle (an event every 10 ms, flushes of 5 ms) gathers nothing by waiting."""
+    clock = FakeClock()
+    policy = LingerPolicy(4 * MS, clock=clock)
+    for _ in range(5):
+        policy.flushed(clock.now, clock.now + 5 * MS)
+        clock.advance(10 * MS)
+        assert policy.delay() == 0.0
 
 
 def test_a_zero_cap_disables_lingering() -> None:

@@ -2,9 +2,10 @@
 
 A flush costs about the same for one event as for a hundred (one write per connection), so
 under load it pays to let events gather for a moment. The wait follows the cost: after a
-flush that took `t`, the next one lingers `gain * t`, capped at `max_s`. When nothing has
-been flushed for longer than the cap the hub counts as idle and the next event goes out on
-the next loop tick (no linger), so a lone event is never held back.
+flush that took `t`, the next one lingers `L = min(max_s, gain * t)`. Lingering only pays
+when more events are coming within it: when the first event after a flush comes later than
+`L` after that flush ended, events are sparser than the linger (or the hub was idle) and it
+goes out on the next loop tick, so a lone event, or a steady trickle, is never held back.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ class LingerPolicy:
 
     def delay(self) -> float:
         """Seconds the flush being scheduled now should wait (0: next loop tick)."""
-        if self.max_s <= 0 or self.clock() - self._last_end > self.max_s:
+        if self.max_s <= 0:
             return 0.0
-        return min(self.max_s, self.gain * self._last_cost)
+        linger = min(self.max_s, self.gain * self._last_cost)
+        if self.clock() - self._last_end > linger:
+            return 0.0  # idle, or events sparser than the linger: it would gather nothing
+        return linger
 
     def flushed(self, started: float, ended: float) -> None:
         """Record one flush (its times read from the same clock)."""
