@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import secrets
 import sys
 import time
@@ -26,31 +25,17 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 
 from . import hdr
+from .hub_metrics import fanout_counters
 from .inprocess import BENCH_PATH, InProcessPlan
 from .publisher import HttpConnection
 from .servers import start_server
 
 __all__ = ["main", "measure"]
 
-_LINGERED = re.compile(rb"^hub_fanout_lingered_flushes(?:_total)? (\S+)$", re.M)
-
-
-async def _get(conn: HttpConnection, path: str) -> bytes:
-    """GET over the bench's HTTP/1.1 connection (it only speaks POST: send the bytes)."""
-    reader, writer = await asyncio.open_connection(conn.host, conn.port)
-    try:
-        writer.write(
-            b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
-            % (path.encode(), conn.authority)
-        )
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-
 
 async def _lingered(conn: HttpConnection) -> float | None:
-    match = _LINGERED.search(await _get(conn, "/metrics"))
-    return float(match.group(1)) if match else None
+    counters = await fanout_counters(conn.host, conn.port)
+    return counters["lingered_flushes"] if counters else None
 
 
 async def _receive(ws: ClientConnection, latencies: list[float], seen: list[int]) -> None:

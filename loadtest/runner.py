@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hdr
+from .hub_metrics import fanout_counters, fanout_summary
 from .inprocess import InProcessPublisher
 from .pool import WorkerPool
 from .publisher import Publisher, PublishPlan
@@ -146,6 +147,7 @@ class _Run:
         }
         self.publisher: Publisher | InProcessPublisher | None = None
         self.rss_peak = 0
+        self.fanout: dict[str, float | int] | None = None  # the hub's framing, from /metrics
 
     def _on_tick(self, tick: dict[str, Any]) -> None:
         deliveries, hist = self.recorder.add_tick(tick)
@@ -198,6 +200,7 @@ class _Run:
             gen = [ProcSampler(pid) for pid in [*pool.pids, os.getpid()]]
             gen_a = [s.sample() for s in gen]
             hub_a = self._sample()
+            fanout_a = await fanout_counters(self.host, self.port)
             sys_a = cpu_times()
 
             self.state["phase"] = "publishing"
@@ -223,6 +226,7 @@ class _Run:
             )
             drained_at = time.time()
             hub_b = self._sample()
+            self.fanout = fanout_summary(fanout_a, await fanout_counters(self.host, self.port))
             gen_b = [s.sample() for s in gen]
             sys_b = cpu_times()
             self.state["phase"] = "collecting"
@@ -390,6 +394,7 @@ class _Run:
                 "cpu_seconds": round(hub_cpu[1].cpu - hub_cpu[0].cpu, 2)
                 if hub_cpu[0] and hub_cpu[1]
                 else None,
+                "fanout": self.fanout,
             },
             "generator": {
                 "workers": p.workers,

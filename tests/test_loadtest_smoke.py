@@ -82,6 +82,13 @@ def test_inprocess_publisher_reaches_every_subscriber_of_hub_and_baseline(tmp_pa
         loss = result["loss"]
         assert loss["missing"] == loss["duplicates"] == loss["out_of_order"] == 0
         assert result["ok"] is True
+        fanout = result["hub"]["fanout"]  # the hub's own framing counters, from /metrics
+        if target == "hub":
+            assert fanout["delivered"] == n * events
+            assert 0 < fanout["frames_built"] <= events  # one frame per event at most
+            assert fanout["deliveries_per_frame"] >= n
+        else:
+            assert fanout is None
     assert exit_code == 0
 
 
