@@ -56,22 +56,23 @@ def test_the_linger_is_scaled_by_its_gain_and_capped() -> None:
 
 def test_the_linger_resets_once_the_hub_goes_idle() -> None:
     clock = FakeClock()
-    policy = LingerPolicy(4 * MS, clock=clock)
+    policy = LingerPolicy(4 * MS, gather=4, clock=clock)
     policy.flushed(clock.now, clock.now + 3 * MS)
     clock.advance(3 * MS)
-    clock.advance(2.9 * MS)  # the next event within the linger: more are likely to follow
+    clock.advance(0.7 * MS)  # the next event soon: about 4 more would come within 3 ms
     assert policy.delay() == pytest.approx(3 * MS)
-    clock.advance(0.2 * MS)  # longer than the linger without a flush: idle
+    clock.advance(0.1 * MS)  # longer than linger / gather without a flush: idle
     assert policy.delay() == 0.0
 
 
 def test_events_sparser_than_the_linger_are_not_held_back() -> None:
-    """A steady trickle (an event every 10 ms, flushes of 5 ms) gathers nothing by waiting."""
+    """A steady trickle (an event every 10 ms, flushes of 5 ms, or of 8 ms when the process
+    was descheduled mid-flush) gathers nothing by waiting."""
     clock = FakeClock()
     policy = LingerPolicy(4 * MS, clock=clock)
-    for _ in range(5):
-        policy.flushed(clock.now, clock.now + 5 * MS)
-        clock.advance(10 * MS)
+    for cost in (5 * MS, 8 * MS, 5 * MS):
+        policy.flushed(clock.now, clock.now + cost)
+        clock.advance(10 * MS)  # the flush ended `cost` in; the next event 10 ms after this one
         assert policy.delay() == 0.0
 
 
@@ -82,6 +83,8 @@ def test_a_zero_cap_disables_lingering() -> None:
     assert policy.delay() == 0.0
     with pytest.raises(ValueError):
         LingerPolicy(-1.0)
+    with pytest.raises(ValueError):
+        LingerPolicy(1.0, gather=0.5)
 
 
 def test_the_cap_comes_from_settings_and_is_bounded() -> None:
@@ -166,7 +169,7 @@ async def test_a_single_event_on_an_idle_hub_is_flushed_without_linger(
 async def test_a_publisher_yielding_between_events_gets_several_events_per_frame(
     running_hub: RunningHub,
 ) -> None:
-    subscribers = await open_recorders(running_hub, "p1", 20)
+    subscribers = await open_recorders(running_hub, "p1", 50)  # a flush costs some time
     hub = running_hub.hub
     stats = hub.manager.stats
     events = 300

@@ -3,9 +3,11 @@
 A flush costs about the same for one event as for a hundred (one write per connection), so
 under load it pays to let events gather for a moment. The wait follows the cost: after a
 flush that took `t`, the next one lingers `L = min(max_s, gain * t)`. Lingering only pays
-when more events are coming within it: when the first event after a flush comes later than
-`L` after that flush ended, events are sparser than the linger (or the hub was idle) and it
-goes out on the next loop tick, so a lone event, or a steady trickle, is never held back.
+when several more events are coming within it: the gap between the end of the last flush and
+the first event after it estimates the time between events, and unless about `gather` of them
+fit in `L` (gap <= L / gather) the event goes out on the next loop tick. So a lone event on an
+idle hub, or a steady trickle, is never held back; a flush that took long only because the
+process was descheduled does not make the next event wait for nothing.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ __all__ = ["LingerPolicy"]
 
 
 class LingerPolicy:
-    __slots__ = ("_last_cost", "_last_end", "clock", "gain", "max_s")
+    __slots__ = ("_last_cost", "_last_end", "clock", "gain", "gather", "max_s")
 
     def __init__(
         self,
         max_s: float,
         *,
         gain: float = 1.0,
+        gather: float = 4.0,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if max_s < 0 or gain < 0:
-            raise ValueError("linger max and gain must be >= 0")
+        if max_s < 0 or gain < 0 or gather < 1:
+            raise ValueError("linger max and gain must be >= 0, gather >= 1")
         self.max_s = max_s  # 0 disables lingering
         self.gain = gain
+        self.gather = gather  # events expected within the linger before it is worth it
         self.clock = clock
         self._last_end = float("-inf")  # when the last flush ended (never: idle)
         self._last_cost = 0.0  # seconds the last flush took
@@ -39,8 +43,8 @@ class LingerPolicy:
         if self.max_s <= 0:
             return 0.0
         linger = min(self.max_s, self.gain * self._last_cost)
-        if self.clock() - self._last_end > linger:
-            return 0.0  # idle, or events sparser than the linger: it would gather nothing
+        if (self.clock() - self._last_end) * self.gather > linger:
+            return 0.0  # idle, or events too sparse for the linger to gather several
         return linger
 
     def flushed(self, started: float, ended: float) -> None:
