@@ -29,6 +29,7 @@ from .hub_metrics import fanout_counters
 from .inprocess import BENCH_PATH, InProcessPlan
 from .publisher import HttpConnection
 from .servers import start_server
+from .system import loopback_address
 
 __all__ = ["main", "measure"]
 
@@ -49,11 +50,11 @@ async def _receive(ws: ClientConnection, latencies: list[float], seen: list[int]
 
 
 async def measure(url: str, subscribers: int, events: int, interval: float) -> dict[str, Any]:
-    host, port = url.split("//")[1].rsplit(":", 1)
-    conn = HttpConnection(host, int(port))
+    host, port = loopback_address(url)
+    conn = HttpConnection(host, port)
     project = f"idle-{secrets.token_hex(3)}"
     sockets = [
-        await connect(f"ws://{host}:{port}/v1/projects/{project}/ws", max_size=None)
+        await connect(f"ws://{conn.authority.decode()}/v1/projects/{project}/ws", max_size=None)
         for _ in range(subscribers)
     ]
     latencies: list[float] = []

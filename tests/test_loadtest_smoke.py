@@ -92,6 +92,18 @@ def test_inprocess_publisher_reaches_every_subscriber_of_hub_and_baseline(tmp_pa
     assert exit_code == 0
 
 
+def test_idle_latency_tool_measures_every_event_and_sees_no_linger(tmp_path: Path) -> None:
+    """`python -m loadtest.idle_latency` at tiny size: every (event, subscriber) measured, and
+    the hub's own counter says no flush of an idle hub lingered."""
+    from loadtest.idle_latency import main as idle_main
+
+    argv = ["-n", "2", "--events", "3", "--interval", "0.05", "--out", str(tmp_path)]
+    assert idle_main([*argv, "--name", "idle"]) == 0
+    result = json.loads((tmp_path / "idle.json").read_text())
+    assert result["latency_ms"]["count"] == 6
+    assert result["lingered_flushes"] == 0
+
+
 def test_inprocess_publisher_takes_one_event_per_call() -> None:
     with pytest.raises(ValueError, match="one event at a time"):
         default_params("fanout", publisher="inprocess", batch=10)
