@@ -148,6 +148,11 @@ _SUBSCRIPTION_QUERY: Final = {
             "type": "string",
             "description": "comma-separated type patterns ('*' matches any run), e.g. agent.*",
         },
+        "keys": {
+            "type": "string",
+            "description": "comma-separated entity key patterns ('*' matches any run), e.g. "
+            "ingest.job/j17,workflow.node/run-42/*: only events with a matching key",
+        },
         "token": {"type": "string", "description": "access token, when no header can be sent"},
     },
 }
@@ -204,7 +209,8 @@ def asyncapi_document(
                 "description": "Each event: `id: <epoch>:<seq>`, `event: <type>`, `data: <the "
                 "event frame JSON>`; control messages use `event: welcome|replayed|gap|"
                 "snapshot|error`. Resume with the `Last-Event-ID` header or since + epoch. "
-                "A `: keepalive` comment every heartbeat.",
+                "A `: keepalive` comment every heartbeat. With `named=0` events come without "
+                "an `event:` line, so a bare EventSource's `onmessage` receives them.",
                 "parameters": {"project": _PROJECT},
                 "servers": [{"$ref": "#/servers/http"}],
                 "messages": {name: _ref("messages", name) for name in sse_out},

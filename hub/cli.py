@@ -25,6 +25,7 @@ from .cli_exit import EXIT_STATUS_EPILOG, CliError, ExitStatus, debug_requested,
 from .cli_publish import add_publish_parser
 from .cli_tail import add_tail_parser
 from .config import Settings
+from .event_loop import add_loop_argument
 from .logs import configure_logging
 from .wire.catalog_plugins import ENTRY_POINT_GROUP, catalog_specs
 
@@ -49,7 +50,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that runs a hub (serve, demo)."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=port_number, default=8080, help="port (0 picks a free one)")
-    parser.add_argument("--backend", help="memory:// (default) or redis://HOST:PORT/DB")
+    parser.add_argument(
+        "--backend",
+        help="memory:// (default), redis://HOST:PORT/DB or"
+        " redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE",
+    )
     parser.add_argument(
         "--redis-cluster",
         action="store_true",
@@ -109,6 +114,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         "(DNS rebinding guard; default: none)",
     )
     add_log_level_argument(parser, "info")
+    add_loop_argument(parser)  # issue 16: uvloop by default
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -403,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"hub: {exc}", file=sys.stderr)
         sys.exit(ExitStatus.USAGE)
-    prog = f"hub {args.command}"
+    prog = " ".join(["hub", args.command, *([args.language] if args.command == "codegen" else [])])
     status = run_command(args.func, args, prog=prog, debug=debug or getattr(args, "debug", False))
     if status != ExitStatus.OK:
         sys.exit(status)

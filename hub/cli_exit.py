@@ -61,7 +61,8 @@ def run_command(func: Callable[[Any], Any], args: Any, *, prog: str, debug: bool
 
     try:
         if inspect.iscoroutinefunction(func):
-            asyncio.run(func(args))
+            with asyncio.Runner(loop_factory=_loop_factory(args)) as runner:
+                runner.run(func(args))
         else:
             func(args)
     except CliError as exc:
@@ -111,3 +112,13 @@ def _silence_stdout() -> None:
 def debug_requested(argv: list[str]) -> bool:
     """`--debug` anywhere on the command line (before or after the command), or HUB_DEBUG."""
     return "--debug" in argv or os.environ.get("HUB_DEBUG", "") not in ("", "0")
+
+
+def _loop_factory(args: Any) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a command that runs a hub asked for (`--loop`); others: asyncio's."""
+    from .event_loop import loop_factory
+
+    try:
+        return loop_factory(getattr(args, "loop", "asyncio"))
+    except ValueError as exc:
+        raise CliError(ExitStatus.USAGE, str(exc)) from None

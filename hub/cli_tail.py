@@ -32,7 +32,9 @@ def add_tail_parser(sub: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     tail_parser.add_argument(
         "--types", help="comma-separated type patterns, e.g. 'agent.*,*.failed'"
     )
-    tail_parser.add_argument("--keys", help="comma-separated key patterns, e.g. 'ingest.job/j17'")
+    tail_parser.add_argument(
+        "--keys", help="comma-separated key patterns, e.g. 'ingest.job/j17,agent.run/*'"
+    )
     tail_parser.add_argument("--since", type=int, help="replay everything after this seq first")
     tail_parser.add_argument("--token", help="access token (or HUB_TOKEN)")
     tail_parser.add_argument(
@@ -80,13 +82,13 @@ def _check_arguments(args: argparse.Namespace) -> list[str] | None:
     return types
 
 
-def _keys_argument(args: argparse.Namespace) -> list[str] | None:
+def _checked_keys(args: argparse.Namespace) -> list[str] | None:
     if args.keys is None:
         return None
-    keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+    keys = [k for k in args.keys.split(",") if k]
     if not keys:
         raise CliError(
-            ExitStatus.USAGE, "--keys is empty: name at least one pattern, e.g. 'ingest.job/*'"
+            ExitStatus.USAGE, "--keys is empty: name at least one key, e.g. 'ingest.job/j17'"
         )
     return keys
 
@@ -107,12 +109,13 @@ async def tail(args: argparse.Namespace) -> None:
     from .client import HubClient, HubClientError, HubUnreachable
 
     types = _check_arguments(args)
+    keys = _checked_keys(args)
     token = args.token or os.environ.get("HUB_TOKEN") or None
     client = HubClient(
         args.url,
         args.project,
         types=types,
-        keys=_keys_argument(args),
+        keys=keys,
         since=args.since,
         token=token,
         give_up_after=args.give_up_after,
@@ -155,5 +158,5 @@ def _refusal(exc: HubClientError, args: argparse.Namespace) -> CliError:
             ExitStatus.REFUSED, f"no hub WebSocket endpoint at {args.url} (HTTP 404): check --url"
         )
     return CliError(
-        ExitStatus.REFUSED, f"refused by the hub: {detail}: check --project and --types"
+        ExitStatus.REFUSED, f"refused by the hub: {detail}: check --project, --types and --keys"
     )

@@ -138,6 +138,15 @@ class Settings(msgspec.Struct, kw_only=True):
     # as long as the last one took, at most this long, so events share frames; 0 disables.
     fanout_linger_max_ms: float = 4.0
 
+    # Redis Sentinel, failover and reader health (docs/operations.md, "Redis Sentinel and
+    # failover"): publishes wait for this many replicas (WAIT, up to redis_wait_timeout_ms)
+    # before they are acknowledged, so a promoted replica holds them (0: no WAIT); /readyz
+    # answers 503 when the stream reader has made no progress for redis_reader_stall_s while
+    # Redis is reachable and has events past what it delivered.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1_000
+    redis_reader_stall_s: float = 10.0
+
     def __post_init__(self) -> None:
         positive = (
             "retention_events",
@@ -225,6 +234,16 @@ class Settings(msgspec.Struct, kw_only=True):
         for name in ("redis_block_ms", "redis_max_connections", "redis_cluster_poll_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not 0 <= self.redis_wait_replicas <= 100:
+            raise ValueError("redis_wait_replicas must be 0-100 (0: no WAIT)")
+        wait_bound = self.redis_socket_timeout_s * 1000 if self.redis_wait_replicas else 60_001
+        if not 1 <= self.redis_wait_timeout_ms < wait_bound:
+            raise ValueError(
+                "redis_wait_timeout_ms must be >= 1 and below redis_socket_timeout_s (a WAIT"
+                " that outlasts the socket timeout would look like a dead link)"
+            )
+        if not 0 < self.redis_reader_stall_s <= 86_400:
+            raise ValueError("redis_reader_stall_s must be > 0 and <= 86400")
         if self.redis_key_ttl_s < 0:
             raise ValueError("redis_key_ttl_s must be >= 0 (0: keys never expire)")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .backends.base import Backend, PublishRequest
+from .backends.base import Backend, PublishedSeqs, PublishRequest
 from .config import Settings
 from .fanout.linger import LingerPolicy
 from .fanout.manager import ConnectionManager
@@ -83,5 +83,6 @@ class Hub:
         else:
             self.validator.check_batch(project, requests)
         seqs = await self.backend.publish(project, requests)
-        self.stats.published += len(seqs)
+        # an idempotent retry returns its earlier seq: count only the events added
+        self.stats.published += seqs.new if isinstance(seqs, PublishedSeqs) else len(seqs)
         return seqs

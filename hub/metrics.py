@@ -7,6 +7,7 @@ metric families only when Prometheus scrapes, so an idle exporter costs nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -116,6 +117,8 @@ class HubCollector(Collector):
 
         if isinstance(hub.backend, MemoryBackend):
             yield from _memory_metrics(hub.backend)
+        elif hub.backend.name == "redis":
+            yield from _redis_reader_metrics(hub.backend)
 
         latency = manager.stats.latency
         buckets = [
@@ -162,6 +165,47 @@ def _memory_metrics(backend: MemoryBackend) -> Iterable[Metric]:
     for cause, count in backend.projects_dropped.items():
         dropped.add_metric([cause], count)
     yield dropped
+
+
+def _redis_reader_metrics(backend: object) -> Iterable[Metric]:
+    """The Redis stream reader's health (docs/operations.md, "Redis Sentinel and failover"):
+    the numbers to alert on a reader that silently stopped."""
+    from .backends.redis_reader import StreamReader  # redis is an optional dependency
+
+    reader = getattr(backend, "reader", None)
+    if not isinstance(reader, StreamReader):
+        return
+    yield GaugeMetricFamily(
+        "hub_redis_reader_connected",
+        "1 while the stream reader has a working connection to Redis.",
+        value=1 if reader.healthy else 0,
+    )
+    yield CounterMetricFamily(
+        "hub_redis_reader_reconnects",
+        "Times the stream reader lost Redis and connected again.",
+        value=max(0, reader.reconnects - 1),
+    )
+    yield CounterMetricFamily(
+        "hub_redis_reader_epoch_changes",
+        "Watched projects whose sequence restarted in a new epoch (subscribers got gap).",
+        value=reader.epoch_changes,
+    )
+    yield GaugeMetricFamily(
+        "hub_redis_reader_last_read_age_seconds",
+        "Seconds since the stream reader's last read round trip completed.",
+        value=max(0.0, time.monotonic() - reader.last_read),
+    )
+    yield GaugeMetricFamily(
+        "hub_redis_reader_lag_events",
+        "At the last epoch check: most events one watched stream held past what this hub"
+        " delivered.",
+        value=reader.lag,
+    )
+    yield GaugeMetricFamily(
+        "hub_redis_reader_stalled",
+        "1 when no read round trip completed for redis_reader_stall_s.",
+        value=1 if reader.stalled() else 0,
+    )
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -85,7 +85,7 @@ class WelcomeFrame(msgspec.Struct, tag_field="op", tag="welcome", omit_defaults=
     head: int
     oldest: int
     heartbeat: float
-    keys: list[str] | None = None  # the subscription's key patterns, when it has a key filter
+    keys: list[str] | None = None  # the key patterns the subscription asked for, if any
 
 
 class EventFrame(msgspec.Struct, tag_field="op", tag="event", omit_defaults=True):
@@ -119,7 +119,7 @@ class SnapshotFrame(msgspec.Struct, tag_field="op", tag="snapshot"):
 class SubscribedFrame(msgspec.Struct, tag_field="op", tag="subscribed", omit_defaults=True):
     id: int | str | None
     types: list[str]
-    keys: list[str] | None = None  # present once the connection has a key filter
+    keys: list[str] | None = None  # present once the connection asked for keys
 
 
 class PongFrame(msgspec.Struct, tag_field="op", tag="pong"):

@@ -109,7 +109,8 @@ async def _schedule(services: Services, project: str, folder: Path, interval: fl
     """Ingest once now; start a workflow `first_run_delay(interval)` later, then `interval`
     after each one ends (never two at a time)."""
     job = services.ingest.start_folder(project, folder)
-    log.info("ingesting %s as job %s", folder, job.job_id)
+    shown = "services/sample_docs" if folder == SAMPLE_DOCS else folder
+    log.info("ingesting %s as job %s", shown, job.job_id)
     for run, questions in enumerate(itertools.cycle(QUESTIONS), start=1):
         await asyncio.sleep(interval if run > 1 else first_run_delay(interval))
         spec = demo_workflow(folder, questions, run)
@@ -194,10 +195,17 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from hub.event_loop import loop_factory
     from hub.transports.server import CannotBind
 
     try:
-        asyncio.run(run_demo(args))
+        factory = loop_factory(args.loop)  # HUB_LOOP may name no loop
+    except ValueError as exc:
+        print(f"python -m services.demo: {exc}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(run_demo(args))
     except KeyboardInterrupt:
         sys.exit(130)
     except CannotBind as exc:  # one line, the status `hub demo` exits with (3)

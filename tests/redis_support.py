@@ -379,8 +379,9 @@ async def _publish_main(url: str, project: str, count: int, batch: int, tag: str
     sys.stdout.write(msgspec.json.encode(seqs).decode() + "\n")
 
 
-async def _bench_main(persistence: str, count: int) -> None:
-    """Publish rates, replay time and Redis memory per event on a fresh local redis-server."""
+async def _bench_main(persistence: str, count: int, wait: bool = False) -> None:
+    """Publish rates, replay time and Redis memory per event on a fresh local redis-server
+    (`wait`: with a replica, every publish WAITs for it: redis_wait_replicas=1)."""
     from redis.asyncio import Redis
 
     from hub.backends.redis import RedisBackend
@@ -392,7 +393,15 @@ async def _bench_main(persistence: str, count: int) -> None:
         fsync = [] if persistence == "none" else ["--appendfsync", persistence]
         server = RedisServer(Path(tmp), appendonly=persistence != "none", extra=fsync)
         server.start()
-        backend = RedisBackend(server.url, Settings(retention_events=count))
+        replica = RedisServer(
+            Path(tmp) / "replica", extra=["--replicaof", "127.0.0.1", str(server.port)]
+        )
+        if wait:
+            replica.start()
+            while "master_link_status:up" not in replica.cli("info", "replication"):
+                await asyncio.sleep(0.01)  # a bench: the replica syncs in milliseconds
+        settings = Settings(retention_events=count, redis_wait_replicas=1 if wait else 0)
+        backend = RedisBackend(server.url, settings)
         direct = Redis.from_url(server.url)
         try:
 
@@ -432,8 +441,10 @@ async def _bench_main(persistence: str, count: int) -> None:
             await direct.aclose()
             await backend.close()
             server.kill()
+            replica.kill()
     print(
-        f"persistence {persistence}, {len(data)}-byte data, {count} keyed events with ids:\n"
+        f"persistence {persistence}{', WAIT 1 replica' if wait else ''}, {len(data)}-byte data,"
+        f" {count} keyed events with ids:\n"
         f"  one at a time          {one_by_one:8.0f} events/s\n"
         f"  20 concurrent          {concurrent:8.0f} events/s\n"
         f"  batches of 100         {batched:8.0f} events/s\n"
@@ -450,6 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = sub.add_parser("bench", help="publish rates and memory on a fresh redis-server")
     bench.add_argument("--persistence", choices=["none", "always", "everysec"], default="none")
     bench.add_argument("--count", type=int, default=3000)
+    bench.add_argument("--wait", action="store_true", help="with a replica and WAIT 1")
     publish = sub.add_parser("publish")
     publish.add_argument("url")
     publish.add_argument("project")
@@ -458,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("--tag", default=str(os.getpid()))
     args = parser.parse_args(argv)
     if args.command == "bench":
-        asyncio.run(_bench_main(args.persistence, args.count))
+        asyncio.run(_bench_main(args.persistence, args.count, args.wait))
     else:
         asyncio.run(_publish_main(args.url, args.project, args.count, args.batch, args.tag))
 

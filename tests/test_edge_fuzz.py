@@ -27,6 +27,12 @@ TARGETS = [
     b"/v1/projects/p/events?since=0",
     b"/v1/projects/p/sse",
     b"/v1/projects/p/snapshot",
+    # the newer read paths: keys, long poll (a wait inside the deadline), SSE message mode
+    b"/v1/projects/p/events?since=0&wait=0.5&keys=ingest.job/*,a**b",
+    b"/v1/projects/p/events?since=0&wait=0.5&epoch=zz",
+    b"/v1/projects/p/sse?named=0&keys=%ff%fe",
+    b"/v1/projects/p/snapshot?keys=,,",
+    b"/v1/asyncapi.json",
     b"/healthz",
     b"/",
     b"*",
@@ -49,7 +55,7 @@ def random_head(rng: random.Random) -> bytes:
     kind = rng.randrange(8)
     if kind == 0:
         return rng.randbytes(rng.randint(1, 3000))
-    method = rng.choice([b"GET", b"POST", b"HEAD", b"PUT", b"G\xffT", b"GET GET"])
+    method = rng.choice([b"GET", b"POST", b"HEAD", b"PUT", b"OPTIONS", b"G\xffT", b"GET GET"])
     target = rng.choice(TARGETS)
     if kind == 1:  # a huge request line
         target += b"?x=" + b"a" * rng.choice([4000, 8200, 17000, 70000])
@@ -71,6 +77,16 @@ def random_head(rng: random.Random) -> bytes:
         lines.append(
             rng.choice([b"Origin: null", b"Origin: https://evil.example", b"Origin: \xff"])
         )
+        if rng.random() < 0.5:  # a CORS preflight's own headers
+            lines.append(
+                rng.choice(
+                    [
+                        b"Access-Control-Request-Method: POST",
+                        b"Access-Control-Request-Headers: authorization, x-\xff",
+                        b"Access-Control-Request-Method: " + b"P" * 9000,
+                    ]
+                )
+            )
     head = b"\r\n".join(lines) + b"\r\n\r\n"
     if rng.random() < 0.3:  # flip a few bytes
         mutated = bytearray(head)

@@ -118,7 +118,8 @@ async def test_dashboard_live_over_long_poll_when_websocket_and_sse_are_blocked(
             )
             run = demo.services.agent.start(PROJECT, "How do we treat varroa mites?")
             done = f'.agent[data-run="{run.run_id}"] .answer[data-done="true"] .text'
-            await page.wait_for_selector(done, timeout=30_000)
+            # attached, not visible: a finished card folds to one line (the dashboard's lists)
+            await page.wait_for_selector(done, state="attached", timeout=30_000)
             assert await page.text_content(done) == demo.services.agent.answers[run.run_id]
 
             history = await demo.history_seqs()

@@ -322,3 +322,13 @@ def test_random_keyed_filters_match_like_the_reference(rng: random.Random) -> No
         pattern = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10)))
         key = "".join(rng.choice(alphabet.replace("*", "")) for _ in range(rng.randint(1, 14)))
         assert KeyFilter([pattern]).matches(key) is reference(pattern, key), (pattern, key)
+
+
+def test_hub_token_keys_option_mints_the_claim(capsys: pytest.CaptureFixture[str]) -> None:
+    from .test_auth_tokens import hub_main
+
+    hub_main(["token", "--secret", SECRET, "--project", "p", "--keys", "ingest.job/*,agent.run/r1"])
+    principal = TokenVerifier([SECRET]).verify(capsys.readouterr().out.strip())
+    assert principal.keys == ("agent.run/r1", "ingest.job/*")
+    hub_main(["token", "--secret", SECRET, "--project", "p"])
+    assert TokenVerifier([SECRET]).verify(capsys.readouterr().out.strip()).keys is None

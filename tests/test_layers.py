@@ -29,6 +29,8 @@ PURE = (
     "hub.fanout",
     "hub.wire.topics",
     "hub.wire.patterns",
+    "hub.wire.keys",
+    "hub.wire.event_filter",
     "hub.errors",
     "hub.config",
     "hub.wire.catalog",

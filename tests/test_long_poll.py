@@ -344,3 +344,18 @@ async def test_a_waiting_poll_answers_gap_when_redis_loses_the_project(
         body = await asyncio.wait_for(task, 10)
     assert body["gap"] is True and body["events"] == []
     assert body["epoch"] != first["epoch"] and body["head"] == 0
+
+
+async def test_a_keyed_poll_wakes_only_for_its_keys(running_hub: RunningHub) -> None:
+    async with running_hub.http() as http:
+        task = asyncio.create_task(poll(http, since=0, wait=30, keys="job/j2,run/*"))
+        await waiting(running_hub, 1)
+        for key in ("job/j1", "job/j3", "other"):
+            body = {"type": "a.b", "key": key, "data": {}}
+            assert (await http.post(EVENTS, json=body)).status_code == 202
+        assert not task.done()
+        body = [{"type": "a.b", "key": k, "data": {}} for k in ("job/j1", "job/j2", "run/7")]
+        assert (await http.post(EVENTS, json=body)).status_code == 202
+        answer = await asyncio.wait_for(task, 10)
+        assert [(e["seq"], e["key"]) for e in answer["events"]] == [(5, "job/j2"), (6, "run/7")]
+        assert answer["next"] == 6

@@ -1,4 +1,5 @@
-"""Backends by URL: `memory://` (embedded default) or `redis://host:port/db`."""
+"""Backends by URL: `memory://` (embedded default), `redis://host:port/db` or
+`redis+sentinel://host:port[,host:port...]/service` (hub/backends/redis_connect.py)."""
 
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ def create_backend(settings: Settings) -> Backend:
     url = settings.backend
     if url in ("memory", "memory://") or url.startswith("memory://"):
         return MemoryBackend(settings)
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         from .redis import RedisBackend  # imported lazily: redis is an optional dependency
 
         return RedisBackend(url, settings)
-    raise ValueError(f"unknown backend URL {url!r}: use memory:// or redis://host:port/db")
+    raise ValueError(
+        f"unknown backend URL {url!r}: use memory://, redis://host:port/db or "
+        "redis+sentinel://host:port[,host:port...]/service"
+    )

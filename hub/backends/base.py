@@ -20,6 +20,7 @@ __all__ = [
     "EventListener",
     "Position",
     "PublishRequest",
+    "PublishedSeqs",
     "ReadResult",
     "SnapshotView",
     "StoredEvent",
@@ -57,6 +58,17 @@ class PublishRequest(msgspec.Struct, frozen=True):
     data: msgspec.Raw
     key: str | None = None
     id: str | None = None  # idempotency id: same id within retention -> same seq
+
+
+class PublishedSeqs(list[int]):
+    """publish()'s seqs, and how many events it added: a retry whose idempotency id was seen
+    before gets its earlier seq back and adds nothing, so metrics count it once."""
+
+    __slots__ = ("new",)
+
+    def __init__(self, seqs: Sequence[int], new: int) -> None:
+        super().__init__(seqs)
+        self.new = new
 
 
 class ReadResult(msgspec.Struct, frozen=True):

@@ -17,7 +17,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from ..config import Settings
-from .base import EventListener, Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
+from .base import (
+    EventListener,
+    Position,
+    PublishedSeqs,
+    PublishRequest,
+    ReadResult,
+    SnapshotView,
+    StoredEvent,
+)
 from .memory_budget import enforce_budget
 from .memory_epochs import EpochBook
 from .memory_log import MemoryLedger, ProjectLog, RetentionLimits
@@ -99,7 +107,7 @@ class MemoryBackend:
             self._listener(project, log.epoch, fresh)
         # After the listener: live subscribers get every event even if the budget drops it.
         enforce_budget(self._logs.values(), self.ledger, self.budget_bytes)
-        return seqs
+        return PublishedSeqs(seqs, log.head - head_before)
 
     async def position(self, project: str) -> Position:
         log = self._logs.get(project)

@@ -9,7 +9,11 @@ fans out locally through its ConnectionManager.
 
 Redis unreachable: the hub still starts; `ready()` is False, every operation raises
 BackendUnavailable (HTTP 503, WebSocket 1013) within the socket timeout, and the reader
-reconnects with backoff and resumes where it stopped.
+reconnects with backoff and resumes where it stopped. `ready()` is False too while the reader
+is stalled (hub/backends/redis_reader.py). Behind Sentinel (`redis+sentinel://`,
+hub/backends/redis_connect.py) the clients follow a failover; a promoted replica that may lack
+acknowledged writes starts a new epoch (hub/backends/redis_scripts.py) unless publishes WAIT
+for replicas (`redis_wait_replicas`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..config import Settings
+from ..errors import BackendUnavailable
 from .base import EventListener, Position, PublishRequest, ReadResult, SnapshotView, StoredEvent
 from .redis_reader import StreamReader
 from .redis_store import RedisStore
@@ -42,7 +47,19 @@ class RedisBackend:
         await self.store.close()
 
     async def ready(self) -> bool:
-        return await self.store.ping(min(1.0, self.settings.redis_socket_timeout_s))
+        """Redis answers, and the reader is not stalled: a reader with no read round trip for
+        redis_reader_stall_s while a watched stream holds events it has not delivered (a
+        detached replica, a paused or wedged connection) makes the hub not ready."""
+        if not await self.store.ping(min(1.0, self.settings.redis_socket_timeout_s)):
+            return False
+        if not self.reader.stalled():
+            return True
+        if self.reader.detached:
+            return False
+        try:
+            return not await self.reader.behind()
+        except BackendUnavailable:
+            return False
 
     async def publish(self, project: str, requests: Sequence[PublishRequest]) -> list[int]:
         return await self.store.publish(project, requests)

@@ -72,12 +72,13 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 class Cursor:
     """Where the reader stands in one watched project: `seq` is None until pinned."""
 
-    __slots__ = ("epoch", "pin", "refs", "seq")
+    __slots__ = ("epoch", "last", "pin", "refs", "seq")
 
     def __init__(self) -> None:
         self.refs = 1
         self.epoch: str | None = None
         self.seq: int | None = None
+        self.last: bytes | None = None  # the stored entry at `seq`, as delivered
         self.pin: asyncio.Task[Position] | None = None
 
 
@@ -93,6 +94,12 @@ class StreamReader:
         self.cursors: dict[str, Cursor] = {}
         self.healthy = False
         self.reconnects = 0  # how many times the reader lost Redis and got it back
+        self.epoch_changes = 0  # watched projects whose sequence restarted
+        self.last_read = time.monotonic()  # when a read round trip last completed
+        self.lag = 0  # at the last epoch check: most events a watched stream was ahead
+        # at the last epoch check: reading a replica cut off from its primary, which serves
+        # stale data without an error, so its reads are no progress
+        self.detached = False
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._wake_key = store.wake_key()
@@ -213,6 +220,7 @@ class StreamReader:
         if isinstance(client, RedisCluster):
             await client.initialize()
         await client.ping()
+        await self._verify_cursors(client)
         await self._recheck_positions()
         if not self.healthy:
             self.healthy = True
@@ -253,6 +261,7 @@ class StreamReader:
             reply: Any = await client.xread(streams, count=READ_COUNT, block=self._block_ms)
         finally:
             self._blocked = False
+        self._read_done()
         for stream, entries in reply or ():
             if stream == self._wake_key.encode():
                 self._wake_id = entries[-1][0]
@@ -268,10 +277,13 @@ class StreamReader:
             for stream, (_, _, seq) in issued.items():
                 pipe.xrange(stream, b"%d-0" % (seq + 1), b"+", count=READ_COUNT)
             replies = await pipe.execute()
+            self._read_done()
             for (_, read), entries in zip(issued.items(), replies, strict=True):
                 if entries:
                     got_any = True
                     self._deliver(read, entries)
+        else:
+            self._read_done()
         if not got_any:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(
@@ -299,13 +311,16 @@ class StreamReader:
                 events[0].seq - 1,
             )
         cursor.seq = events[-1].seq
+        last = entries[-1][1]
+        cursor.last = last[b"v"] if isinstance(last, dict) else last[1]
         assert epoch is not None
         self._store.note(project, epoch, cursor.seq)
         self._notify(project, epoch, events)
 
     def _epoch_changed(self, project: str, cursor: Cursor, epoch: str) -> None:
         logger.warning("project %s: epoch changed %s -> %s", project, cursor.epoch, epoch)
-        cursor.epoch, cursor.seq = epoch, 0
+        cursor.epoch, cursor.seq, cursor.last = epoch, 0, None
+        self.epoch_changes += 1
         self._notify(project, epoch, [])
 
     def _notify(self, project: str, epoch: str, events: Sequence[StoredEvent]) -> None:
@@ -335,14 +350,85 @@ class StreamReader:
             return
         pipe = client.pipeline(transaction=False)
         for project, _ in pinned:
-            pipe.get(self._store.keys(project).epoch)
-        stored = await pipe.execute()
-        for (project, cursor), value in zip(pinned, stored, strict=True):
+            keys = self._store.keys(project)
+            pipe.get(keys.epoch)
+            pipe.get(keys.seq)
+        if not self._store.cluster:
+            pipe.execute_command("ROLE")
+        replies = await pipe.execute()
+        if not self._store.cluster:
+            role = replies.pop()
+            # ROLE of a replica: [b"slave", host, port, link state, offset]
+            self.detached = role[0] == b"slave" and role[3] != b"connected"
+        stored, heads = replies[0::2], replies[1::2]
+        lag = 0
+        for (project, cursor), value, head in zip(pinned, stored, heads, strict=True):
             if self.cursors.get(project) is not cursor:
                 continue
+            if head is not None and cursor.seq is not None:
+                lag = max(lag, int(head) - cursor.seq)
             epoch = value.decode() if value is not None else None
             if epoch is None:
                 # Gone: start the new epoch now, as the next publish would.
                 epoch = (await self._store.position(project)).epoch
             if epoch != cursor.epoch and self.cursors.get(project) is cursor:
                 self._epoch_changed(project, cursor, epoch)
+        self.lag = lag
+
+    async def _verify_cursors(self, client: RedisClient) -> None:
+        """After a (re)connect, possibly to a promoted replica: the entry each cursor stands
+        on must still be there, unchanged. One that is gone (the counter went back) or was
+        replaced (another event took its seq) was lost with the old primary; clients hold
+        it, so its epoch is ended in Redis (the next publish starts a new one) rather than
+        continued with reused seqs."""
+        held = [(p, c, c.seq) for p, c in self.cursors.items() if c.seq]
+        if not held:
+            return
+        pipe = client.pipeline(transaction=False)
+        for project, _, seq in held:
+            keys = self._store.keys(project)
+            pipe.xrange(keys.events, b"%d-0" % seq, b"%d-0" % seq)
+            pipe.get(keys.seq)
+            pipe.get(keys.epoch)
+        replies = await pipe.execute()
+        for i, (project, cursor, seq) in enumerate(held):
+            entries, head, epoch = replies[3 * i : 3 * i + 3]
+            if self.cursors.get(project) is not cursor or cursor.seq != seq:
+                continue
+            if epoch is None or epoch.decode() != cursor.epoch:
+                continue  # another epoch already: _recheck_positions tells the listener
+            if entries:
+                fields = entries[0][1]
+                value = fields[b"v"] if isinstance(fields, dict) else fields[1]
+                if cursor.last is None or value == cursor.last:
+                    continue  # unchanged, or pinned from a position: only its counter to check
+            elif head is not None and int(head) >= seq:
+                continue  # trimmed by retention: nothing to compare, the counter is ahead
+            assert cursor.epoch is not None
+            logger.warning(
+                "project %s: seq %s of epoch %s is gone or replaced (a failover lost it):"
+                " ending the epoch",
+                project,
+                cursor.seq,
+                cursor.epoch,
+            )
+            await self._store.fence(project, cursor.epoch)
+
+    def _read_done(self) -> None:
+        if not self.detached:
+            self.last_read = time.monotonic()
+
+    def stalled(self, now: float | None = None) -> bool:
+        """No read round trip that could make progress (not from a detached replica)
+        completed for redis_reader_stall_s; XREAD returns every BLOCK ms when all is well."""
+        now = time.monotonic() if now is None else now
+        return now - self.last_read > self._settings.redis_reader_stall_s
+
+    async def behind(self, limit: int = 1_000) -> bool:
+        """Whether some watched stream (of the first `limit`) has events past the cursor."""
+        pinned = [(p, c) for p, c in self.cursors.items() if c.seq is not None][:limit]
+        if not pinned:
+            return False
+        heads = await self._store.heads([p for p, _ in pinned])
+        pairs = zip(pinned, heads, strict=True)
+        return any(h is not None and h > (c.seq or 0) for (_, c), h in pairs)

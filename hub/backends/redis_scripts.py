@@ -9,7 +9,8 @@ Per project `p` (the `{p}` hash tag keeps all of them in one Cluster slot):
     <prefix>:{p}:snap     hash: key -> "<seq> <ts> <type> <data>" (latest event per key)
     <prefix>:{p}:snapidx  sorted set: key -> seq, to drop the least recently updated key
     <prefix>:{p}:snapmeta hash: `bytes` of the snap hash's values, `truncated` once a bound
-                          dropped a key in this epoch
+                          dropped a key in this epoch, `primary`: the replication id of
+                          the primary that wrote last (a failover is seen as a new one)
     <prefix>:{p}:id:<id>  "<epoch> <seq>" with a TTL: publish idempotency
 
 The script runs atomically, so seqs stay contiguous with any number of publishers, and a lost
@@ -61,8 +62,11 @@ class ProjectKeys:
 #   publish:  ARGV[6] retention (MAXLEN ~), ARGV[7] snapshot key bound, ARGV[8] id TTL ms,
 #             ARGV[9] n, ARGV[10] snapshot byte bound, then 5 per event: type, has_key
 #             ("0"/"1"), key, id key index (0: none), data
+# The last ARGV of every op: 'wait' if writers WAIT for a replica before acknowledging
+# (then a promoted replica holds every acknowledged write and keeps the epoch), else 'async'.
 # Every op returns {epoch, head, oldest, ...}: read adds the XRANGE entries, snapshot the
-# snap hash (flat) and 1 if keys were dropped from it, publish one seq per event.
+# snap hash (flat) and 1 if keys were dropped from it, publish one seq per event (negated
+# for an event whose id was seen before: its earlier seq, nothing added).
 HUB_SCRIPT = r"""
 local seq_key, epoch_key, events_key = KEYS[1], KEYS[2], KEYS[3]
 local snap_key, index_key, meta_key = KEYS[4], KEYS[5], KEYS[6]
@@ -92,8 +96,24 @@ if live then
   -- a counter behind what a hub already saw in this epoch went back in time
   if live and epoch == ARGV[4] and head < tonumber(ARGV[5]) then live = false end
 end
+-- The primary this sequence was written on (snapmeta `primary`, its replication id). A
+-- replica promoted since (its replid2 names an older history) may lack writes the old
+-- primary acknowledged (asynchronous replication): counting on from its counter could
+-- reuse their seqs, so a new epoch starts, unless every writer waited for a replica before
+-- acknowledging (WAIT; the last ARGV is 'wait'). A restarted primary keeps its epoch.
+local primary, promoted_from = nil, nil
+local replication = redis.pcall('INFO', 'replication')
+if type(replication) == 'string' then
+  primary = string.match(replication, 'master_replid:(%x+)')
+  promoted_from = string.match(replication, 'master_replid2:(%x+)')
+end
+local written_on = redis.call('HGET', meta_key, 'primary')
+local moved = live and primary and written_on and written_on ~= primary
+  and ARGV[#ARGV] ~= 'wait' and promoted_from and string.find(promoted_from, '[^0]')
+if moved then live = false end
 if not live then
   local evidence = epoch or ''
+  if moved then evidence = evidence .. '@' .. primary end
   if ARGV[4] ~= '' and tonumber(ARGV[5]) > 0 then evidence = evidence .. '|' .. ARGV[4] end
   local next_epoch
   if evidence == '' then
@@ -156,7 +176,7 @@ for i = 0, n - 1 do
       known_seq = tonumber(known_seq)
       -- an id is honoured only while its event is retained, and only in its own epoch
       if known_epoch == epoch and known_seq and known_seq >= oldest(head) then
-        seq = known_seq
+        seq = -known_seq  -- negative: an earlier event's seq again (the caller counts new ones)
       end
     end
   end
@@ -184,6 +204,9 @@ for i = 0, n - 1 do
 end
 
 redis.call('SET', seq_key, head)
+if primary and (written_on ~= primary or not live) then
+  redis.call('HSET', meta_key, 'primary', primary)
+end
 local function drop_oldest_keys(count)
   local dropped = redis.call('ZPOPMIN', index_key, count)
   for j = 1, #dropped, 2 do

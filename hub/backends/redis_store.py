@@ -27,7 +27,16 @@ from redis.exceptions import RedisClusterException, RedisError
 from ..config import Settings
 from ..errors import BackendUnavailable
 from ..protocol import EventFrame
-from .base import Position, PublishRequest, ReadResult, SnapshotView, StoredEvent, new_epoch
+from .base import (
+    Position,
+    PublishedSeqs,
+    PublishRequest,
+    ReadResult,
+    SnapshotView,
+    StoredEvent,
+    new_epoch,
+)
+from .redis_connect import is_sentinel_url, parse_sentinel_url, sentinel_client
 from .redis_scripts import HUB_SCRIPT, ProjectKeys
 
 __all__ = [
@@ -102,6 +111,12 @@ class RedisStore:
         self.settings = settings
         self.prefix = settings.redis_key_prefix
         self.cluster = settings.redis_cluster
+        if is_sentinel_url(url):
+            parse_sentinel_url(url)  # a bad one fails at startup, with what is wrong
+            if self.cluster:
+                raise ValueError("redis_cluster and a redis+sentinel:// URL exclude each other")
+        if self.cluster and settings.redis_wait_replicas > 0:
+            raise ValueError("redis_wait_replicas needs a primary with replicas, not a Cluster")
         self.client = self.new_client(settings.redis_max_connections)
         self._script = self.client.register_script(HUB_SCRIPT)
         self._cluster_lock = asyncio.Lock()
@@ -109,6 +124,8 @@ class RedisStore:
         self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._key_ttl_ms = int(settings.redis_key_ttl_s * 1000)
         self._id_ttl_ms = max(1, int(settings.redis_idempotency_ttl_s * 1000))
+        # Tells the script whether a promoted replica holds every acknowledged write.
+        self._replication = "wait" if settings.redis_wait_replicas > 0 else "async"
 
     def new_client(self, max_connections: int) -> RedisClient:
         """A client whose every command fails within the socket timeout instead of hanging.
@@ -129,6 +146,8 @@ class RedisStore:
             options["socket_keepalive_options"] = _keepalive_options(s.redis_socket_timeout_s)
         if self.cluster:
             return RedisCluster.from_url(self.url, max_connections=max_connections, **options)
+        if is_sentinel_url(self.url):
+            return sentinel_client(self.url, max_connections, options)
         pool = BlockingConnectionPool.from_url(
             self.url,
             max_connections=max_connections,
@@ -181,8 +200,24 @@ class RedisStore:
             raise unavailable(exc) from exc
 
     async def _run_script(self, keys: list[str], args: list[Any]) -> list[Any]:
-        reply: list[Any] = await self._script(keys=keys, args=args)
+        reply: list[Any] = await self._script(keys=keys, args=[*args, self._replication])
         return reply
+
+    async def _run_script_and_wait(self, keys: list[str], args: list[Any]) -> list[Any]:
+        """The script, then `WAIT` on the same connection: acknowledged only once
+        `redis_wait_replicas` replicas hold the write, so a promoted one has it."""
+        s = self.settings
+        async with self.client.pipeline(transaction=False) as pipe:  # reset even on failure
+            script_args = [*args, self._replication]
+            await self._script(keys=keys, args=script_args, client=pipe)  # type: ignore[arg-type]
+            pipe.wait(s.redis_wait_replicas, s.redis_wait_timeout_ms)
+            reply, replicas = await pipe.execute()
+        if int(replicas) < s.redis_wait_replicas:
+            raise BackendUnavailable(
+                f"redis: the publish reached {int(replicas)} of {s.redis_wait_replicas} "
+                f"replicas within {s.redis_wait_timeout_ms} ms; retry it with the same ids"
+            )
+        return list(reply)
 
     def _common_args(self, op: str, project: str) -> list[Any]:
         epoch, seq = self._seen.get(project, ("", 0))
@@ -234,14 +269,7 @@ class RedisStore:
         keys = project_keys.script_keys()
         id_index: dict[str, int] = {}
         s = self.settings
-        args: list[Any] = [
-            *self._common_args("publish", project),
-            s.retention_events,
-            s.snapshot_keys,
-            self._id_ttl_ms,
-            len(requests),
-            s.snapshot_bytes,
-        ]
+        args: list[Any] = self._publish_args(self._common_args("publish", project), len(requests))
         for request in requests:
             index = 0
             if request.id is not None:
@@ -259,6 +287,41 @@ class RedisStore:
             ]
         # Retrying is safe only if every event carries an idempotency id.
         safe = all(r.id is not None for r in requests)
-        reply = await self.call(lambda: self._run_script(keys, args), retry_safe=safe)
+        run = self._run_script_and_wait if s.redis_wait_replicas > 0 else self._run_script
+        reply = await self.call(lambda: run(keys, args), retry_safe=safe)
         self._position(project, reply)
-        return [int(seq) for seq in reply[3:]]
+        seqs = [int(seq) for seq in reply[3:]]
+        return PublishedSeqs([abs(seq) for seq in seqs], sum(1 for seq in seqs if seq > 0))
+
+    def _publish_args(self, common: list[Any], count: int) -> list[Any]:
+        """The publish op's arguments before its events (redis_scripts.py, ARGV[6..10])."""
+        s = self.settings
+        return [
+            *common,
+            s.retention_events,
+            s.snapshot_keys,
+            self._id_ttl_ms,
+            count,
+            s.snapshot_bytes,
+        ]
+
+    async def fence(self, project: str, epoch: str) -> Position:
+        """End `epoch` if it is still the current one: a publish of no events with evidence
+        of a seq no counter reaches, so the script starts a new epoch (redis_scripts.py)."""
+        keys = self.keys(project).script_keys()
+        common: list[Any] = ["publish", new_epoch(), self._key_ttl_ms, epoch, 2**52]
+        args = self._publish_args(common, 0)
+        reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
+        return self._position(project, reply)
+
+    async def heads(self, projects: Sequence[str]) -> list[int | None]:
+        """The counter of each project (None: no live sequence), in one round trip."""
+
+        async def run() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for project in projects:
+                    pipe.get(self.keys(project).seq)
+                return list(await pipe.execute())
+
+        replies = await self.call(run, retry_safe=True)
+        return [int(r) if r is not None else None for r in replies]

@@ -96,22 +96,30 @@ export interface SnapshotFrame {
 
 export interface SubscribeOp {
   op: "subscribe";
-  types: string[];
+  /** @default null */
+  types?: string[] | null;
   /** @default null */
   id?: number | string | null;
+  /** @default null */
+  keys?: string[] | null;
 }
 
 export interface SubscribedFrame {
   op: "subscribed";
   id: number | string | null;
   types: string[];
+  /** @default null */
+  keys?: string[] | null;
 }
 
 export interface UnsubscribeOp {
   op: "unsubscribe";
-  types: string[];
+  /** @default null */
+  types?: string[] | null;
   /** @default null */
   id?: number | string | null;
+  /** @default null */
+  keys?: string[] | null;
 }
 
 export interface WelcomeFrame {
@@ -121,6 +129,8 @@ export interface WelcomeFrame {
   head: number;
   oldest: number;
   heartbeat: number;
+  /** @default null */
+  keys?: string[] | null;
 }
 
 /** An `event` frame of one catalog type `T` of the event map `M`: `data` is its payload. */

@@ -8,10 +8,13 @@ without the extension every socket takes the portable ASGI path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
-__all__ = ["EXTENSION", "DirectChannel"]
+__all__ = ["EXTENSION", "DetachableChannel", "DirectChannel", "Message"]
+
+Message = dict[str, Any]  # an ASGI receive message
 
 EXTENSION: Final = "hub.direct_send"
 
@@ -38,3 +41,20 @@ class DirectChannel(Protocol):
     def write_text(self, payload: bytes) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
+
+
+@runtime_checkable
+class DetachableChannel(Protocol):
+    """A channel whose socket outlives the app's ASGI call: an idle subscriber then holds no
+    task (hub.transports.ws_endpoint). Messages the client sends wait for `take()`."""
+
+    def detach(self, wake: Callable[[], None]) -> None:
+        """From now on call `wake` whenever a message (text, disconnect) arrives."""
+
+    def take(self) -> Message | None: ...
+
+    def resume_reading(self) -> None:
+        """Read the client again once its messages are handled."""
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Have the server wait for this task at shutdown, as for its own."""

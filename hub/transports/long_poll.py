@@ -79,19 +79,19 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
     since = parse_since(query.get("since")) or 0
     epoch = parse_epoch(query.get("epoch"))
     limit = http_api._parse_limit(query.get("limit"), settings.history_max_limit)
-    # What the history page keeps, and what wakes the waiter: the same filter (types and keys).
-    takes = event_filter.matches
+    # What the history page keeps, and what wakes the waiter: the same filter.
+    matches = event_filter.matches
 
     deadline = asyncio.get_running_loop().time() + wait_s
     # A waiting poll is a subscriber: it takes a connection place (total, per token, per
     # address) as well as one of the long-poll places.
     slot = admit_connection(request, authenticate(request))
     try:
-        async with hub.manager.polls.waiting(project, takes) as waiter:
+        async with hub.manager.polls.waiting(project, matches) as waiter:
             gone = asyncio.create_task(_client_gone(request.receive))
             gone.add_done_callback(lambda _: waiter.release())
             try:
-                poll = _Poll(request, hub, project, takes, limit, waiter)
+                poll = _Poll(request, hub, project, matches, limit, waiter)
                 return await poll.answer(since, epoch, deadline)
             finally:
                 gone.cancel()

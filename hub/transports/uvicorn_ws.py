@@ -14,17 +14,20 @@ uvicorn's stock protocol instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 from ..protocol import CloseCode, ErrorFrame, close_reason, encode
 from ..wire.frames import http_refusal, text_frame
-from .direct import EXTENSION, DirectChannel
+from .direct import EXTENSION, DetachableChannel, DirectChannel, Message
+from .light_sync import Inbox, Signal
 
 __all__ = ["HubWebSocketProtocol", "TransportChannel", "check_internals"]
 
@@ -42,11 +45,14 @@ PARENT_METHODS = (
     "keepalive_timeout",
     "pause_writing",
     "resume_writing",
+    "run_asgi",
     "send",
+    "send_500_response",
     "send_receive_event_to_app",
     "shutdown",
 )
 PARENT_STATE = (
+    "app",
     "close_sent",
     "close_timeout",
     "close_timer",
@@ -55,12 +61,17 @@ PARENT_STATE = (
     "frames",
     "handshake_complete",
     "handshake_initiated",
+    "logger",
     "loop",
     "queue",
     "read_paused",
+    "tasks",
     "transport",
     "writable",
 )
+
+# What uvicorn's protocol reads from a scope once the app has returned (its log lines).
+SCOPE_KEPT = frozenset(("type", "client", "server", "scheme", "root_path", "path", "query_string"))
 
 
 def check_internals(parent: type = WebSocketsSansIOProtocol) -> None:
@@ -119,18 +130,82 @@ class TransportChannel:
     def close(self, code: int, reason: str) -> None:
         self._proto.close_now(code, reason)
 
+    # --- detached sessions: no task while the socket is idle ---------------------------
+
+    def detach(self, wake: Callable[[], None]) -> None:
+        """Let the app return while the socket stays open: from now on every ASGI receive
+        message (client text, disconnect) is left for `take()` and `wake` is called."""
+        p = self._proto
+        p.detached = True
+        # The app is done with the scope (headers, state, extensions: ~1.3 KiB); keep what
+        # uvicorn's log lines read.
+        p.scope = {k: v for k, v in p.scope.items() if k in SCOPE_KEPT}  # type: ignore[assignment]
+        p.queue.on_put = wake
+        if not p.queue.empty():
+            wake()
+
+    def take(self) -> Message | None:
+        """The next ASGI receive message of a detached socket, None when there is none."""
+        queue = self._proto.queue
+        return None if queue.empty() else queue.get_nowait()
+
+    def resume_reading(self) -> None:
+        """Read the client again once its messages are handled (uvicorn pauses reading
+        after each message until the app asks for the next one)."""
+        p = self._proto
+        if p.read_paused and p.queue.empty() and not p.transport.is_closing():
+            p.read_paused = False
+            p.transport.resume_reading()
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """uvicorn's shutdown waits for the task, as it does for the ASGI tasks."""
+        tasks = self._proto.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+def _qualname(generator: object) -> str:
+    code = getattr(generator, "gi_code", None)
+    return str(getattr(code, "co_qualname", ""))
+
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.channel = TransportChannel(self)
+        # Memory per idle connection (docs/benchmarks.md): asyncio's Queue and Event hold
+        # five eagerly allocated deques, ~3.7 KiB; these hold lists only while in use.
+        self.queue: Inbox[dict[str, Any]] = Inbox()  # type: ignore[assignment]
+        self.detached = False  # the app returned; the socket stays open (TransportChannel)
+        writable = Signal()
+        writable.set()
+        self.writable = writable  # type: ignore[assignment]
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # the app task starts later, so it sees the extension
             channel: DirectChannel = self.channel  # mypy checks it fits the core's Protocol
+            _detachable: DetachableChannel = self.channel  # and this one
             scope["extensions"][EXTENSION] = {"channel": channel}
+
+    async def run_asgi(self) -> None:
+        """uvicorn's, but the app's return does not close a detached socket."""
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self.detached:
+            self.transport.close()
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -164,6 +239,33 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             await super().send(message)
         finally:  # accept opens the channel, close ends it
             self.channel.refresh()
+            # The upgrade request and its 101 answer (headers and all) are only read before
+            # the handshake completes: ~1.5 KiB per connection otherwise kept. Once.
+            if self.handshake_complete and self.__dict__.pop("request", None) is not None:
+                self.__dict__.pop("response", None)
+                self._shed_handshake_parser()
+
+    def _shed_handshake_parser(self) -> None:
+        """websockets' server-side parser keeps the parsed upgrade request (~1.7 KiB) as a
+        local for the connection's life, while it delegates to the frame parser. When that
+        one waits for a new frame with nothing buffered, a fresh frame parser is the same
+        state without the request: swap it in. Anything else: keep the parser as it is."""
+        conn = self.conn
+        outer = getattr(conn, "parser", None)  # websockets internals: any change, no swap
+        frames = getattr(outer, "gi_yieldfrom", None)
+        waiting = getattr(frames, "gi_yieldfrom", None)
+        reader = getattr(conn, "reader", None)
+        if (
+            conn.state is State.OPEN
+            and getattr(reader, "buffer", None) == b""
+            and getattr(reader, "eof", None) is False
+            and _qualname(outer) == "ServerProtocol.parse"
+            and _qualname(frames) == "Protocol.parse"
+            and _qualname(waiting) == "StreamReader.at_eof"
+        ):
+            fresh = Protocol.parse(conn)
+            next(fresh)  # runs to the same wait for data
+            conn.parser = fresh
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
