@@ -36,12 +36,14 @@ async def http_get(host: str, port: int, path: str, timeout: float = 10.0) -> by
 
 
 async def fanout_counters(host: str, port: int) -> dict[str, float] | None:
-    """The COUNTERS now, or None when the server has no such metrics (the baseline)."""
+    """The COUNTERS now, or None when the server has no such metrics (the baseline). A hub
+    from before the linger has no `lingered_flushes`: it reads as 0."""
     try:
         body = await http_get(host, port, "/metrics")
     except (OSError, TimeoutError):
         return None
     values = {m.group(1).decode(): float(m.group(2)) for m in _LINE.finditer(body)}
+    values.setdefault(COUNTERS["lingered_flushes"], 0.0)
     if not all(name in values for name in COUNTERS.values()):
         return None
     return {key: values[name] for key, name in COUNTERS.items()}
