@@ -135,6 +135,9 @@ class Settings(msgspec.Struct, kw_only=True):
     long_poll_max_wait_s: float = 30.0  # the largest `wait` a GET .../events may ask for
     max_long_polls: int = 1_000  # long polls waiting at once per process; beyond: 503
     cors_max_age_s: int = 600  # how long a browser may cache a preflight answer
+    # Adaptive linger of the fan-out (docs/operations.md, issue 16): under load a flush waits
+    # as long as the last one took, at most this long, so events share frames; 0 disables.
+    fanout_linger_max_ms: float = 4.0
 
     # Redis Sentinel, failover and reader health (docs/operations.md, "Redis Sentinel and
     # failover"): publishes wait for this many replicas (WAIT, up to redis_wait_timeout_ms)
@@ -273,6 +276,8 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be > 0")
 
     def _check_long_poll_and_cors(self) -> None:
+        if not 0 <= self.fanout_linger_max_ms <= 1000:
+            raise ValueError("fanout_linger_max_ms must be between 0 and 1000")
         if not 0 < self.long_poll_max_wait_s <= 3600:
             raise ValueError("long_poll_max_wait_s must be > 0 and <= 3600")
         if self.max_long_polls < 1:

@@ -17,7 +17,7 @@ from .keys import KeyParams, run_keys
 from .report import LiveProgress, ratio_table, runs_table
 from .results import compare, write_json
 from .runner import run_once
-from .scenarios import SCENARIOS, default_params
+from .scenarios import PUBLISHERS, SCENARIOS, default_params
 from .servers import TARGETS
 from .system import NotLoopback, loopback_address, raise_nofile_limit
 
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--batch", type=int, help="most events per publish request (default 1)")
     load.add_argument("--publishers", type=int, help="publish requests in flight (default 1)")
     load.add_argument("--pad", type=int, help="padding bytes per event (default 64)")
+    load.add_argument(
+        "--publisher",
+        choices=PUBLISHERS,
+        help="http (default): POST from the generator; inprocess: the server's own loop "
+        "publishes, yielding between events (loadtest/inprocess.py)",
+    )
     load.add_argument("--types", help="subscription filter, e.g. 'bench.*'")
     load.add_argument("--slow", type=int, help="slow-consumer: subscribers that stop reading")
     load.add_argument("--stall", type=float, help="slow-consumer: seconds they stop reading")
@@ -117,6 +123,7 @@ _PARAM_OPTIONS = (
     "connect_timeout",
     "drain_timeout",
     "read_interval",
+    "publisher",
 )
 
 
@@ -288,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = ["baseline", "hub"] if args.target == "both" else [args.target]
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{args.scenario}-{params.connections}"
+    if params.publisher != "http" and not args.name:
+        prefix += f"-{params.publisher}"
     try:
         runs = asyncio.run(_run_all(args, targets, params, prefix, console))
     except (RuntimeError, OSError) as exc:  # a server that would not start, a refused --url

@@ -26,8 +26,14 @@ START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
 
 
-def server_command(target: str, host: str, extra: list[str]) -> list[str]:
+def server_command(
+    target: str, host: str, extra: list[str], *, inprocess: bool = False
+) -> list[str]:
+    """The server's command line; `inprocess`: the hub with the in-process publisher's
+    route (loadtest/inprocess.py; the baseline always has it)."""
     common = ["--host", host, "--port", "0", "--log-level", "warning"]
+    if target == "hub" and inprocess:
+        return [sys.executable, "-m", "loadtest.inprocess", *common, *extra]
     if target == "hub":
         return [sys.executable, "-m", "hub", "serve", *common, *extra]
     if target == "baseline":
@@ -94,11 +100,16 @@ async def _copy(stream: asyncio.StreamReader, log: IO[bytes]) -> None:
 
 
 async def start_server(
-    target: str, log_path: Path, extra: list[str] | None = None, host: str = "127.0.0.1"
+    target: str,
+    log_path: Path,
+    extra: list[str] | None = None,
+    host: str = "127.0.0.1",
+    *,
+    inprocess: bool = False,
 ) -> ServerProcess:
     """Start a server on loopback, port 0, and return once it prints its address."""
     loopback_address(f"http://{'[' + host + ']' if ':' in host else host}:1")  # guard
-    command = server_command(target, host, extra or [])
+    command = server_command(target, host, extra or [], inprocess=inprocess)
     log = log_path.open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
