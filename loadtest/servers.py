@@ -12,13 +12,14 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from .system import loopback_address
+from .system import ProcSampler, find_listening_pid, loopback_address
 
-__all__ = ["TARGETS", "ServerProcess", "start_server"]
+__all__ = ["TARGETS", "ServerProcess", "one_hub", "start_server"]
 
 TARGETS: Final = ("hub", "baseline")
 _LISTENING: Final = re.compile(rb"listening on (http://\S+)")
@@ -141,3 +142,28 @@ async def _wait_listening(stream: asyncio.StreamReader, log: IO[bytes]) -> str:
         match = _LISTENING.search(line)
         if match:
             return match.group(1).decode()
+
+
+@contextlib.asynccontextmanager
+async def one_hub(
+    scenario: str,
+    out_dir: Path,
+    *,
+    url: str | None = None,
+    server_pid: int | None = None,
+    server_args: list[str] | None = None,
+) -> AsyncIterator[tuple[str, int, ProcSampler | None]]:
+    """The hub a single-hub scenario runs against: started here (its log in `out_dir`) unless
+    `url` names one on loopback; yields its host, port and a CPU sampler of its process."""
+    server = None
+    if url is None:
+        server = await start_server("hub", out_dir / f"{scenario}-server.log", server_args)
+        host, port, pid = server.host, server.port, server.pid
+    else:
+        host, port = loopback_address(url)
+        pid = server_pid or find_listening_pid(port)
+    try:
+        yield host, port, ProcSampler(pid) if pid else None
+    finally:
+        if server is not None:
+            await server.stop()
