@@ -265,8 +265,7 @@ class HubPublisher:
                 retry_after = None
             else:
                 if response.status_code < 300:
-                    seqs: list[int] = msgspec.json.decode(response.content, type=_Seqs).seqs
-                    return seqs
+                    return self._seqs(response)
                 message = error_message(response)
                 if response.status_code == 422:
                     # The same exception as in-process publishing: one `except` covers both.
@@ -292,6 +291,16 @@ class HubPublisher:
         raise PublishFailed(
             f"publish to {self.url} failed after {attempt + 1} attempts: {last_error}"
         )
+
+    def _seqs(self, response: httpx.Response) -> list[int]:
+        try:
+            seqs: list[int] = msgspec.json.decode(response.content, type=_Seqs).seqs
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PublishFailed(
+                f"{self.url} answered {response.status_code} without the seqs ({exc}): "
+                f"{response.text[:200]!r}"
+            ) from None
+        return seqs
 
     async def _exchange(self, payload: bytes) -> httpx.Response:
         """One POST and its whole answer, within `timeout` and MAX_ANSWER_BYTES."""

@@ -98,3 +98,21 @@ async def test_an_endless_answer_is_cut_at_max_answer_bytes() -> None:
     # What the kernel buffers beyond what was read is a few MiB at most.
     assert server.sent < 64 * MiB, f"the publisher read {server.sent} bytes of one answer"
     assert MAX_ANSWER_BYTES < 64 * MiB
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html>proxy login</html>", b'{"seqs": ["one"]}', b'{"accepted": 1}', b"", b"\xff\xfe"],
+)
+async def test_a_2xx_without_seqs_is_publish_failed_not_a_decoder_error(body: bytes) -> None:
+    server: HostileServer
+
+    async def garbage(writer: asyncio.StreamWriter) -> None:
+        head = b"HTTP/1.1 202 Accepted\r\ncontent-length: %d\r\n\r\n" % len(body)
+        await server.write(writer, head + body)
+
+    server = HostileServer(garbage)
+    async with server.serving() as url, publisher(url) as pub:
+        async with asyncio.timeout(20):
+            with pytest.raises(PublishFailed, match="answered 202 without the seqs"):
+                await pub.publish("note.added", {"n": 1})
