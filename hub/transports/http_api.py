@@ -230,9 +230,10 @@ async def _history_page(
     limit: int,
     matches: Callable[[StoredEvent], bool],
     max_bytes: int,
+    max_frames: int | None = None,
 ) -> _HistoryPage:
     """Scan at most `limit` events after `since`, keeping matching frames up to `max_bytes`
-    (at least one), in backend reads of a few hundred events."""
+    (at least one) and `max_frames`, in backend reads of a few hundred events."""
     frames: list[bytes] = []
     cursor, scanned, size = since, 0, 0
     first: Position | None = None
@@ -251,6 +252,8 @@ async def _history_page(
                     return _HistoryPage(result.position, frames, cursor, gap, cut=True)
                 frames.append(event.frame)
                 size += len(event.frame) + 1
+                if len(frames) == max_frames:
+                    return _HistoryPage(result.position, frames, event.seq, _gap(since, first))
             cursor = event.seq
         scanned += len(events)
         if len(events) < want or scanned >= limit:
