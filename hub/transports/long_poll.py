@@ -87,7 +87,7 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
     # address) as well as one of the long-poll places.
     slot = admit_connection(request, authenticate(request))
     try:
-        async with hub.manager.polls.waiting(project, matches) as waiter:
+        async with hub.manager.polls.waiting(project, event_filter) as waiter:
             gone = asyncio.create_task(_client_gone(request.receive))
             gone.add_done_callback(lambda _: waiter.release())
             try:
