@@ -114,3 +114,31 @@ async def test_a_thousand_keyed_polls_cost_a_publisher_no_work_per_poll(rng: ran
     )
     assert max(batch_cpu) < 0.3, f"a batch cost {max(batch_cpu) * 1000:.0f} ms of loop CPU"
     assert worst_cpu < 0.3, f"the loop held a ping for {worst_cpu * 1000:.0f} ms of work"
+
+
+async def test_polls_on_projects_that_never_exist_leave_no_state_behind(
+    rng: random.Random,
+) -> None:
+    """300 polls, each on its own project that nobody publishes to, all abandoned mid-wait:
+    the hub holds no project, no watch and no waiter for any of them afterwards."""
+    async with run_hub(Settings()) as running:
+        backend, polls = running.hub.backend, running.hub.manager.polls
+        assert isinstance(backend, MemoryBackend)
+        writers = []
+        for i in range(300):
+            _, writer = await asyncio.open_connection(running.host, running.port)
+            project = f"ghost-{rng.randrange(10**12)}-{i}"
+            request = (
+                f"GET /v1/projects/{project}/events?since=0&wait=30 HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            writer.write(request.replace("Host: x", "Host: 127.0.0.1").encode())
+            writers.append(writer)
+        await wait_for(lambda: polls.count == 300, timeout=30, what="polls waiting")
+        assert backend.project_count() == 0, "a poll created its project"
+        for writer in writers:
+            writer.transport.abort()  # gone mid-wait, without a word
+        await wait_for(lambda: polls.count == 0, timeout=10, what="polls freed")
+        assert backend.project_count() == 0
+        assert not backend._watched and not backend._promised, "watches left behind"
+        assert not polls._by_project, "waiter entries left behind"
+        assert running.hub.manager.polls.count == 0
