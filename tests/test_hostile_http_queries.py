@@ -31,7 +31,7 @@ def hub_url() -> Iterator[str]:
     running: list[RunningHub] = []
 
     async def serve() -> None:
-        async with run_hub(Settings(long_poll_max_wait_s=1.0)) as hub:
+        async with run_hub(Settings(long_poll_max_wait_s=0.2)) as hub:
             for i in range(20):
                 await hub.hub.publish("p1", "a.b", {"i": i}, key=f"job/{i % 3}")
             stop.append(asyncio.Event())
