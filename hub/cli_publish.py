@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # httpx loads only when `hub publish` runs
 __all__ = ["add_publish_parser", "publish"]
 
 _AHEAD = 5000  # lines read ahead of their seqs at most: memory stays bounded on stdin
+# The longest line read: far above what a hub takes in one event (max_publish_body, 1 MiB by
+# default), so a longer one is refused before the rest of it is read into memory.
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=True):
@@ -135,11 +138,15 @@ async def _publish_lines(publisher: HubPublisher, path: str) -> None:
         with _open(path) as stream:
             number = 0
             while True:
-                # stdin may be a slow pipe: read it off the loop, so batches go out meanwhile.
-                raw = await asyncio.to_thread(stream.readline) if path == "-" else stream.readline()
+                raw = await _read_line(stream, path)
                 if not raw:
                     break
                 number += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise CliError(
+                        ExitStatus.USAGE,
+                        f"{path}, line {number}: longer than {MAX_LINE_BYTES} bytes",
+                    )
                 if raw.strip():
                     pending.append(publisher.enqueue(_encode_line(publisher, raw, path, number)))
                 while pending and (pending[0].done() or len(pending) >= _AHEAD):
@@ -152,6 +159,13 @@ async def _publish_lines(publisher: HubPublisher, path: str) -> None:
                 future.exception()
             else:
                 future.cancel()
+
+
+async def _read_line(stream: IO[bytes], path: str) -> bytes:
+    """One line, cut after MAX_LINE_BYTES + 1 bytes (the caller refuses a cut line)."""
+    if path == "-":  # stdin may be a slow pipe: read it off the loop, so batches go out
+        return await asyncio.to_thread(stream.readline, MAX_LINE_BYTES + 1)
+    return stream.readline(MAX_LINE_BYTES + 1)
 
 
 def _encode_line(publisher: HubPublisher, raw: bytes, path: str, number: int) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -37,7 +38,7 @@ class Settings(msgspec.Struct, kw_only=True):
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     redis_cluster_poll_ms: int = 20  # Cluster has no multi-slot XREAD: the reader polls
 
-    # Retention per project (memory backend; the Redis backend uses retention_events).
+    # Retention per project, on both backends (Redis: docs/operations.md, Retention on Redis).
     retention_events: int = 10_000
     retention_bytes: int = 32 * MiB
     retention_age_s: float = 24 * 3600.0
@@ -134,6 +135,9 @@ class Settings(msgspec.Struct, kw_only=True):
     long_poll_max_wait_s: float = 30.0  # the largest `wait` a GET .../events may ask for
     max_long_polls: int = 1_000  # long polls waiting at once per process; beyond: 503
     cors_max_age_s: int = 600  # how long a browser may cache a preflight answer
+    # Adaptive linger of the fan-out (docs/operations.md, issue 16): under load a flush waits
+    # as long as the last one took, at most this long, so events share frames; 0 disables.
+    fanout_linger_max_ms: float = 4.0
 
     # Redis Sentinel, failover and reader health (docs/operations.md, "Redis Sentinel and
     # failover"): publishes wait for this many replicas (WAIT, up to redis_wait_timeout_ms)
@@ -143,6 +147,18 @@ class Settings(msgspec.Struct, kw_only=True):
     redis_wait_replicas: int = 0
     redis_wait_timeout_ms: int = 1_000
     redis_reader_stall_s: float = 10.0
+
+    # Redis TLS (issue 17, docs/operations.md "TLS and ACL users"): used with a rediss:// URL;
+    # ACL credentials go in the URL (rediss://user:password@host:port/db). Files are PEM.
+    redis_tls_ca_file: str = ""  # CA bundle that signed Redis's certificate; "": system CAs
+    redis_tls_cert_file: str = ""  # client certificate (Redis `tls-auth-clients yes`)
+    redis_tls_key_file: str = ""  # its private key; "": the key is in the certificate file
+    redis_tls_check_hostname: bool = True  # the certificate must name the URL's host
+
+    # Hostile WebSocket peers (red team of issue 16, docs/operations.md "Memory and bounds"):
+    # frames of any kind (text, binary, continuation, ping, pong) one socket may send per
+    # second, in bursts of twice that; beyond, it is closed with 4029. 0: no limit.
+    ws_frame_rate: float = 200.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -208,6 +224,8 @@ class Settings(msgspec.Struct, kw_only=True):
         self._check_input_rules()
         self._check_heavy_reads()
         self._check_long_poll_and_cors()
+        if self.ws_frame_rate < 0:
+            raise ValueError("ws_frame_rate must be >= 0 (0: no limit)")
 
     def _check_input_rules(self) -> None:
         # msgspec decodes recursively: the depth stays far below Python's recursion limit.
@@ -258,6 +276,8 @@ class Settings(msgspec.Struct, kw_only=True):
                 raise ValueError(f"{name} must be > 0")
 
     def _check_long_poll_and_cors(self) -> None:
+        if not 0 <= self.fanout_linger_max_ms <= 1000:
+            raise ValueError("fanout_linger_max_ms must be between 0 and 1000")
         if not 0 < self.long_poll_max_wait_s <= 3600:
             raise ValueError("long_poll_max_wait_s must be > 0 and <= 3600")
         if self.max_long_polls < 1:
@@ -286,4 +306,15 @@ class Settings(msgspec.Struct, kw_only=True):
         fields = msgspec.structs.asdict(self)
         if fields["secret"]:
             fields["secret"] = "<redacted>"
+        fields["backend"] = _url_without_password(fields["backend"])
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
+
+
+def _url_without_password(url: str) -> str:
+    """A backend URL fit for logs: an ACL password in it becomes <redacted> (issue 17)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    credentials, host = parts.netloc.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]  # as written (percent-encoded)
+    return urlunsplit(parts._replace(netloc=f"{user}:<redacted>@{host}"))

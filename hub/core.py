@@ -11,6 +11,7 @@ from typing import Any
 
 from .backends.base import Backend, PublishedSeqs, PublishRequest
 from .config import Settings
+from .fanout.linger import LingerPolicy
 from .fanout.manager import ConnectionManager
 from .protocol import CloseCode
 from .stats import HubStats
@@ -34,6 +35,7 @@ class Hub:
         self.validator = PublishValidator(settings, catalog)
         self.manager = ConnectionManager(backend)
         self.manager.slice_s = settings.fanout_slice_ms / 1000
+        self.manager.linger = LingerPolicy(settings.fanout_linger_max_ms / 1000)
         self.manager.polls.limit = settings.max_long_polls
         self.stats = HubStats()
         self.started = False

@@ -44,6 +44,11 @@ _MANAGER_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("gaps", "hub_gaps", "Subscriptions told `gap` (then sent a snapshot)."),
     ("frames_built", "hub_frames_built", "Shared frames built by the fan-out (one per group)."),
     ("flushes", "hub_fanout_flushes", "Fan-out flushes (one per loop tick with events)."),
+    (
+        "lingered_flushes",
+        "hub_fanout_lingered_flushes",
+        "Fan-out flushes that lingered under load so events shared frames.",
+    ),
 )
 
 

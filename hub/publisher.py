@@ -17,7 +17,9 @@
   (429 / 503 wait what `Retry-After` says), for at most `retries` retries and `max_retry_time`
   seconds in all; then `PublishFailed`. Other 4xx are not retried: 422 raises the hub's
   `EventValidationError`, the rest `PublishRejected` (with `status`).
-- Connecting is bounded by `connect_timeout`, each request by `timeout`.
+- Connecting is bounded by `connect_timeout`, each request by `timeout`: its whole answer, not
+  each read (a server trickling bytes cannot hold a publisher), and an answer is at most 1 MiB
+  (a hub's is a few KiB; a server flooding one cannot fill the publisher's memory).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
 logger = logging.getLogger("hub.publisher")
 
 RETRY_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+MAX_ANSWER_BYTES: Final = 1024 * 1024  # a hub's answer: seqs of one batch, or an error
 _encoder: Final = msgspec.json.Encoder()
 T = TypeVar("T")
 
@@ -117,6 +120,7 @@ class HubPublisher:
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=connect_timeout)
         )
+        self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -252,14 +256,16 @@ class HubPublisher:
         for attempt in range(self.retries + 1):
             self.attempts += 1
             try:
-                response = await self._client.post(self.url, content=payload, headers=self._headers)
+                response = await self._exchange(payload)
             except httpx.TransportError as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 retry_after: float | None = None
+            except TimeoutError:  # the same id is resent: a retry cannot publish twice
+                last_error = f"no whole answer within {self.timeout:g}s"
+                retry_after = None
             else:
                 if response.status_code < 300:
-                    seqs: list[int] = msgspec.json.decode(response.content, type=_Seqs).seqs
-                    return seqs
+                    return self._seqs(response)
                 message = error_message(response)
                 if response.status_code == 422:
                     # The same exception as in-process publishing: one `except` covers both.
@@ -285,6 +291,33 @@ class HubPublisher:
         raise PublishFailed(
             f"publish to {self.url} failed after {attempt + 1} attempts: {last_error}"
         )
+
+    def _seqs(self, response: httpx.Response) -> list[int]:
+        try:
+            seqs: list[int] = msgspec.json.decode(response.content, type=_Seqs).seqs
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise PublishFailed(
+                f"{self.url} answered {response.status_code} without the seqs ({exc}): "
+                f"{response.text[:200]!r}"
+            ) from None
+        return seqs
+
+    async def _exchange(self, payload: bytes) -> httpx.Response:
+        """One POST and its whole answer, within `timeout` and MAX_ANSWER_BYTES."""
+        async with (
+            asyncio.timeout(self.timeout),
+            self._client.stream("POST", self.url, content=payload, headers=self._headers) as answer,
+        ):
+            body = bytearray()
+            async for chunk in answer.aiter_bytes():  # decoded: a gzip bomb counts in full
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise PublishFailed(
+                        f"{self.url} answered {answer.status_code} with over "
+                        f"{MAX_ANSWER_BYTES} bytes: not a hub's answer"
+                    )
+        kept = {k: v for k, v in answer.headers.items() if k in ("retry-after", "content-type")}
+        return httpx.Response(answer.status_code, headers=kept, content=bytes(body))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

@@ -51,6 +51,7 @@ class ManagerStats:
         "frames_built",
         "gaps",
         "latency",
+        "lingered_flushes",
         "replays",
         "slow_closes",
     )
@@ -65,6 +66,7 @@ class ManagerStats:
         self.flushes = 0
         self.flush_slices = 0  # flushes that ran out of their time slice and yielded
         self.frames_built = 0
+        self.lingered_flushes = 0  # flushes scheduled after a linger (the rest: next tick)
         # publish-to-send latency of each frame's oldest event, weighted by its receivers
         self.latency = LatencyHistogram()
 

@@ -2,7 +2,8 @@
 
 A dict project -> list of Starlette WebSockets, and `for ws in conns: await ws.send_json(event)`
 inside the publish request. It speaks just enough of docs/protocol.md for the load generator
-(welcome, event frames with seq and ts, POST publish answering seqs) and keeps no history:
+(welcome, event frames with seq and ts, POST publish answering seqs, and the in-process
+publisher's /bench/publish, loadtest/inprocess.py) and keeps no history:
 a resume that missed anything gets a `gap`, so reconnect scenarios show what retention buys.
 Run it with `python -m loadtest.baseline --port 0`; it prints its address like the hub does.
 """
@@ -22,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .inprocess import PublishOne, bench_route
 
 __all__ = ["NaiveManager", "create_app", "main"]
 
@@ -113,6 +116,17 @@ async def publish(request: Request) -> Response:
     return JSONResponse({"seqs": seqs}, status_code=202)
 
 
+def _publish_one(request: Request) -> PublishOne:
+    """The in-process publisher's call (loadtest/inprocess.py): one event, its seq."""
+    manager: NaiveManager = request.app.state.manager
+
+    async def publish_one(project: str, type_: str, data: dict[str, Any]) -> int:
+        (seq,) = await manager.publish(project, [{"type": type_, "data": data}])
+        return seq
+
+    return publish_one
+
+
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -123,6 +137,7 @@ def create_app() -> Starlette:
             WebSocketRoute("/v1/projects/{project}/ws", subscribe),
             Route("/v1/projects/{project}/events", publish, methods=["POST"]),
             Route("/healthz", healthz),
+            bench_route(_publish_one),
         ]
     )
     app.state.manager = NaiveManager()

@@ -7,6 +7,7 @@ import asyncio
 import math
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from .keys import KeyParams, run_keys
 from .report import LiveProgress, ratio_table, runs_table
 from .results import compare, write_json
 from .runner import run_once
-from .scenarios import SCENARIOS, default_params
+from .scenarios import PUBLISHERS, SCENARIOS, default_params
 from .servers import TARGETS
 from .system import NotLoopback, loopback_address, raise_nofile_limit
 
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--batch", type=int, help="most events per publish request (default 1)")
     load.add_argument("--publishers", type=int, help="publish requests in flight (default 1)")
     load.add_argument("--pad", type=int, help="padding bytes per event (default 64)")
+    load.add_argument(
+        "--publisher",
+        choices=PUBLISHERS,
+        help="http (default): POST from the generator; inprocess: the server's own loop "
+        "publishes, yielding between events (loadtest/inprocess.py)",
+    )
     load.add_argument("--types", help="subscription filter, e.g. 'bench.*'")
     load.add_argument("--slow", type=int, help="slow-consumer: subscribers that stop reading")
     load.add_argument("--stall", type=float, help="slow-consumer: seconds they stop reading")
@@ -117,6 +124,7 @@ _PARAM_OPTIONS = (
     "connect_timeout",
     "drain_timeout",
     "read_interval",
+    "publisher",
 )
 
 
@@ -170,6 +178,40 @@ def _check_fd_budget(params: Any, limit: int, console: Console) -> None:
         )
 
 
+def _single_hub_scenario(
+    args: argparse.Namespace,
+    console: Console,
+    scenario: str,
+    make_params: Callable[..., Any],
+    options: dict[str, Any],
+    run: Callable[..., Coroutine[Any, Any, dict[str, Any]]],
+) -> tuple[dict[str, Any], Path] | int:
+    """The skeleton of `filters` and `keys`: their params, one hub, a JSON result file.
+    Returns the result and its path, or the exit status when it could not run."""
+    try:
+        params = make_params(**{k: v for k, v in options.items() if v is not None})
+    except ValueError as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    if args.target != "hub" or (args.url is not None and len(args.url) > 1):
+        console.print(f"[red]{scenario} runs against one hub: --target hub, at most one --url")
+        return 2
+    raise_nofile_limit()
+    args.out.mkdir(parents=True, exist_ok=True)
+    prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario}-{params.connections}"
+    url = args.url[0] if args.url else None
+    try:
+        result = asyncio.run(
+            run(params, args.out, url=url, server_pid=args.server_pid, server_args=args.hub_arg)
+        )
+    except (RuntimeError, OSError) as exc:
+        console.print(f"[red]run failed: {exc}")
+        return 1
+    path = args.out / f"{prefix}-{scenario}.json"
+    write_json(path, result)
+    return result, path
+
+
 def _main_filters(args: argparse.Namespace, console: Console) -> int:
     """The `filters` scenario: its own skeleton (hub only), see loadtest/filters.py."""
     options = {
@@ -181,29 +223,10 @@ def _main_filters(args: argparse.Namespace, console: Console) -> int:
         "batch_interval": args.batch_interval,
         "connect_concurrency": args.connect_concurrency,
     }
-    try:
-        params = FilterParams(**{k: v for k, v in options.items() if v is not None})
-    except ValueError as exc:
-        console.print(f"[red]{exc}")
-        return 2
-    if args.target != "hub" or (args.url is not None and len(args.url) > 1):
-        console.print("[red]filters runs against one hub: --target hub, at most one --url")
-        return 2
-    raise_nofile_limit()
-    args.out.mkdir(parents=True, exist_ok=True)
-    prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-filters-{params.connections}"
-    url = args.url[0] if args.url else None
-    try:
-        result = asyncio.run(
-            run_filters(
-                params, args.out, url=url, server_pid=args.server_pid, server_args=args.hub_arg
-            )
-        )
-    except (RuntimeError, OSError) as exc:
-        console.print(f"[red]run failed: {exc}")
-        return 1
-    path = args.out / f"{prefix}-filters.json"
-    write_json(path, result)
+    done = _single_hub_scenario(args, console, "filters", FilterParams, options, run_filters)
+    if isinstance(done, int):
+        return done
+    result, path = done
     for run in result["runs"]:
         ping = run["bystander_ping_ms"]
         console.print(
@@ -227,29 +250,10 @@ def _main_keys(args: argparse.Namespace, console: Console) -> int:
         "pad": args.pad,
         "connect_concurrency": args.connect_concurrency,
     }
-    try:
-        params = KeyParams(**{k: v for k, v in options.items() if v is not None})
-    except ValueError as exc:
-        console.print(f"[red]{exc}")
-        return 2
-    if args.target != "hub" or (args.url is not None and len(args.url) > 1):
-        console.print("[red]keys runs against one hub: --target hub, at most one --url")
-        return 2
-    raise_nofile_limit()
-    args.out.mkdir(parents=True, exist_ok=True)
-    prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-keys-{params.connections}"
-    url = args.url[0] if args.url else None
-    try:
-        result = asyncio.run(
-            run_keys(
-                params, args.out, url=url, server_pid=args.server_pid, server_args=args.hub_arg
-            )
-        )
-    except (RuntimeError, OSError) as exc:
-        console.print(f"[red]run failed: {exc}")
-        return 1
-    path = args.out / f"{prefix}-keys.json"
-    write_json(path, result)
+    done = _single_hub_scenario(args, console, "keys", KeyParams, options, run_keys)
+    if isinstance(done, int):
+        return done
+    result, path = done
     for run in result["runs"]:
         latency = run["latency_ms"]
         console.print(
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = ["baseline", "hub"] if args.target == "both" else [args.target]
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{args.scenario}-{params.connections}"
+    if params.publisher != "http" and not args.name:
+        prefix += f"-{params.publisher}"
     try:
         runs = asyncio.run(_run_all(args, targets, params, prefix, console))
     except (RuntimeError, OSError) as exc:  # a server that would not start, a refused --url

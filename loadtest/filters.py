@@ -31,8 +31,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from .publisher import HttpConnection
-from .servers import start_server
-from .system import ProcSampler, find_listening_pid, loopback_address
+from .servers import one_hub
+from .system import ProcSampler
 
 __all__ = ["VARIANTS", "FilterParams", "run_filters"]
 
@@ -321,19 +321,9 @@ async def run_filters(
     variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
     """Run the variants against one hub (started here unless `url` names one on loopback)."""
-    server = None
-    if url is None:
-        server = await start_server("hub", out_dir / "filters-server.log", server_args)
-        host, port, pid = server.host, server.port, server.pid
-    else:
-        host, port = loopback_address(url)
-        pid = server_pid or find_listening_pid(port)
-    sampler = ProcSampler(pid) if pid else None
-    try:
+    hub = one_hub("filters", out_dir, url=url, server_pid=server_pid, server_args=server_args)
+    async with hub as (host, port, sampler):
         runs = [await _variant(v, p, host, port, sampler) for v in variants]
-    finally:
-        if server is not None:
-            await server.stop()
     single = runs[0] if runs and runs[0]["variant"] == "single" else None
     ratios = {}
     if single is not None:

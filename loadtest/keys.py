@@ -34,9 +34,9 @@ import msgspec
 
 from .mux import ReadMux
 from .publisher import EVENT_TYPE, HttpConnection
-from .servers import start_server
+from .servers import one_hub
 from .subscriber import Stats, Subscriber
-from .system import ProcSampler, cpu_times, find_listening_pid, loopback_address
+from .system import ProcSampler, cpu_times
 
 __all__ = ["VARIANTS", "KeyParams", "run_keys"]
 
@@ -300,19 +300,9 @@ async def run_keys(
     server_args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run both variants against one hub (started here unless `url` names one on loopback)."""
-    server = None
-    if url is None:
-        server = await start_server("hub", out_dir / "keys-server.log", server_args)
-        host, port, pid = server.host, server.port, server.pid
-    else:
-        host, port = loopback_address(url)
-        pid = server_pid or find_listening_pid(port)
-    sampler = ProcSampler(pid) if pid else None
-    try:
+    hub = one_hub("keys", out_dir, url=url, server_pid=server_pid, server_args=server_args)
+    async with hub as (host, port, sampler):
         runs = [await _variant(v, p, host, port, sampler) for v in VARIANTS]
-    finally:
-        if server is not None:
-            await server.stop()
     base, keyed = runs
     p99_ratio = None
     if base["latency_ms"]["p99"] and keyed["latency_ms"]["p99"] is not None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from . import hdr
+from .hub_metrics import fanout_counters, fanout_summary
+from .inprocess import InProcessPublisher
 from .pool import WorkerPool
 from .publisher import Publisher, PublishPlan
 from .results import MIB, RunRecorder, loss_of, merge_hists, sum_dicts
@@ -80,7 +82,12 @@ async def run_once(
     busy = busy_percent(before, cpu_times())
     server: ServerProcess | None = None
     if url is None:
-        server = await start_server(target, out_dir / f"{run_name}-server.log", server_args)
+        server = await start_server(
+            target,
+            out_dir / f"{run_name}-server.log",
+            server_args,
+            inprocess=params.publisher == "inprocess",
+        )
         host, port, pid = server.host, server.port, server.pid
         server_json = server.to_json()
         addresses = [(host, port)]
@@ -138,8 +145,9 @@ class _Run:
             "live": 0,
             "published": 0,
         }
-        self.publisher: Publisher | None = None
+        self.publisher: Publisher | InProcessPublisher | None = None
         self.rss_peak = 0
+        self.fanout: dict[str, float | int] | None = None  # the hub's framing, from /metrics
 
     def _on_tick(self, tick: dict[str, Any]) -> None:
         deliveries, hist = self.recorder.add_tick(tick)
@@ -192,6 +200,7 @@ class _Run:
             gen = [ProcSampler(pid) for pid in [*pool.pids, os.getpid()]]
             gen_a = [s.sample() for s in gen]
             hub_a = self._sample()
+            fanout_a = await fanout_counters(self.host, self.port)
             sys_a = cpu_times()
 
             self.state["phase"] = "publishing"
@@ -199,7 +208,10 @@ class _Run:
             plan = PublishPlan(
                 self.projects, p.events, p.rate, p.batch, p.publishers, p.pad, p.duration
             )
-            self.publisher = Publisher(self.host, self.port, plan)
+            if p.publisher == "inprocess":
+                self.publisher = InProcessPublisher(self.host, self.port, plan)
+            else:
+                self.publisher = Publisher(self.host, self.port, plan)
             timed = asyncio.gather(
                 *(self._after(a.at, pool, a.command, a.payload) for a in actions(p))
             )
@@ -214,6 +226,7 @@ class _Run:
             )
             drained_at = time.time()
             hub_b = self._sample()
+            self.fanout = fanout_summary(fanout_a, await fanout_counters(self.host, self.port))
             gen_b = [s.sample() for s in gen]
             sys_b = cpu_times()
             self.state["phase"] = "collecting"
@@ -381,6 +394,7 @@ class _Run:
                 "cpu_seconds": round(hub_cpu[1].cpu - hub_cpu[0].cpu, 2)
                 if hub_cpu[0] and hub_cpu[1]
                 else None,
+                "fanout": self.fanout,
             },
             "generator": {
                 "workers": p.workers,

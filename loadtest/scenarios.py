@@ -15,9 +15,10 @@ from hub.wire.patterns import compile_pattern
 
 from .publisher import EVENT_TYPE
 
-__all__ = ["SCENARIOS", "Action", "RunParams", "actions", "default_params"]
+__all__ = ["PUBLISHERS", "SCENARIOS", "Action", "RunParams", "actions", "default_params"]
 
 SCENARIOS: Final = ("fanout", "projects", "reconnect-storm", "slow-consumer", "soak")
+PUBLISHERS: Final = ("http", "inprocess")
 
 _DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     # N subscribers of one project; events as fast as the hub acknowledges them.
@@ -68,6 +69,7 @@ class RunParams:
     connect_timeout: float = 15.0
     drain_timeout: float = 60.0  # after the last publish, how long delivery may take
     read_interval: float = 0.5  # ms between a worker's socket drains (see ReadMux)
+    publisher: str = "http"  # "inprocess": the server publishes itself (loadtest/inprocess.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,6 +109,10 @@ def _validated(p: RunParams) -> RunParams:
     ):
         # every bench event must match, or the filtered-out seqs would count as missing
         raise ValueError(f"--types {p.types!r} does not match the bench events ({EVENT_TYPE})")
+    if p.publisher not in PUBLISHERS:
+        raise ValueError(f"publisher must be one of {', '.join(PUBLISHERS)}")
+    if p.publisher == "inprocess" and (p.batch != 1 or p.publishers != 1):
+        raise ValueError("the in-process publisher publishes one event at a time, in one loop")
     if p.batch < 1 or p.publishers < 1 or p.duration <= 0:
         raise ValueError("batch and publishers must be >= 1 and duration > 0")
     return replace(p, workers=max(1, min(p.workers, p.connections)))

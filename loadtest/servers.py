@@ -12,13 +12,14 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from .system import loopback_address
+from .system import ProcSampler, find_listening_pid, loopback_address
 
-__all__ = ["TARGETS", "ServerProcess", "start_server"]
+__all__ = ["TARGETS", "ServerProcess", "one_hub", "start_server"]
 
 TARGETS: Final = ("hub", "baseline")
 _LISTENING: Final = re.compile(rb"listening on (http://\S+)")
@@ -26,8 +27,14 @@ START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
 
 
-def server_command(target: str, host: str, extra: list[str]) -> list[str]:
+def server_command(
+    target: str, host: str, extra: list[str], *, inprocess: bool = False
+) -> list[str]:
+    """The server's command line; `inprocess`: the hub with the in-process publisher's
+    route (loadtest/inprocess.py; the baseline always has it)."""
     common = ["--host", host, "--port", "0", "--log-level", "warning"]
+    if target == "hub" and inprocess:
+        return [sys.executable, "-m", "loadtest.inprocess", *common, *extra]
     if target == "hub":
         return [sys.executable, "-m", "hub", "serve", *common, *extra]
     if target == "baseline":
@@ -94,11 +101,16 @@ async def _copy(stream: asyncio.StreamReader, log: IO[bytes]) -> None:
 
 
 async def start_server(
-    target: str, log_path: Path, extra: list[str] | None = None, host: str = "127.0.0.1"
+    target: str,
+    log_path: Path,
+    extra: list[str] | None = None,
+    host: str = "127.0.0.1",
+    *,
+    inprocess: bool = False,
 ) -> ServerProcess:
     """Start a server on loopback, port 0, and return once it prints its address."""
     loopback_address(f"http://{'[' + host + ']' if ':' in host else host}:1")  # guard
-    command = server_command(target, host, extra or [])
+    command = server_command(target, host, extra or [], inprocess=inprocess)
     log = log_path.open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
@@ -130,3 +142,28 @@ async def _wait_listening(stream: asyncio.StreamReader, log: IO[bytes]) -> str:
         match = _LISTENING.search(line)
         if match:
             return match.group(1).decode()
+
+
+@contextlib.asynccontextmanager
+async def one_hub(
+    scenario: str,
+    out_dir: Path,
+    *,
+    url: str | None = None,
+    server_pid: int | None = None,
+    server_args: list[str] | None = None,
+) -> AsyncIterator[tuple[str, int, ProcSampler | None]]:
+    """The hub a single-hub scenario runs against: started here (its log in `out_dir`) unless
+    `url` names one on loopback; yields its host, port and a CPU sampler of its process."""
+    server = None
+    if url is None:
+        server = await start_server("hub", out_dir / f"{scenario}-server.log", server_args)
+        host, port, pid = server.host, server.port, server.pid
+    else:
+        host, port = loopback_address(url)
+        pid = server_pid or find_listening_pid(port)
+    try:
+        yield host, port, ProcSampler(pid) if pid else None
+    finally:
+        if server is not None:
+            await server.stop()

@@ -379,9 +379,10 @@ async def _publish_main(url: str, project: str, count: int, batch: int, tag: str
     sys.stdout.write(msgspec.json.encode(seqs).decode() + "\n")
 
 
-async def _bench_main(persistence: str, count: int, wait: bool = False) -> None:
+async def _bench_main(persistence: str, count: int, wait: bool = False, retention: int = 0) -> None:
     """Publish rates, replay time and Redis memory per event on a fresh local redis-server
-    (`wait`: with a replica, every publish WAITs for it: redis_wait_replicas=1)."""
+    (`wait`: with a replica, every publish WAITs for it: redis_wait_replicas=1; `retention`
+    below `count`: every publish also trims)."""
     from redis.asyncio import Redis
 
     from hub.backends.redis import RedisBackend
@@ -400,7 +401,10 @@ async def _bench_main(persistence: str, count: int, wait: bool = False) -> None:
             replica.start()
             while "master_link_status:up" not in replica.cli("info", "replication"):
                 await asyncio.sleep(0.01)  # a bench: the replica syncs in milliseconds
-        settings = Settings(retention_events=count, redis_wait_replicas=1 if wait else 0)
+        settings = Settings(
+            retention_events=retention or count,
+            redis_wait_replicas=1 if wait else 0,
+        )
         backend = RedisBackend(server.url, settings)
         direct = Redis.from_url(server.url)
         try:
@@ -462,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
     bench.add_argument("--persistence", choices=["none", "always", "everysec"], default="none")
     bench.add_argument("--count", type=int, default=3000)
     bench.add_argument("--wait", action="store_true", help="with a replica and WAIT 1")
+    bench.add_argument("--retention", type=int, default=0, help="retention_events (0: count)")
     publish = sub.add_parser("publish")
     publish.add_argument("url")
     publish.add_argument("project")
@@ -470,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     publish.add_argument("--tag", default=str(os.getpid()))
     args = parser.parse_args(argv)
     if args.command == "bench":
-        asyncio.run(_bench_main(args.persistence, args.count, args.wait))
+        asyncio.run(_bench_main(args.persistence, args.count, args.wait, args.retention))
     else:
         asyncio.run(_publish_main(args.url, args.project, args.count, args.batch, args.tag))
 

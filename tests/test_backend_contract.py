@@ -4,8 +4,8 @@ Like centrifuge's recovery tests, the resume cases are a table (empty, from a po
 head, already gone, ahead of the top, another epoch) run against each backend, beside seq
 contiguity under concurrency, idempotency, snapshots, frames and delivery to the listener.
 
-Redis retention is `MAXLEN ~`: at least `retention_events` stay, and Redis trims in whole
-stream nodes, so the cases that evict publish far more than the bound.
+Retention is the same on every backend (count, frame bytes, age), so the eviction cases hold
+on each; the retention-by-age and -by-bytes cases at the end check the exact bound.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 from hub.backends.base import Backend, PublishRequest, StoredEvent
 from hub.backends.memory import MemoryBackend
 from hub.backends.redis import RedisBackend
+from hub.backends.redis_store import build_event
 from hub.config import Settings
 from hub.protocol import resume_plan
 
@@ -456,3 +457,76 @@ async def test_snapshot_byte_bound_drops_the_least_recently_updated_keys(
     await backend.publish("p2", [req("z" * 50_000, key="big")])
     alone = await backend.snapshot_view("p2")  # the newest entry stays, even over the bound
     assert [e.key for e in alone.events] == ["big"] and not alone.truncated
+
+
+# --- retention by age and bytes (issue 17: Redis applies the memory backend's bounds) -------
+
+AGE_S = 0.3
+CLOCK_SLACK_MS = 5  # both clocks are this machine's; ms rounding differs by one
+
+
+async def test_retention_by_age_drops_what_is_older_than_the_bound_and_says_gap(
+    make_backend: MakeBackend,
+) -> None:
+    backend = (await make_backend(retention_age_s=AGE_S)).backend
+    age_ms = AGE_S * 1000
+    before_ms = time.time() * 1000
+    batch = [req(0, id="a"), *(req(i) for i in range(1, 250))]  # Redis: several XRANGE pages
+    assert await backend.publish("p1", batch) == list(range(1, 251))
+    after_ms = time.time() * 1000  # the events' ts lie between before_ms and after_ms
+
+    async def all_gone() -> bool:
+        asked_ms = time.time() * 1000
+        position = await backend.position("p1")
+        answered_ms = time.time() * 1000
+        assert position.head == 250
+        if position.oldest == 1:  # kept: the bound had not passed when the backend looked
+            assert asked_ms - age_ms <= after_ms + CLOCK_SLACK_MS
+            return False
+        assert position.oldest == 251  # one publish, one ts: they go together
+        assert answered_ms - age_ms >= before_ms - CLOCK_SLACK_MS  # gone only once old
+        return True
+
+    await wait_for(all_gone, what="the events older than retention_age_s to go")
+    position = await backend.position("p1")
+    plan = resume_plan(1, position.epoch, position.epoch, position.oldest, position.head)
+    assert (plan.action, plan.reason) == ("gap", "evicted")
+    assert (await backend.read("p1", 0, 10)).events == []
+    # the sequence goes on, and the id of an event that left retention is forgotten
+    assert await backend.publish("p1", [req(1, id="a")]) == [251]
+
+
+def frame_size(seq: int, data: Any, key: str | None) -> int:
+    ts = int(time.time() * 1000)  # 13 digits, as every ts this century
+    raw = msgspec.Raw(msgspec.json.encode(data))
+    return len(build_event("p1", seq, "ingest.job.updated", ts, key, bytes(raw)).frame)
+
+
+async def test_retention_by_bytes_keeps_the_newest_frames_that_fit(
+    make_backend: MakeBackend, rng: random.Random
+) -> None:
+    bound = 1_000
+    backend = (await make_backend(retention_bytes=bound)).backend
+    sizes: dict[int, int] = {}
+    for seq in range(1, 41):
+        data = {"i": seq, "pad": "x" * rng.randint(0, 120)}
+        key = f"k/{seq % 3}" if rng.random() < 0.5 else None
+        assert await backend.publish("p1", [req(data, key=key)]) == [seq]
+        sizes[seq] = frame_size(seq, data, key)
+        # the memory backend's rule: drop the oldest while the frames sum to more than bound
+        oldest = 1
+        while sum(sizes[s] for s in range(oldest, seq + 1)) > bound:
+            oldest += 1
+        position = await backend.position("p1")
+        assert (position.oldest, position.head) == (oldest, seq)
+    events = (await backend.read("p1", 0, 100)).events
+    assert [len(e.frame) for e in events] == [sizes[e.seq] for e in events]
+    assert sum(sizes[e.seq] for e in events) <= bound
+    plan = resume_plan(1, position.epoch, position.epoch, position.oldest, position.head)
+    assert (plan.action, plan.reason) == ("gap", "evicted")
+    # an event larger than the bound alone is not retained but keeps its seq
+    assert await backend.publish("p1", [req("y" * bound)]) == [41]
+    position = await backend.position("p1")
+    assert (position.oldest, position.head) == (42, 41)
+    assert await backend.publish("p1", [req(1)]) == [42]
+    assert [e.seq for e in (await backend.read("p1", 0, 100)).events] == [42]

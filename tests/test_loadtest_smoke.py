@@ -62,6 +62,55 @@ def test_fanout_100_connections_delivers_every_seq_once(tmp_path: Path) -> None:
         assert Path(plot).read_bytes().startswith(b"\x89PNG")
 
 
+def test_inprocess_publisher_reaches_every_subscriber_of_hub_and_baseline(tmp_path: Path) -> None:
+    """The in-process scenario (loadtest/inprocess.py) at tiny size: both servers publish
+    from their own loop, the generator's subscribers get every seq once."""
+    n, events = 20, 200
+    argv = f"fanout -n {n} --events {events} --target both --publisher inprocess --workers 1"
+    exit_code = main(
+        [*argv.split(), "--name", "inproc", "--out", str(tmp_path), "--no-live", "--no-plots"]
+    )
+    for target in ("baseline", "hub"):
+        result = json.loads((tmp_path / f"inproc-{target}.json").read_text())
+        assert result["params"]["publisher"] == "inprocess"
+        assert result["server"]["command"][1:3] == (
+            ["-m", "loadtest.inprocess"] if target == "hub" else ["-m", "loadtest.baseline"]
+        )
+        assert result["publish"]["events"] == events and not result["publish"]["errors"]
+        assert result["publish"]["request_ms"]["count"] == events  # one publish call each
+        assert result["delivery"]["expected"] == result["delivery"]["delivered"] == n * events
+        loss = result["loss"]
+        assert loss["missing"] == loss["duplicates"] == loss["out_of_order"] == 0
+        assert result["ok"] is True
+        fanout = result["hub"]["fanout"]  # the hub's own framing counters, from /metrics
+        if target == "hub":
+            assert fanout["delivered"] == n * events
+            assert 0 < fanout["frames_built"] <= events  # one frame per event at most
+            assert fanout["deliveries_per_frame"] >= n
+        else:
+            assert fanout is None
+    assert exit_code == 0
+
+
+def test_idle_latency_tool_measures_every_event_and_sees_no_linger(tmp_path: Path) -> None:
+    """`python -m loadtest.idle_latency` at tiny size: every (event, subscriber) measured, and
+    the hub's own counter says no flush of an idle hub lingered."""
+    from loadtest.idle_latency import main as idle_main
+
+    argv = ["-n", "2", "--events", "3", "--interval", "0.05", "--out", str(tmp_path)]
+    assert idle_main([*argv, "--name", "idle"]) == 0
+    result = json.loads((tmp_path / "idle.json").read_text())
+    assert result["latency_ms"]["count"] == 6
+    assert result["lingered_flushes"] == 0
+
+
+def test_inprocess_publisher_takes_one_event_per_call() -> None:
+    with pytest.raises(ValueError, match="one event at a time"):
+        default_params("fanout", publisher="inprocess", batch=10)
+    with pytest.raises(ValueError, match="publisher must be"):
+        default_params("fanout", publisher="carrier-pigeon")
+
+
 # --- seq accounting ------------------------------------------------------------------------
 
 

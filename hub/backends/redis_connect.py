@@ -89,9 +89,21 @@ def _host_port(url: str, item: str) -> tuple[str, int]:
             raise _bad(url, f"bad Sentinel host {host[:80]!r}")
     if not port_text:
         return host, 26379
-    if not port_text.isdigit() or len(port_text) > 5 or not 1 <= int(port_text) <= 65535:
+    if not _is_number(port_text, 5) or not 1 <= int(port_text) <= 65535:
         raise _bad(url, f"bad port {port_text[:20]!r}: 1-65535")
     return host, int(port_text)
+
+
+def _is_number(text: str, digits: int) -> bool:
+    """ASCII digits only: str.isdigit() also takes other scripts' digits ('١٢' is 12)."""
+    return text.isascii() and text.isdigit() and len(text) <= digits
+
+
+def _unquote(url: str, text: str) -> str:
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:  # else read as U+FFFD: a wrong password, failing much later
+        raise _bad(url, "a %-escape in user:password is not UTF-8") from None
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
@@ -107,8 +119,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     if "@" in authority:
         userinfo, _, authority = authority.rpartition("@")
         user, has_password, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if has_password else None
+        username = _unquote(url, user) or None
+        password = _unquote(url, secret) if has_password else None
     items = authority.split(",")
     if not authority or any(not i for i in items):
         raise _bad(url, "at least one Sentinel host:port is required, separated by ','")
@@ -116,15 +128,19 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         raise _bad(url, f"at most {MAX_SENTINELS} Sentinels")
     parsed = SentinelURL([_host_port(url, i) for i in items], service, 0, username, password)
     try:
-        fields = parse_qsl(query, keep_blank_values=True, max_num_fields=10)
+        fields = parse_qsl(query, keep_blank_values=True, max_num_fields=10, errors="strict")
+    except UnicodeDecodeError:
+        raise _bad(url, "a %-escape in the query is not UTF-8") from None
     except ValueError:
         raise _bad(url, "at most 10 query parameters") from None
+    if len({key for key, _ in fields}) < len(fields):
+        raise _bad(url, "a query parameter is given twice")
     for key, value in fields:
         if key not in _QUERY_KEYS:
             known = ", ".join(sorted(_QUERY_KEYS))
             raise _bad(url, f"unknown parameter {key[:40]!r}: only {known}")
         if key == "db":
-            if not value.isdigit() or len(value) > 5:
+            if not _is_number(value, 5):
                 raise _bad(url, f"db must be a number 0-99999, not {value[:20]!r}")
             parsed.db = int(value)
         elif key == "sentinel_username":

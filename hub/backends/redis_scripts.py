@@ -4,13 +4,15 @@ Per project `p` (the `{p}` hash tag keeps all of them in one Cluster slot):
 
     <prefix>:{p}:seq      counter: the last seq assigned (missing -> a new epoch starts)
     <prefix>:{p}:epoch    the epoch string, created together with the counter
-    <prefix>:{p}:events   Stream; entry id `<seq>-0`, one field v:
+    <prefix>:{p}:events   Stream; entry id `<seq>-0`, fields v:
                           "<epoch> <ts> <type> <key length or -> <key><data>"
+                          and n: the size of the event's frame (the retention_bytes unit)
     <prefix>:{p}:snap     hash: key -> "<seq> <ts> <type> <data>" (latest event per key)
     <prefix>:{p}:snapidx  sorted set: key -> seq, to drop the least recently updated key
     <prefix>:{p}:snapmeta hash: `bytes` of the snap hash's values, `truncated` once a bound
-                          dropped a key in this epoch, `primary`: the replication id of
-                          the primary that wrote last (a failover is seen as a new one)
+                          dropped a key in this epoch, `stream_bytes`: the sum of the
+                          retained entries' n, `primary`: the replication id of the
+                          primary that wrote last (a failover is seen as a new one)
     <prefix>:{p}:id:<id>  "<epoch> <seq>" with a TTL: publish idempotency
 
 The script runs atomically, so seqs stay contiguous with any number of publishers, and a lost
@@ -24,6 +26,14 @@ expired began at least one TTL earlier, so the next one gets another epoch). Whe
 evidence of an earlier life (an epoch key left beside a lost counter, or a caller that saw
 seqs in another epoch) the data was lost: reads answer an epoch derived from that evidence
 and the publish starts a random one, so every client holding a seq is told `gap`.
+
+Retention (issue 17) is the memory backend's: a read first, a publish last (and before it
+honours an id), drops entries from the oldest while there are more than retention_events,
+their frames sum to more than retention_bytes, or the oldest is older than retention_age_s by
+its publish time (Redis's clock). Entry ids are
+seqs, not times, so age is read from the entries' `ts`, and the cut is one exact
+`XTRIM MINID <first kept seq>`. Each entry is looked at once when it goes, so a publish pays
+O(1) amortised. A read trims too (as memory's reads do) but creates no key.
 """
 
 from __future__ import annotations
@@ -58,10 +68,11 @@ class ProjectKeys:
 # (used only if a new one must start); ARGV[3] key TTL in ms (0: none); ARGV[4], ARGV[5] the
 # epoch and the highest seq the caller has seen ("", 0: none): a counter below it was
 # restored from an older copy (RDB, AOF everysec, a failover), so a new epoch starts.
-#   read:     ARGV[6] since, ARGV[7] limit
-#   publish:  ARGV[6] retention (MAXLEN ~), ARGV[7] snapshot key bound, ARGV[8] id TTL ms,
-#             ARGV[9] n, ARGV[10] snapshot byte bound, then 5 per event: type, has_key
-#             ("0"/"1"), key, id key index (0: none), data
+# ARGV[6], ARGV[7], ARGV[8]: retention bounds: events, bytes, age in ms.
+#   read:     ARGV[9] since, ARGV[10] limit
+#   publish:  ARGV[9] snapshot key bound, ARGV[10] id TTL ms, ARGV[11] n, ARGV[12] snapshot
+#             byte bound, then 6 per event: type, has_key ("0"/"1"), key, id key index
+#             (0: none), data, frame size less the digits of seq and ts
 # The last ARGV of every op: 'wait' if writers WAIT for a replica before acknowledging
 # (then a promoted replica holds every acknowledged write and keeps the epoch), else 'async'.
 # Every op returns {epoch, head, oldest, ...}: read adds the XRANGE entries, snapshot the
@@ -80,10 +91,63 @@ local function seq_of(id)
   return tonumber(string.match(id, '^(%d+)'))
 end
 
-local function oldest(head)
-  local first = redis.call('XRANGE', events_key, '-', '+', 'COUNT', 1)[1]
-  if first then return seq_of(first[1]) end
-  return head + 1
+local max_events, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_age_ms = tonumber(ARGV[8])
+
+local function now_ms()
+  local now = redis.call('TIME')
+  return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+end
+
+local function entry_bytes(fields)
+  for j = 3, #fields, 2 do
+    if fields[j] == 'n' then return tonumber(fields[j + 1]) end
+  end
+  return #fields[2]  -- written before frame sizes were stored: its packed value instead
+end
+
+-- Drop entries from the oldest while a retention bound is exceeded (as the memory backend's
+-- trim); returns the oldest seq retained (head + 1 when none).
+local function trim(head)
+  local length = redis.call('XLEN', events_key)
+  if length == 0 then
+    -- the stream expired or was emptied: nothing is held
+    if redis.call('HEXISTS', meta_key, 'stream_bytes') == 1 then
+      redis.call('HDEL', meta_key, 'stream_bytes')
+    end
+    return head + 1
+  end
+  local bytes = tonumber(redis.call('HGET', meta_key, 'stream_bytes') or '0')
+  local horizon = now_ms() - max_age_ms
+  local start, kept, cut, step = '-', nil, nil, 1
+  while not kept do
+    -- what the count bound drops, and one more to look at: doubling while all of it went
+    local want = math.min(math.max(length - max_events, 0) + step, 100)
+    step = step * 2
+    local batch = redis.call('XRANGE', events_key, start, '+', 'COUNT', want)
+    if #batch == 0 then break end
+    for _, entry in ipairs(batch) do
+      local ts = tonumber(string.match(entry[2][2], '^%S+ (%d+)'))
+      if length > max_events or bytes > max_bytes or ts < horizon then
+        length = length - 1
+        bytes = bytes - entry_bytes(entry[2])
+        cut = seq_of(entry[1])
+      else
+        kept = seq_of(entry[1])
+        break
+      end
+    end
+    start = '(' .. batch[#batch][1]
+  end
+  if cut then
+    redis.call('XTRIM', events_key, 'MINID', (cut + 1) .. '-0')
+    if length == 0 or bytes < 0 then bytes = 0 end
+    local ttl_left = redis.call('PTTL', events_key)
+    redis.call('HSET', meta_key, 'stream_bytes', bytes)
+    -- a read may trim: the hash must not outlive the stream (nor be created without a TTL)
+    if ttl_left > 0 then redis.call('PEXPIRE', meta_key, ttl_left) end
+  end
+  return kept or head + 1
 end
 
 local head = tonumber(redis.call('GET', seq_key) or '')
@@ -145,37 +209,42 @@ if not live then
   keep(seq_key)
 end
 
+-- a publish trims once, at its end (and before honouring an id: an id lives with its event)
+local first = nil
+if op ~= 'publish' then first = trim(head) end
 if op == 'position' then
-  return {epoch, head, oldest(head)}
+  return {epoch, head, first}
 elseif op == 'read' then
-  local since, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local since, limit = tonumber(ARGV[9]), tonumber(ARGV[10])
   local entries = redis.call('XRANGE', events_key, (since + 1) .. '-0', '+', 'COUNT', limit)
-  return {epoch, head, oldest(head), entries}
+  return {epoch, head, first, entries}
 elseif op == 'snapshot' then
   local truncated = redis.call('HEXISTS', meta_key, 'truncated')
-  return {epoch, head, oldest(head), redis.call('HGETALL', snap_key), truncated}
+  return {epoch, head, first, redis.call('HGETALL', snap_key), truncated}
 elseif op ~= 'publish' then
   return redis.error_reply('unknown op ' .. tostring(op))
 end
 
-local retention, snap_max, id_ttl, n = ARGV[6], tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
-local snap_bytes_max = tonumber(ARGV[10])
+local snap_max, id_ttl, n = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
+local snap_bytes_max = tonumber(ARGV[12])
 local now = redis.call('TIME')
 local ts = now[1] .. string.format('%03d', math.floor(tonumber(now[2]) / 1000))
 local result = {epoch, 0, 0}
 local keyed = false
+local added_bytes = 0
 for i = 0, n - 1 do
-  local at = 11 + i * 5
+  local at = 13 + i * 6
   local etype, has_key, ekey, id_index, data =
     ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
   local seq = nil
   if id_index > 0 then
     local known = redis.call('GET', KEYS[id_index])
+    if known and not first then first = trim(head) end
     if known then
       local known_epoch, known_seq = string.match(known, '^(%S+) (%d+)$')
       known_seq = tonumber(known_seq)
       -- an id is honoured only while its event is retained, and only in its own epoch
-      if known_epoch == epoch and known_seq and known_seq >= oldest(head) then
+      if known_epoch == epoch and known_seq and known_seq >= first then
         seq = -known_seq  -- negative: an earlier event's seq again (the caller counts new ones)
       end
     end
@@ -186,8 +255,11 @@ for i = 0, n - 1 do
     -- one packed field: a reply of few elements is much cheaper for clients to parse
     local key_part = '- '
     if has_key == '1' then key_part = #ekey .. ' ' .. ekey end
-    redis.call('XADD', events_key, 'MAXLEN', '~', retention, seq .. '-0',
-      'v', epoch .. ' ' .. ts .. ' ' .. etype .. ' ' .. key_part .. data)
+    -- the frame's size: the store measured it but for the digits of seq and ts
+    local frame_bytes = tonumber(ARGV[at + 5]) + #tostring(seq) + #ts
+    redis.call('XADD', events_key, seq .. '-0',
+      'v', epoch .. ' ' .. ts .. ' ' .. etype .. ' ' .. key_part .. data, 'n', frame_bytes)
+    added_bytes = added_bytes + frame_bytes
     if has_key == '1' then
       local value = seq .. ' ' .. ts .. ' ' .. etype .. ' ' .. data
       local replaced = redis.call('HSTRLEN', snap_key, ekey)
@@ -204,6 +276,7 @@ for i = 0, n - 1 do
 end
 
 redis.call('SET', seq_key, head)
+if added_bytes > 0 then redis.call('HINCRBY', meta_key, 'stream_bytes', added_bytes) end
 if primary and (written_on ~= primary or not live) then
   redis.call('HSET', meta_key, 'primary', primary)
 end
@@ -235,6 +308,6 @@ keep(snap_key)
 keep(index_key)
 keep(meta_key)
 result[2] = head
-result[3] = oldest(head)
+result[3] = trim(head)
 return result
 """

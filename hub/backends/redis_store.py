@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import uuid
 from collections import OrderedDict
@@ -21,8 +22,13 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 
 from ..config import Settings
 from ..errors import BackendUnavailable
@@ -37,6 +43,7 @@ from .base import (
     new_epoch,
 )
 from .redis_connect import is_sentinel_url, parse_sentinel_url, sentinel_client
+from .redis_options import tls_options
 from .redis_scripts import HUB_SCRIPT, ProjectKeys
 
 __all__ = [
@@ -54,13 +61,36 @@ RedisClient = Redis | RedisCluster
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+_NO_DATA = msgspec.Raw(b"")
 SEEN_PROJECTS = 100_000  # projects whose highest seq a process remembers
+MAX_AGE_S = 1e12  # a retention age beyond this (or inf) is the same as none
 # What a dead, refusing, restarting or overloaded Redis raises through redis-py.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
+def _refused_in_script(detail: str) -> str | None:
+    """The command of the script line an ACL refusal inside the script names."""
+    found = re.search(r"can't run this command.*@user_script:(\d+)", detail)
+    if found is None:
+        return None
+    lines = HUB_SCRIPT.split("\n")
+    line = int(found.group(1))
+    command = re.search(r"redis\.call\('(\w+)'", lines[line - 1]) if line <= len(lines) else None
+    return f"'{command.group(1).lower()}'" if command else "a command"
+
+
 def unavailable(exc: BaseException) -> BackendUnavailable:
     detail = str(exc) or type(exc).__name__
+    in_script = _refused_in_script(detail)
+    if isinstance(exc, NoPermissionError) or in_script:
+        # an ACL user without a command or key the hub needs: name the fix
+        what = f"the hub's script may not run {in_script}: " if in_script else ""
+        return BackendUnavailable(
+            f"redis refused the hub's ACL user: {what}{detail[:200]} (the rule the hub "
+            "needs: docs/operations.md, TLS and ACL users)"
+        )
+    if isinstance(exc, AuthenticationError):
+        return BackendUnavailable(f"redis refused the credentials in the URL: {detail[:200]}")
     return BackendUnavailable(f"redis unavailable: {detail[:200]}")
 
 
@@ -70,6 +100,13 @@ def build_event(
     """The event and its frame, encoded exactly as the memory backend encodes it."""
     frame = _encoder.encode(EventFrame(project, seq, event_type, ts, msgspec.Raw(data), key))
     return StoredEvent(seq, event_type, key, ts, frame)
+
+
+def frame_size_less_numbers(project: str, request: PublishRequest) -> int:
+    """The size of the event's frame as the memory backend counts it (len(frame)), less the
+    digits of its seq and ts, which only the script knows: it adds them."""
+    frame = EventFrame(project, 0, request.type, 0, _NO_DATA, request.key)  # data not copied
+    return len(_encoder.encode(frame)) + len(request.data) - 2  # less the two zeros
 
 
 def event_from_entry(project: str, entry_id: bytes, fields: Any) -> tuple[str, StoredEvent]:
@@ -124,6 +161,9 @@ class RedisStore:
         self._seen: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._key_ttl_ms = int(settings.redis_key_ttl_s * 1000)
         self._id_ttl_ms = max(1, int(settings.redis_idempotency_ttl_s * 1000))
+        # the memory backend's bounds (redis_scripts): events, frame bytes, age in ms
+        age_ms = int(min(settings.retention_age_s, MAX_AGE_S) * 1000)
+        self._retention = (settings.retention_events, settings.retention_bytes, age_ms)
         # Tells the script whether a promoted replica holds every acknowledged write.
         self._replication = "wait" if settings.redis_wait_replicas > 0 else "async"
 
@@ -141,6 +181,7 @@ class RedisStore:
             "retry": Retry(NoBackoff(), 0),
             "client_name": "hub",
         }
+        options.update(tls_options(self.url, s))  # rediss:// (issue 17)
         if not self.url.startswith("unix:"):  # keepalive is a TCP option
             options["socket_keepalive"] = True
             options["socket_keepalive_options"] = _keepalive_options(s.redis_socket_timeout_s)
@@ -221,7 +262,7 @@ class RedisStore:
 
     def _common_args(self, op: str, project: str) -> list[Any]:
         epoch, seq = self._seen.get(project, ("", 0))
-        return [op, new_epoch(), self._key_ttl_ms, epoch, seq]
+        return [op, new_epoch(), self._key_ttl_ms, epoch, seq, *self._retention]
 
     def note(self, project: str, epoch: str, seq: int) -> None:
         """Remember the highest seq seen in `epoch`: if Redis comes back with a counter below
@@ -284,6 +325,7 @@ class RedisStore:
                 request.key if has_key else b"",
                 index,
                 bytes(request.data),
+                frame_size_less_numbers(project, request),
             ]
         # Retrying is safe only if every event carries an idempotency id.
         safe = all(r.id is not None for r in requests)
@@ -294,11 +336,10 @@ class RedisStore:
         return PublishedSeqs([abs(seq) for seq in seqs], sum(1 for seq in seqs if seq > 0))
 
     def _publish_args(self, common: list[Any], count: int) -> list[Any]:
-        """The publish op's arguments before its events (redis_scripts.py, ARGV[6..10])."""
+        """The publish op's arguments before its events (redis_scripts.py, ARGV[9..12])."""
         s = self.settings
         return [
             *common,
-            s.retention_events,
             s.snapshot_keys,
             self._id_ttl_ms,
             count,
@@ -309,7 +350,9 @@ class RedisStore:
         """End `epoch` if it is still the current one: a publish of no events with evidence
         of a seq no counter reaches, so the script starts a new epoch (redis_scripts.py)."""
         keys = self.keys(project).script_keys()
-        common: list[Any] = ["publish", new_epoch(), self._key_ttl_ms, epoch, 2**52]
+        common: list[Any] = [
+            "publish", new_epoch(), self._key_ttl_ms, epoch, 2**52, *self._retention
+        ]  # fmt: skip
         args = self._publish_args(common, 0)
         reply = await self.call(lambda: self._run_script(keys, args), retry_safe=True)
         return self._position(project, reply)

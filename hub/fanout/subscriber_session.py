@@ -112,6 +112,9 @@ class SubscriberSession:
             else:
                 patterns = [p for p in self.patterns if p not in new]
         if op.keys is not None:
+            if not op.keys and isinstance(op, SubscribeOp):
+                # Would narrow a connection that takes every key to none: a subscribe adds.
+                raise BadRequest("subscribe with an empty `keys` list: give a key pattern")
             new_keys = validate_key_patterns(
                 op.keys, settings.max_patterns, settings.max_key_length
             )

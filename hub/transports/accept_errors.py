@@ -45,7 +45,11 @@ class BackoffListener(socket.socket):
 
     @classmethod
     def adopt(cls, sock: socket.socket) -> BackoffListener:
-        return cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        # No `proto`: read from the descriptor (IPPROTO_TCP) rather than copied from a socket
+        # made with proto 0. Accepted sockets inherit it, and asyncio sets TCP_NODELAY only on
+        # sockets whose proto says TCP: without it, every answer after the first on a
+        # keep-alive connection waited ~40 ms (Nagle against the client's delayed ACK).
+        return cls(sock.family, sock.type, fileno=sock.detach())
 
     def accept(self) -> tuple[socket.socket, Any]:
         if time.monotonic() - self.failed_at < _QUIET_S:

@@ -139,7 +139,8 @@ async def publish(request: Request) -> Response:
 def _parse_limit(raw: str | None, maximum: int) -> int:
     if raw is None or raw == "":
         return maximum
-    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+    # The length first: int() refuses over 4,300 digits with a ValueError (a 500).
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) < 1:
         raise BadRequest(f"invalid limit {raw[:40]!r}: expected an integer >= 1")
     return min(int(raw), maximum)
 
@@ -229,9 +230,10 @@ async def _history_page(
     limit: int,
     matches: Callable[[StoredEvent], bool],
     max_bytes: int,
+    max_frames: int | None = None,
 ) -> _HistoryPage:
     """Scan at most `limit` events after `since`, keeping matching frames up to `max_bytes`
-    (at least one), in backend reads of a few hundred events."""
+    (at least one) and `max_frames`, in backend reads of a few hundred events."""
     frames: list[bytes] = []
     cursor, scanned, size = since, 0, 0
     first: Position | None = None
@@ -250,6 +252,8 @@ async def _history_page(
                     return _HistoryPage(result.position, frames, cursor, gap, cut=True)
                 frames.append(event.frame)
                 size += len(event.frame) + 1
+                if len(frames) == max_frames:
+                    return _HistoryPage(result.position, frames, event.seq, _gap(since, first))
             cursor = event.seq
         scanned += len(events)
         if len(events) < want or scanned >= limit:

@@ -87,7 +87,7 @@ async def long_poll(request: Request, raw_wait: str) -> Response:
     # address) as well as one of the long-poll places.
     slot = admit_connection(request, authenticate(request))
     try:
-        async with hub.manager.polls.waiting(project, matches) as waiter:
+        async with hub.manager.polls.waiting(project, event_filter) as waiter:
             gone = asyncio.create_task(_client_gone(request.receive))
             gone.add_done_callback(lambda _: waiter.release())
             try:
@@ -152,8 +152,11 @@ class _Poll:
         settings = self.hub.settings
         busy = read_limiter_of(self.request, settings).busy
         budget = settings.heavy_read_bytes if busy else settings.history_max_bytes
+        # Scan at least a full page per read whatever `limit` is: a poll whose filter matches
+        # nothing scans up to the head, and `limit=1` made that one step per event.
+        scan = max(self.limit, settings.history_max_limit)
         page = await http_api._history_page(
-            self.hub.backend, self.project, cursor, self.limit, self.matches, budget
+            self.hub.backend, self.project, cursor, scan, self.matches, budget, self.limit
         )
         return page, busy
 

@@ -38,10 +38,15 @@ logger = logging.getLogger("hub.ws")
 PARENT_METHODS = (
     "connection_lost",
     "data_received",
+    "handle_bytes",
     "handle_close",
     "handle_connect",
+    "handle_cont",
     "handle_events",
     "handle_parser_exception",
+    "handle_ping",
+    "handle_pong",
+    "handle_text",
     "keepalive_timeout",
     "pause_writing",
     "resume_writing",
@@ -58,6 +63,7 @@ PARENT_STATE = (
     "close_timer",
     "conn",
     "curr_msg_data_type",
+    "disconnected",
     "frames",
     "handshake_complete",
     "handshake_initiated",
@@ -71,6 +77,9 @@ PARENT_STATE = (
 )
 
 # What uvicorn's protocol reads from a scope once the app has returned (its log lines).
+# Bytes handed to websockets' parser at a time, so frames are counted as they come.
+FRAME_SLICE = 8 * 1024
+
 SCOPE_KEPT = frozenset(("type", "client", "server", "scheme", "root_path", "path", "query_string"))
 
 
@@ -153,7 +162,7 @@ class TransportChannel:
         """Read the client again once its messages are handled (uvicorn pauses reading
         after each message until the app asks for the next one)."""
         p = self._proto
-        if p.read_paused and p.queue.empty() and not p.transport.is_closing():
+        if p.read_paused and p.queue.empty() and not p.reads_held and not p.transport.is_closing():
             p.read_paused = False
             p.transport.resume_reading()
 
@@ -164,12 +173,30 @@ class TransportChannel:
         task.add_done_callback(tasks.discard)
 
 
+def _frame_rate_of(app: object) -> float:
+    """The hub's `ws_frame_rate`, found under uvicorn's middleware (0 when not a hub)."""
+    for _ in range(8):
+        state = getattr(app, "state", None)
+        settings = getattr(getattr(state, "hub", None), "settings", None)
+        if settings is not None:
+            return float(getattr(settings, "ws_frame_rate", 0.0))
+        app = getattr(app, "app", None)
+    return 0.0
+
+
 def _qualname(generator: object) -> str:
     code = getattr(generator, "gi_code", None)
     return str(getattr(code, "co_qualname", ""))
 
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
+    # Class-level defaults: an instance holds its own only once it changes them (memory per
+    # idle connection, docs/benchmarks.md).
+    reads_held = False  # reading stopped until the peer takes what is buffered
+    frame_rate = 0.0  # frames per second the client may send (0: no limit)
+    frame_credit = 0.0  # a stamp of 0 makes the first frame find the full burst
+    frame_stamp = 0.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.channel = TransportChannel(self)
@@ -188,6 +215,47 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             channel: DirectChannel = self.channel  # mypy checks it fits the core's Protocol
             _detachable: DetachableChannel = self.channel  # and this one
             scope["extensions"][EXTENSION] = {"channel": channel}
+            rate = _frame_rate_of(self.app)
+            if rate:
+                self.frame_rate = rate
+
+    # --- frames of any kind count against the socket's frame rate ---------------------------
+
+    def _admit_frame(self) -> bool:
+        """Take one frame from the socket's budget: False once the socket is closing, or when
+        it is over its budget (then it is failed with 4029). Pings, pongs and continuation
+        frames cost a parse and maybe a write each, and no op budget sees them."""
+        if self.close_sent:
+            return False
+        rate = self.frame_rate
+        if not rate:
+            return True
+        now = self.loop.time()
+        credit = min(2 * rate, self.frame_credit + (now - self.frame_stamp) * rate)
+        self.frame_stamp = now
+        if credit < 1:
+            self.frames = []
+            self.conn.fail(CloseCode.RATE_LIMITED, f"more than {rate:g} frames per second")
+            self.handle_parser_exception()
+            return False
+        self.frame_credit = credit - 1
+        return True
+
+    def handle_text(self, event: Any) -> None:
+        if self._admit_frame():
+            super().handle_text(event)
+
+    def handle_bytes(self, event: Any) -> None:
+        if self._admit_frame():
+            super().handle_bytes(event)
+
+    def handle_cont(self, event: Any) -> None:
+        if self._admit_frame():
+            super().handle_cont(event)
+
+    def handle_pong(self, event: Any) -> None:
+        if self._admit_frame():
+            super().handle_pong(event)
 
     async def run_asgi(self) -> None:
         """uvicorn's, but the app's return does not close a detached socket."""
@@ -207,7 +275,24 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.close_timer is None and not self.detached:
             self.transport.close()
 
+    def handle_ping(self) -> None:
+        if not self._admit_frame():
+            return
+        super().handle_ping()
+        if not self.writable.is_set():
+            # Every ping is answered with a pong written whether the peer reads or not: a
+            # peer that sends pings and reads nothing would grow the buffer without bound.
+            # Read nothing more from it until it takes what is buffered.
+            self.reads_held = True
+            transport = self.transport
+            if not transport.is_closing() and transport.is_reading():
+                transport.pause_reading()
+
     def resume_writing(self) -> None:
+        if self.reads_held:
+            self.reads_held = False
+            if not self.read_paused and not self.transport.is_closing():
+                self.transport.resume_reading()
         super().resume_writing()
         self.channel.refresh()
         callback = self.channel.on_writable
@@ -229,10 +314,28 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     def keepalive_timeout(self) -> None:
         self.channel.ready = False
         super().keepalive_timeout()
+        self._reap_if_stuck()
 
     def handle_close(self, event: Any) -> None:
         super().handle_close(event)
         self.channel.refresh()
+        self._reap_if_stuck()
+
+    def _reap_if_stuck(self) -> None:
+        """A closed transport with bytes still buffered waits for the peer to read them: one
+        that never reads would keep the socket, its session and its slot forever (asyncio
+        calls connection_lost only once the buffer is out). Give it `close_timeout`."""
+        if self.transport.is_closing() and self.close_timer is None and not self.disconnected:
+            if self.transport.get_write_buffer_size():
+                self.close_timer = self.loop.call_later(self.close_timeout, self._give_up)
+
+    def _give_up(self) -> None:
+        """The close handshake did not finish in time: close, and drop what the peer did not
+        take rather than wait for it."""
+        self.close_timer = None
+        self.transport.close()
+        if not self.disconnected and self.transport.get_write_buffer_size():
+            self.transport.abort()
 
     async def send(self, message: Any) -> None:
         try:
@@ -268,6 +371,14 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             conn.parser = fresh
 
     def data_received(self, data: bytes) -> None:
+        if self.handshake_complete and len(data) > FRAME_SLICE:
+            # websockets parses all it is given before any frame is counted: in slices, a
+            # read of tiny frames (256 KiB is ~40,000) cannot hold the loop for long.
+            for start in range(0, len(data), FRAME_SLICE):
+                if self.close_sent or self.transport.is_closing():
+                    return
+                super().data_received(data[start : start + FRAME_SLICE])
+            return
         super().data_received(data)
         refused = self.conn.handshake_exc
         if refused is not None and not self.handshake_initiated:
@@ -295,11 +406,16 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         sent = self.conn.close_sent
         code = sent.code if sent is not None else int(CloseCode.INTERNAL_ERROR)
         reason = sent.reason if sent is not None else ""
-        names = {1009: "frame_too_large", 1007: "invalid_utf8", 1002: "protocol_error"}
+        names = {
+            1009: "frame_too_large",
+            1007: "invalid_utf8",
+            1002: "protocol_error",
+            int(CloseCode.RATE_LIMITED): "rate_limited",
+        }
         frame = ErrorFrame(
             code=names.get(code, "protocol_error"),
             message=reason or "protocol error",
-            retryable=False,
+            retryable=code == CloseCode.RATE_LIMITED,
             close=code,
         )
         if self.handshake_complete and not self.close_sent:
@@ -312,6 +428,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": ""})
             self.close_sent = True
             self.transport.close()
+        self._reap_if_stuck()
 
     def send_receive_event_to_app(self) -> None:
         # uvicorn logs a traceback for every invalid UTF-8 text frame; a hostile client could
@@ -340,4 +457,4 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+        self.close_timer = self.loop.call_later(self.close_timeout, self._give_up)
