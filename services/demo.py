@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from hub.cli_exit import CliError
     from hub.event_loop import loop_factory
     from hub.transports.server import CannotBind
 
@@ -212,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     except CannotBind as exc:  # one line, the status `hub demo` exits with (3)
         print(f"python -m services.demo: {exc.strerror}", file=sys.stderr)
         sys.exit(3)
+    except CliError as exc:  # a bad setting (HUB_MODEL_*, ...): one line, as `hub demo`
+        print(f"python -m services.demo: {exc.message}", file=sys.stderr)
+        sys.exit(int(exc.status))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -197,3 +200,22 @@ def test_the_schema_documents_the_token_event_fields() -> None:
     run = defs["AgentRun"]["properties"]
     assert {"model", "usage", "finish_reason", "usage_source"} <= run.keys()
     assert defs["Citation"]["required"] == ["n", "chunk_id", "name"]
+
+
+@pytest.mark.parametrize("command", [["hub", "demo"], ["services.demo"]])
+def test_a_bad_model_setting_is_one_line_and_status_2_from_both_demo_commands(
+    command: list[str],
+) -> None:
+    """`hub demo` and `python -m services.demo` alike: one line naming the variable."""
+    module = ["-m", "hub", "demo"] if command[0] == "hub" else ["-m", "services.demo"]
+    env = {**os.environ, "HUB_MODEL_IDLE_TIMEOUT_S": "soon"}
+    done = subprocess.run(
+        [sys.executable, *module, "--port", "0", "--model", "m", "--model-url", "http://h:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == ExitStatus.USAGE, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "HUB_MODEL_IDLE_TIMEOUT_S" in done.stderr.strip().splitlines()[-1]
