@@ -7,8 +7,9 @@ import contextlib
 import itertools
 import os
 import re
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Self
 from urllib.parse import urlencode
 
@@ -257,3 +258,34 @@ async def demo_banner(process: asyncio.subprocess.Process, timeout: float = 20) 
     found = re.search(r"running on (http://127\.0\.0\.1:\d+)", banner)
     assert found is not None, banner
     return banner, found.group(1)
+
+
+@contextlib.contextmanager
+def hub_in_thread(
+    settings: Settings, seed: Callable[[Hub], Awaitable[None]], *, timeout: float = 30.0
+) -> Iterator[str]:
+    """A real hub on its own event loop in a thread, seeded by `seed(hub)`, for sync tests
+    (hypothesis drives plain sync clients); yields its base URL and stops it on exit."""
+    started = threading.Event()
+    stop: list[asyncio.Event] = []
+    running: list[RunningHub] = []
+
+    async def serve() -> None:
+        async with run_hub(settings) as hub:
+            await seed(hub.hub)
+            stop.append(asyncio.Event())
+            running.append(hub)
+            started.set()
+            await stop[0].wait()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert started.wait(timeout), "hub did not start"
+    try:
+        yield running[0].url
+    finally:
+        loop.call_soon_threadsafe(stop[0].set)
+        thread.join(timeout)
+        assert not thread.is_alive(), "hub did not stop"
+        loop.close()

@@ -9,8 +9,6 @@ hypothesis prints the failing example (and `print_blob` its replay blob)."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -20,36 +18,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.config import Settings
+from hub.core import Hub
 
-from .support import RunningHub, run_hub
+from .support import hub_in_thread
+
+SETTINGS = Settings(long_poll_max_wait_s=0.2)
 
 
 @pytest.fixture(scope="module")
 def hub_url() -> Iterator[str]:
-    started = threading.Event()
-    stop: list[asyncio.Event] = []
-    running: list[RunningHub] = []
+    async def seed(hub: Hub) -> None:
+        for i in range(20):
+            await hub.publish("p1", "a.b", {"i": i}, key=f"job/{i % 3}")
 
-    async def serve() -> None:
-        async with run_hub(Settings(long_poll_max_wait_s=0.2)) as hub:
-            for i in range(20):
-                await hub.hub.publish("p1", "a.b", {"i": i}, key=f"job/{i % 3}")
-            stop.append(asyncio.Event())
-            running.append(hub)
-            started.set()
-            await stop[0].wait()
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(30), "hub did not start"
-    try:
-        yield running[0].url
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(30)
-        assert not thread.is_alive(), "hub did not stop"
-        loop.close()
+    with hub_in_thread(SETTINGS, seed) as url:
+        yield url
 
 
 _NUMBERISH = st.one_of(

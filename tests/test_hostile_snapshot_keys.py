@@ -4,10 +4,8 @@ exactly the snapshot's events whose key matches, each once, in seq order."""
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import random
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,38 +15,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub.config import Settings
+from hub.core import Hub
 
-from .support import RunningHub, run_hub
+from .support import hub_in_thread
 
 KEYS = [f"job/{i}" for i in range(12)] + [f"run-{i}/node/{j}" for i in range(3) for j in range(4)]
+
+SETTINGS = Settings(snapshot_page_bytes=200, heavy_read_bytes=200)
 
 
 @pytest.fixture(scope="module")
 def hub_url() -> Iterator[str]:
-    started = threading.Event()
-    stop: list[asyncio.Event] = []
-    running: list[RunningHub] = []
+    async def seed(hub: Hub) -> None:
+        order = random.Random(7)  # fixed: the module's data is the same every run
+        for i in range(120):
+            await hub.publish("p1", "a.b", {"i": i}, key=order.choice(KEYS))
 
-    async def serve() -> None:
-        async with run_hub(Settings(snapshot_page_bytes=200, heavy_read_bytes=200)) as hub:
-            order = random.Random(7)  # fixed: the module's data is the same every run
-            for i in range(120):
-                await hub.hub.publish("p1", "a.b", {"i": i}, key=order.choice(KEYS))
-            stop.append(asyncio.Event())
-            running.append(hub)
-            started.set()
-            await stop[0].wait()
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert started.wait(30), "hub did not start"
-    try:
-        yield running[0].url
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(30)
-        loop.close()
+    with hub_in_thread(SETTINGS, seed) as url:
+        yield url
 
 
 def pages(http: httpx.Client, keys: str | None) -> list[dict[str, Any]]:
