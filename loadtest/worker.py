@@ -27,7 +27,7 @@ __all__ = ["NO_RETRY", "WorkerSpec", "worker_main"]
 
 # Close codes after which docs/protocol.md ("WebSocket subscription", its close-code table)
 # says not to reconnect (fix the client, or stop).
-NO_RETRY: Final = frozenset({1000, 1003, 1008, 1009, 4001, 4003, 4400})
+NO_RETRY: Final = frozenset({1000, 1003, 1007, 1008, 1009, 4001, 4003, 4400})
 CONNECT_ATTEMPTS: Final = 5
 RECONNECT_ATTEMPTS: Final = 20
 POLL_S: Final = 0.05

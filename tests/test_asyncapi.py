@@ -44,6 +44,8 @@ async def fetch_document(running: RunningHub, token: str | None = None) -> dict[
         response = await http.get("/v1/asyncapi.json", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/json"
+    # `servers` names the Host asked for: a cache in front must not serve it to another host
+    assert "host" in response.headers.get("vary", "").lower()
     document: dict[str, Any] = response.json()
     return document
 

@@ -37,4 +37,6 @@ async def asyncapi(request: Request) -> Response:
         _built[hub.catalog] = built
     host = request.url.netloc or "localhost"
     servers = asyncapi_servers(host, secure=request.url.scheme == "https", auth=auth)
-    return json_response({**built[1], "servers": servers})
+    response = json_response({**built[1], "servers": servers})
+    response.headers["Vary"] = "Host"  # `servers` names the Host asked: a cache must key on it
+    return response
