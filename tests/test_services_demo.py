@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import re
 import signal
 import sys
+from pathlib import Path
 
-from services.demo import register
+import hub
+from services.demo import QUESTIONS, register
 from services.runtime import SAMPLE_DOCS
 
 from .support import FrameRecorder, demo_banner, wait_for
@@ -69,3 +73,13 @@ async def test_demo_prints_where_to_watch_and_publishes_a_workflow_within_second
         async with asyncio.timeout(20):
             _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()[-2000:]
+
+
+def test_the_dashboard_starts_the_workflows_the_demo_runs() -> None:
+    """hub/static/dashboard-actions.js keeps its own copy of the demo's questions (hub/ may
+    not import services/): it must stay the same as services.demo.QUESTIONS."""
+    source = (Path(hub.__file__).parent / "static" / "dashboard-actions.js").read_text()
+    found = re.search(r"const DEMO_QUESTIONS = (\[.*?\n\]);", source, re.S)
+    assert found, "DEMO_QUESTIONS not found in dashboard-actions.js"
+    copied = json.loads(re.sub(r",(\s*\])", r"\1", found.group(1)))  # JS allows a last comma
+    assert [tuple(pair) for pair in copied] == list(QUESTIONS)
