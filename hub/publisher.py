@@ -17,6 +17,9 @@
   (429 / 503 wait what `Retry-After` says), for at most `retries` retries and `max_retry_time`
   seconds in all; then `PublishFailed`. Other 4xx are not retried: 422 raises the hub's
   `EventValidationError`, the rest `PublishRejected` (with `status`).
+- Events not yet sent hold at most `max_queued_bytes` (64 MiB) encoded: beyond it `publish`
+  raises `PublisherFull` at once (the hub is slower than the caller; slow down or retry),
+  so a caller that outruns an unreachable hub cannot fill its own memory.
 - Connecting is bounded by `connect_timeout`, each request by `timeout`: its whole answer, not
   each read (a server trickling bytes cannot hold a publisher), and an answer is at most 1 MiB
   (a hub's is a few KiB; a server flooding one cannot fill the publisher's memory).
@@ -44,6 +47,7 @@ __all__ = [
     "HubPublisher",
     "PublishFailed",
     "PublishRejected",
+    "PublisherFull",
     "SyncHubPublisher",
     "new_event_id",
 ]
@@ -77,6 +81,10 @@ class PublishFailed(RuntimeError):
     """The hub stayed unreachable or unavailable through every retry."""
 
 
+class PublisherFull(RuntimeError):
+    """`max_queued_bytes` of events wait to be sent: the hub is slower than the caller."""
+
+
 class _Queued:
     __slots__ = ("body", "future")
 
@@ -105,6 +113,7 @@ class HubPublisher:
         max_batch_events: int = 500,
         max_batch_bytes: int = 512 * 1024,
         linger: float = 0.0,
+        max_queued_bytes: int = 64 * 1024 * 1024,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
@@ -128,6 +137,7 @@ class HubPublisher:
         self.max_batch_events = max_batch_events
         self.max_batch_bytes = max_batch_bytes
         self.linger = linger
+        self.max_queued_bytes = max_queued_bytes
         self._sleep = sleep
         self._rng = rng or random.Random()
         self.attempts = 0  # HTTP requests made, retries included
@@ -135,6 +145,7 @@ class HubPublisher:
         self._queue: collections.deque[_Queued] = collections.deque()
         self._queued_bytes = 0
         self._full = asyncio.Event()
+        self._flushing = 0  # flush() calls waiting: no linger while any does
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -169,12 +180,15 @@ class HubPublisher:
         bodies = [
             self.encode(e["type"], e.get("data"), key=e.get("key"), id=e.get("id")) for e in events
         ]
+        if self._queued_bytes + sum(len(b) + 1 for b in bodies) > self.max_queued_bytes:
+            self._check_room(sum(len(b) + 1 for b in bodies))  # all or none are queued
         return list(await asyncio.gather(*(self.enqueue(body) for body in bodies)))
 
     def enqueue(self, body: bytes) -> asyncio.Future[int]:
         """Queue an encoded event (see `encode`); the future resolves to its seq."""
         if self._closed:
             raise RuntimeError("publisher is closed")
+        self._check_room(len(body) + 1)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(body, future))
         self._queued_bytes += len(body) + 1
@@ -184,10 +198,25 @@ class HubPublisher:
             self._sender = asyncio.create_task(self._send_queued())
         return future
 
+    def _check_room(self, size: int) -> None:
+        # One event larger than the bound alone is let through (the hub's own limit judges it).
+        if self._queue and self._queued_bytes + size > self.max_queued_bytes:
+            raise PublisherFull(
+                f"{len(self._queue)} events ({self._queued_bytes} bytes) wait to be sent, at "
+                f"most max_queued_bytes={self.max_queued_bytes}: the hub is slower than the "
+                "caller; slow down, or retry once earlier publishes have returned"
+            )
+
     async def flush(self) -> None:
-        """Wait until every queued event is published (or failed)."""
-        while self._sender is not None and not self._sender.done():
-            await asyncio.shield(self._sender)
+        """Publish every queued event now (no linger) and wait until each is published (or
+        failed)."""
+        self._flushing += 1
+        self._full.set()  # a sender waiting out its linger goes at once
+        try:
+            while self._sender is not None and not self._sender.done():
+                await asyncio.shield(self._sender)
+        finally:
+            self._flushing -= 1
 
     async def aclose(self) -> None:
         """Publish what is queued, then close the HTTP client (if this publisher made it)."""
@@ -198,7 +227,7 @@ class HubPublisher:
 
     async def _send_queued(self) -> None:
         while self._queue:
-            if self.linger > 0 and not self._full.is_set():
+            if self.linger > 0 and not self._full.is_set() and not self._flushing:
                 try:
                     await asyncio.wait_for(self._full.wait(), self.linger)
                 except TimeoutError:

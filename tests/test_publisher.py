@@ -15,7 +15,13 @@ import pytest
 from hub.backends import MemoryBackend
 from hub.config import Settings
 from hub.errors import EventValidationError
-from hub.publisher import HubPublisher, PublishFailed, PublishRejected, SyncHubPublisher
+from hub.publisher import (
+    HubPublisher,
+    PublisherFull,
+    PublishFailed,
+    PublishRejected,
+    SyncHubPublisher,
+)
 from hub.wire.catalog import EventCatalog
 from tests.support import RunningHub, run_hub
 
@@ -153,6 +159,27 @@ async def test_linger_gathers_events_published_one_after_another(running_hub: Ru
                 await asyncio.sleep(0)
             assert await asyncio.gather(*futures) == [1, 2, 3, 4, 5]
     assert [len(r) for r in transport.requests] == [5]
+
+
+async def test_a_caller_that_outruns_the_hub_gets_publisher_full(running_hub: RunningHub) -> None:
+    """Events waiting to be sent are bounded by bytes; beyond, publish fails at once, all of a
+    publish_many or none of it; what was queued is still published."""
+    async with HubPublisher(
+        running_hub.url, P, linger=30.0, max_batch_events=1000, max_queued_bytes=2_000
+    ) as publisher:
+        body = publisher.encode("note.added", {"text": "x" * 60})
+        futures = [publisher.enqueue(body)]  # the first one waits out the linger: the rest queue
+        await asyncio.sleep(0)
+        with pytest.raises(PublisherFull, match="max_queued_bytes=2000"):
+            while True:
+                futures.append(publisher.enqueue(publisher.encode("note.added", {"i": 1})))
+        queued = len(futures)
+        assert 2 < queued < 2_000 // 20
+        with pytest.raises(PublisherFull):
+            await publisher.publish_many([{"type": "note.added", "data": {}}] * 100)
+        # leaving the block flushes: at once, not after the 30 s linger
+    assert await asyncio.gather(*futures) == list(range(1, queued + 1))
+    assert running_hub.hub.stats.published == queued
 
 
 async def test_sync_publisher_from_threads(running_hub: RunningHub) -> None:
