@@ -375,3 +375,22 @@ async def test_idempotent_publish_through_the_backend_returns_the_first_seqs() -
         assert [e.seq for e in (await backend.read("p1", 0, 10)).events] == [1, 2, 3]
     finally:
         await backend.close()
+
+
+async def test_the_events_of_one_publish_share_one_ts_and_leave_by_age_together() -> None:
+    """A clock that moves on every reading (a batch crossing a millisecond boundary, as on a
+    loaded machine) still stamps one publish with one ts, as Redis does (one TIME per call)."""
+    clock = FakeClock()
+
+    def ticking() -> float:
+        clock.advance(0.001)
+        return clock()
+
+    backend = MemoryBackend(Settings(retention_age_s=1.0), clock=ticking)
+    batch = [PublishRequest("a.b", msgspec.json.encode({"i": i})) for i in range(50)]
+    assert await backend.publish("p1", batch) == list(range(1, 51))
+    result = await backend.read("p1", 0, 100)
+    assert len({event.ts for event in result.events}) == 1
+    clock.advance(1.0 - 0.003)  # the batch's ts is now just about 1 s old
+    position = await backend.position("p1")
+    assert position.oldest in (1, 51)  # all kept or all gone, never half a batch

@@ -101,7 +101,10 @@ class MemoryBackend:
             return []
         log = self._log(project)
         head_before = log.head
-        seqs = [log.append(r.type, r.data, r.key, r.id) for r in requests]
+        # One ts for one publish, as on Redis (one TIME per script call): the events of a
+        # batch leave retention by age together.
+        ts = int(self._clock() * 1000)
+        seqs = [log.append(r.type, r.data, r.key, r.id, ts) for r in requests]
         if log.head > head_before and self._listener is not None:
             fresh = log.read(head_before, log.head - head_before)
             self._listener(project, log.epoch, fresh)

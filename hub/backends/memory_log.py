@@ -101,14 +101,19 @@ class ProjectLog:
         self.held_bytes += delta
         self._ledger.held_bytes += delta
 
-    def append(self, event_type: str, data: bytes, key: str | None, idem: str | None) -> int:
+    def append(
+        self, event_type: str, data: bytes, key: str | None, idem: str | None, ts: int | None = None
+    ) -> int:
+        """Append one event stamped `ts` (ms; default now); its seq (an earlier one for a known
+        `idem`)."""
         self.trim()  # an id is only honoured while its event is retained
         if idem is not None:
             known = self._ids.get(idem)
             if known is not None:
                 return known
         self.head += 1
-        ts = int(self._clock() * 1000)
+        if ts is None:
+            ts = int(self._clock() * 1000)
         encoded = _encoder.encode(
             EventFrame(self.project, self.head, event_type, ts, msgspec.Raw(data), key)
         )
