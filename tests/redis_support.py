@@ -399,8 +399,11 @@ async def _bench_main(persistence: str, count: int, wait: bool = False, retentio
         )
         if wait:
             replica.start()
+            deadline = time.monotonic() + 30
             while "master_link_status:up" not in replica.cli("info", "replication"):
-                await asyncio.sleep(0.01)  # a bench: the replica syncs in milliseconds
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the bench's replica did not sync within 30 s")
+                await asyncio.sleep(0.01)  # the replica syncs in milliseconds
         settings = Settings(
             retention_events=retention or count,
             redis_wait_replicas=1 if wait else 0,

@@ -23,7 +23,7 @@ from hub.publisher import (
     SyncHubPublisher,
 )
 from hub.wire.catalog import EventCatalog
-from tests.support import RunningHub, run_hub
+from tests.support import RunningHub, run_hub, wait_for
 
 P = "p1"
 
@@ -91,9 +91,7 @@ async def test_retry_across_a_hub_restart_reuses_the_id_and_publishes_once(
             await transport.answer_lost.wait()  # the hub took it; its answer was lost
     # The hub is down now: the publisher keeps retrying (connection refused) until it is back.
     transport.hub_down.set()
-    async with asyncio.timeout(10):
-        while "ConnectError" not in transport.failures:  # refused: nothing listens
-            await asyncio.sleep(0.01)
+    await wait_for(lambda: "ConnectError" in transport.failures, what="a refused connection")
     async with run_hub(Settings(heartbeat_s=5.0), backend=backend, port=port) as second:
         async with asyncio.timeout(20):
             seq = await sending

@@ -4,7 +4,6 @@ stale data without an error; a primary under CLIENT PAUSE), then recovers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,19 +48,17 @@ async def metric(running: RunningHub, name: str) -> float:
 
 
 async def wait_status(running: RunningHub, status: int, timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while await readyz(running) != status:
-        assert loop.time() < deadline, f"/readyz not {status} within {timeout}s"
-        await asyncio.sleep(0.05)
+    async def reached() -> bool:
+        return await readyz(running) == status
+
+    await wait_for(reached, timeout, what=f"/readyz {status}")
 
 
 async def wait_metric(running: RunningHub, name: str, value: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + BOUND_S
-    while await metric(running, name) != value:
-        assert loop.time() < deadline, f"{name} not {value} within {BOUND_S}s"
-        await asyncio.sleep(0.05)
+    async def reached() -> bool:
+        return await metric(running, name) == value
+
+    await wait_for(reached, BOUND_S, what=f"{name} {value}")
 
 
 async def test_a_detached_replica_makes_the_hub_not_ready_and_the_metrics_show_it(
